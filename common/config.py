@@ -1,0 +1,167 @@
+"""Every address, folder and timing constant of the system, in one place.
+
+Each field can be set from the environment as ``SOCIAL_<FIELD>`` (for example
+``SOCIAL_PORT_BASE=6000``); command-line options override the environment.
+``validate()`` refuses combinations that cannot work, in the spirit of
+PySyncObj's ``SyncObjConf``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work."""
+
+
+@dataclass
+class Config:
+    # --- addresses and folders -------------------------------------------
+    host: str = "127.0.0.1"
+    port_base: int = 5555
+    """Every port derives from this: see the ``*_port`` properties."""
+    data_dir: str = "data"
+    log_dir: str = "logs"
+
+    # --- liveness (seconds, monotonic clock) -----------------------------
+    heartbeat_interval: float = 0.25
+    """How often every process tells its peers it is alive."""
+    server_timeout: float = 2.0
+    """Silence after which the broker drops a server from its pool."""
+    peer_timeout: float = 1.5
+    """Silence after which a server counts a peer as gone."""
+    broker_timeout: float = 2.0
+    """Silence after which a server reconnects to the broker."""
+
+    # --- election and clock synchronization -------------------------------
+    election_timeout: float = 1.2
+    """Silence from the coordinator after which a server calls an election."""
+    answer_timeout: float = 0.4
+    """How long a candidate waits for an ANSWER from a higher id."""
+    coordinator_wait: float = 0.8
+    """How long a candidate that got an ANSWER waits for COORDINATOR."""
+    berkeley_interval: float = 3.0
+    """Seconds between two Berkeley rounds."""
+    berkeley_reply_window: float = 0.3
+    """How long the coordinator collects TIME_REPLY messages in a round."""
+    berkeley_outlier_s: float = 2.5
+    """Readings further than this from the median are left out of the average."""
+    join_clock_wait: float = 2.0
+    """How long a joining server waits for its first clock correction."""
+
+    # --- client -----------------------------------------------------------
+    request_timeout: float = 1.5
+    """Lazy Pirate: seconds before a client resends a request."""
+    request_deadline: float = 20.0
+    """Total seconds a client keeps retrying before it reports an error."""
+
+    # --- replication and storage ------------------------------------------
+    replicas: int = 3
+    """Copies a write must have before it is acknowledged."""
+    fsync: bool = False
+    """fsync the write-ahead log before acking (survives power loss, slower)."""
+    checkpoint_min: int = 5000
+    """Fold the write-ahead log into TinyDB after at least this many events..."""
+    checkpoint_ratio: float = 0.5
+    """...or this fraction of the stored events, whichever is larger."""
+    checkpoint_idle_s: float = 5.0
+    """Fold a non-empty log after this long without writes."""
+    fetch_batch: int = 5000
+    """Events per catch-up reply."""
+
+    # --- limits -----------------------------------------------------------
+    max_text: int = 500
+    max_frame_bytes: int = 64 * 1024
+    """Client frames larger than this are refused."""
+
+    # --- test-only fault switches ------------------------------------------
+    drop_rate: float = 0.0
+    """Fraction of incoming replication bus messages a server drops (tests only)."""
+
+    extra: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------
+    @property
+    def frontend_port(self) -> int:
+        return self.port_base
+
+    @property
+    def backend_port(self) -> int:
+        return self.port_base + 1
+
+    @property
+    def bus_in_port(self) -> int:
+        """XSUB side of the bus: servers' PUB sockets connect here."""
+        return self.port_base + 2
+
+    @property
+    def bus_out_port(self) -> int:
+        """XPUB side of the bus: servers' SUB sockets connect here."""
+        return self.port_base + 3
+
+    def peer_port(self, server_id: int) -> int:
+        """Each server binds a ROUTER here for catch-up requests from peers."""
+        return self.port_base + 100 + server_id
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://{self.host}:{port}"
+
+    def server_data_dir(self, server_id: int) -> Path:
+        return Path(self.data_dir) / f"server-{server_id}"
+
+    def client_state_path(self, user: str) -> Path:
+        return Path(self.data_dir) / "clients" / f"{user}.json"
+
+    def log_path(self, process: str) -> Path:
+        return Path(self.log_dir) / f"{process}.log"
+
+    # ---------------------------------------------------------------------
+    def validate(self) -> "Config":
+        if not 1 <= self.port_base <= 65535 - 200:
+            raise ConfigError(f"port_base {self.port_base} leaves no room for 200 ports")
+        if self.server_timeout < 3 * self.heartbeat_interval:
+            raise ConfigError("server_timeout must be at least 3 heartbeat intervals")
+        if self.peer_timeout < 3 * self.heartbeat_interval:
+            raise ConfigError("peer_timeout must be at least 3 heartbeat intervals")
+        if self.election_timeout < 3 * self.heartbeat_interval:
+            raise ConfigError("election_timeout must be at least 3 heartbeat intervals")
+        if self.berkeley_reply_window >= self.berkeley_interval:
+            raise ConfigError("berkeley_reply_window must be shorter than berkeley_interval")
+        if self.replicas < 1:
+            raise ConfigError("replicas must be at least 1")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError("drop_rate must lie in [0, 1)")
+        if self.request_timeout <= 0 or self.request_deadline < self.request_timeout:
+            raise ConfigError("request_deadline must be at least one request_timeout")
+        return self
+
+
+def _coerce(kind: type, raw: str):
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+_FIELD_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def load_config(**overrides) -> Config:
+    """Defaults, then ``SOCIAL_*`` environment variables, then ``overrides``
+    (``None`` values in overrides are ignored, so CLI options can pass through)."""
+    values = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "extra":
+            continue
+        raw = os.environ.get(f"SOCIAL_{f.name.upper()}")
+        if raw is not None:
+            try:
+                values[f.name] = _coerce(_FIELD_TYPES[str(f.type)], raw)
+            except (KeyError, ValueError) as exc:
+                raise ConfigError(f"SOCIAL_{f.name.upper()}={raw!r}: {exc}") from exc
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+    return Config(**values).validate()
