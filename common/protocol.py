@@ -136,6 +136,9 @@ EV_UNFOLLOW = "unfollow"
 EV_DM = "dm"
 EV_SEEN = "seen"
 EVENT_KINDS = frozenset({EV_REGISTER, EV_POST, EV_FOLLOW, EV_UNFOLLOW, EV_DM, EV_SEEN})
+EVENT_DATA = {EV_REGISTER: {}, EV_POST: {"text": str}, EV_FOLLOW: {"target": str},
+              EV_UNFOLLOW: {"target": str}, EV_DM: {"to": str, "text": str},
+              EV_SEEN: {"shown": list}}
 EVENT_FIELDS = {"id": _STR, "kind": _STR, "user": _STR, "lamport": _INT,
                 "ts": _NUM, "origin": _INT, "seq": _INT, "data": _DICT}
 
@@ -165,11 +168,15 @@ class Message:
     body: dict
 
     def frames(self) -> list[bytes]:
-        return [self.type.encode(), str(self.lamport).encode(), orjson.dumps(self.body)]
+        return encode(self.type, self.lamport, self.body)
+
+
+_DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+"""Version vectors are keyed by server id: sent as JSON strings, read back by ``int()``."""
 
 
 def encode(msg_type: str, lamport: int, body: dict) -> list[bytes]:
-    return [msg_type.encode(), str(lamport).encode(), orjson.dumps(body)]
+    return [msg_type.encode(), str(lamport).encode(), orjson.dumps(body, option=_DUMP_OPTIONS)]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -265,6 +272,9 @@ def check_event(event: Any) -> dict:
         raise ProtocolError(f"unknown event kind {str(event['kind'])[:20]!r}")
     if event["seq"] < 1 or event["origin"] < 1:
         raise ProtocolError("event origin and seq must be positive")
+    check_fields(event["data"], EVENT_DATA[event["kind"]], f"{event['kind']} event")
+    if not all(isinstance(x, str) for x in event["data"].get("shown", ())):
+        raise ProtocolError("seen event: shown must list ids")
     return event
 
 
@@ -274,7 +284,12 @@ def order_key(event: dict) -> tuple[int, str]:
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    return orjson.dumps(obj, option=_DUMP_OPTIONS)
+
+
+def dumps_sorted(obj: Any) -> bytes:
+    """Canonical encoding (sorted keys), for hashing."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | _DUMP_OPTIONS)
 
 
 def loads(raw: bytes | str) -> Any:

@@ -1,0 +1,369 @@
+"""The broker: a load-balancing ROUTER/ROUTER request path and the PUB/SUB bus.
+
+Request path (the ZeroMQ Guide's Paranoid Pirate queue, simplified):
+clients' DEALERs connect to the frontend ROUTER; servers' DEALERs connect to
+the backend ROUTER and announce themselves with READY and HEARTBEAT. The
+broker spreads requests round-robin over the servers that are alive and
+serving; any traffic from a server counts as proof of life, and a server
+silent for ``server_timeout`` leaves the pool. The broker answers ``status``
+itself from what the servers' heartbeats told it.
+
+Bus: an XSUB/XPUB proxy (``zmq.proxy_steerable``, in C, on its own thread)
+that relays replication, heartbeat, election and clock traffic between the
+servers. The broker does not read bus traffic.
+"""
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from common import protocol as P
+from common.clock import LamportClock, PhysicalClock
+from common.config import Config
+from common.log import ProcessLog
+
+HWM = 200_000
+"""High-water marks: deep enough that a burst never drops requests silently."""
+
+
+@dataclass
+class ServerEntry:
+    """One server as the broker sees it."""
+    id: int
+    identity: bytes
+    expiry: float                       # monotonic: alive while now < expiry
+    phase: str = "joining"
+    info: dict = field(default_factory=dict)
+    left: bool = False                  # said LEAVE
+
+    def alive(self, now: float) -> bool:
+        return not self.left and now < self.expiry
+
+
+class Bus:
+    """The XSUB/XPUB proxy on a thread of its own, stoppable through a PAIR socket."""
+
+    def __init__(self, ctx: zmq.Context, config: Config) -> None:
+        self._ctx = ctx
+        self._config = config
+        self._control_addr = f"inproc://bus-control-{id(self)}"
+        self._control = ctx.socket(zmq.PAIR)
+        self._control.bind(self._control_addr)
+        self._ready = threading.Event()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5)
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        xsub = self._ctx.socket(zmq.XSUB)
+        xpub = self._ctx.socket(zmq.XPUB)
+        control = self._ctx.socket(zmq.PAIR)
+        try:
+            for sock in (xsub, xpub):
+                sock.sndhwm = HWM
+                sock.rcvhwm = HWM
+            xsub.bind(self._config.endpoint(self._config.bus_in_port))
+            xpub.bind(self._config.endpoint(self._config.bus_out_port))
+            control.connect(self._control_addr)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        except zmq.ZMQError:
+            pass
+        finally:
+            for sock in (xsub, xpub, control):
+                sock.close(0)
+
+    def stop(self) -> None:
+        try:
+            self._control.send(b"TERMINATE")
+        except zmq.ZMQError:
+            pass
+        self._thread.join(1.0)
+        self._control.close(0)
+
+
+class Broker:
+    def __init__(self, config: Config, clock: PhysicalClock | None = None) -> None:
+        self.config = config
+        self.lamport = LamportClock()
+        self.clock = clock or PhysicalClock()
+        self.log = ProcessLog("broker", config.log_path("broker"), self.lamport, self.clock)
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.frontend = self._bind(zmq.ROUTER, config.frontend_port)
+        self.backend = self._bind(zmq.ROUTER, config.backend_port)
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.bus = Bus(self.ctx, config)
+        self.servers: dict[int, ServerEntry] = {}
+        self._by_identity: dict[bytes, int] = {}
+        self._rr = itertools.count()
+        self._heartbeat_at = 0.0
+        self.running = True
+        self.requests = 0
+
+    def _bind(self, kind: int, port: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.sndhwm = HWM
+        sock.rcvhwm = HWM
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.max_frame_bytes)
+        sock.bind(self.config.endpoint(port))
+        return sock
+
+    # --- main loop ------------------------------------------------------------
+    def run(self) -> None:
+        self.bus.start()
+        self.log.note(f"broker up: frontend :{self.config.frontend_port} backend "
+                      f":{self.config.backend_port} bus :{self.config.bus_in_port}->"
+                      f":{self.config.bus_out_port}")
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        try:
+            while self.running:
+                timeout = max(0.0, self._heartbeat_at - time.monotonic())
+                events = dict(poller.poll(min(timeout, 0.25) * 1000))
+                if self.backend in events:
+                    self._drain(self.backend, self.on_backend)
+                if self.frontend in events:
+                    self._drain(self.frontend, self.on_frontend)
+                self.send_heartbeats()
+        finally:
+            self.close()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handler, limit: int = 500) -> None:
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handler(frames)
+
+    def close(self) -> None:
+        self.log.note("broker stopping")
+        self.bus.stop()
+        self.frontend.close(0)
+        self.backend.close(0)
+        self.ctx.term()
+        self.log.close()
+
+    def stop(self, *_args) -> None:
+        self.running = False
+
+    # --- clients ---------------------------------------------------------------
+    def on_frontend(self, frames: list[bytes]) -> None:
+        client, frames = frames[0], frames[1:]
+        if sum(len(f) for f in frames) > self.config.max_frame_bytes:
+            self.reply_error(client, "?", P.ERR_BAD_REQUEST, "request too large")
+            return
+        try:
+            msg = P.decode(frames)
+            if msg.type != P.REQUEST:
+                raise P.ProtocolError(f"expected {P.REQUEST}, got {msg.type}")
+            P.check_request(msg.body)
+        except P.ProtocolError as exc:
+            rid = _rid_of(frames)
+            self.lamport.tick()
+            self.log.recv(f"client:{client.hex()[:8]}", f"bad request rid={rid}: {exc}")
+            self.reply_error(client, rid, P.ERR_BAD_REQUEST, str(exc))
+            return
+        self.lamport.merge(msg.lamport)
+        body = msg.body
+        peer = body["user"] or "anonymous"
+        self.requests += 1
+        if body["op"] == P.OP_STATUS:
+            self.log.recv(peer, f"status rid={body['rid']}")
+            self.reply(client, body["rid"], self.status())
+            return
+        self.route(client, peer, body, frames[2])
+
+    def route(self, client: bytes, peer: str, body: dict, raw_body: bytes) -> None:
+        now = time.monotonic()
+        while True:
+            entry = self.pick_server(body["server"], now)
+            if entry is None:
+                what = (f"server {body['server']} is not serving" if body["server"]
+                        else "no server is serving; retry")
+                code = P.ERR_NO_SUCH_SERVER if body["server"] else P.ERR_UNAVAILABLE
+                self.log.recv(peer, f"{body['op']} rid={body['rid']} refused: {what}")
+                self.reply_error(client, body["rid"], code, what)
+                return
+            stamp = self.lamport.tick()
+            try:
+                self.backend.send_multipart(
+                    [entry.identity, client, P.REQUEST.encode(), str(stamp).encode(), raw_body],
+                    zmq.NOBLOCK)
+            except zmq.ZMQError:        # EHOSTUNREACH: it went away; drop it and pick again
+                self.forget(entry, "unreachable")
+                continue
+            self.log.line("route", f"{peer}->server-{entry.id}",
+                          f"{body['op']} rid={body['rid']}")
+            return
+
+    def pick_server(self, pinned: int | None, now: float) -> ServerEntry | None:
+        if pinned is not None:
+            entry = self.servers.get(pinned)
+            return entry if entry and entry.alive(now) and entry.phase == "serving" else None
+        pool = [e for e in self.servers.values() if e.alive(now) and e.phase == "serving"]
+        if not pool:
+            return None
+        return pool[next(self._rr) % len(pool)]
+
+    def reply(self, client: bytes, rid: str, result: dict) -> None:
+        body = {"rid": rid, "ok": True, "server": None, "time": self.clock.stamp(),
+                "result": result}
+        self._send_front(client, body, f"ok rid={rid}")
+
+    def reply_error(self, client: bytes, rid: str, code: str, error: str) -> None:
+        body = {"rid": rid, "ok": False, "server": None, "time": self.clock.stamp(),
+                "code": code, "error": error}
+        self._send_front(client, body, f"error {code} rid={rid}: {error}")
+
+    def _send_front(self, client: bytes, body: dict, what: str) -> None:
+        stamp = self.lamport.tick()
+        self.frontend.send_multipart([client] + P.encode(P.REPLY, stamp, body))
+        self.log.send(f"client:{client.hex()[:8]}", what)
+
+    # --- servers ---------------------------------------------------------------
+    def on_backend(self, frames: list[bytes]) -> None:
+        if len(frames) != 5:
+            self.log.warn(f"dropped malformed backend message ({len(frames)} frames)")
+            return
+        identity, route, msg_frames = frames[0], frames[1], frames[2:]
+        try:
+            msg = P.decode(msg_frames)
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped bad backend message: {exc}")
+            return
+        self.lamport.merge(msg.lamport)
+        entry_id = self._by_identity.get(identity)
+        if entry_id is not None:
+            self.servers[entry_id].expiry = time.monotonic() + self.config.server_timeout
+        if route:
+            self.forward_reply(identity, route, msg, msg_frames)
+        elif msg.type in (P.READY, P.HEARTBEAT, P.LEAVE):
+            getattr(self, "on_" + msg.type.lower())(identity, msg.body)
+        else:
+            self.log.warn(f"dropped unexpected {msg.type} on backend")
+
+    def forward_reply(self, identity: bytes, route: bytes, msg: P.Message,
+                      msg_frames: list[bytes]) -> None:
+        if msg.type not in (P.REPLY, P.PUSH):
+            self.log.warn(f"dropped {msg.type} routed to a client")
+            return
+        stamp = self.lamport.tick()
+        try:
+            self.frontend.send_multipart([route, msg_frames[0], str(stamp).encode(),
+                                          msg_frames[2]])
+        except zmq.ZMQError:
+            return
+        server = self._by_identity.get(identity, "?")
+        self.log.line("reply", f"server-{server}->client:{route.hex()[:8]}",
+                      f"{msg.type} rid={msg.body.get('rid', '-')} ok={msg.body.get('ok', '-')}")
+
+    def _register(self, identity: bytes, server_id: int) -> ServerEntry:
+        entry = self.servers.get(server_id)
+        if entry is None or entry.identity != identity:
+            if entry is not None:
+                self._by_identity.pop(entry.identity, None)
+            entry = ServerEntry(server_id, identity, 0.0)
+            self.servers[server_id] = entry
+            self._by_identity[identity] = server_id
+            self.log.recv(f"server-{server_id}", "registered")
+        entry.left = False
+        entry.expiry = time.monotonic() + self.config.server_timeout
+        return entry
+
+    def on_ready(self, identity: bytes, body: dict) -> None:
+        entry = self._register(identity, body["id"])
+        entry.phase = "serving"
+        self.log.recv(f"server-{entry.id}", "READY: joins the pool")
+
+    def on_hb(self, identity: bytes, body: dict) -> None:
+        if not isinstance(body.get("id"), int):
+            return
+        entry = self._register(identity, body["id"])
+        phase = body.get("phase")
+        if isinstance(phase, str) and phase != entry.phase:
+            self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
+            entry.phase = phase
+        entry.info = {k: v for k, v in body.items() if k not in ("id",)}
+
+    def on_leave(self, identity: bytes, body: dict) -> None:
+        entry = self.servers.get(body["id"])
+        if entry is not None and entry.identity == identity:
+            entry.left = True
+            entry.phase = "gone"
+            self.log.recv(f"server-{entry.id}", "LEAVE: out of the pool")
+
+    def forget(self, entry: ServerEntry, why: str) -> None:
+        entry.expiry = 0.0
+        entry.phase = "gone"
+        self.log.note(f"server-{entry.id} out of the pool: {why}")
+
+    def send_heartbeats(self) -> None:
+        """Idempotent periodic job: heartbeat every known server, purge the silent."""
+        now = time.monotonic()
+        if now < self._heartbeat_at:
+            return
+        self._heartbeat_at = now + self.config.heartbeat_interval
+        for entry in self.servers.values():
+            if entry.phase != "gone" and not entry.alive(now):
+                self.forget(entry, f"silent for {self.config.server_timeout:.1f}s")
+            if entry.phase == "gone":
+                continue
+            stamp = self.lamport.tick()
+            try:
+                self.backend.send_multipart([entry.identity, b""] + P.encode(
+                    P.HEARTBEAT, stamp, {"id": None}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        servers = []
+        for entry in sorted(self.servers.values(), key=lambda e: e.id):
+            alive = entry.alive(now)
+            row = {"id": entry.id, "alive": alive,
+                   "phase": entry.phase if alive else "gone"}
+            row.update({k: v for k, v in entry.info.items() if k not in ("phase",)})
+            servers.append(row)
+        live = [s for s in servers if s["alive"]]
+        best = max(live, key=lambda s: s.get("epoch", -1), default=None)
+        return {"servers": servers,
+                "coordinator": best.get("coordinator") if best else None,
+                "epoch": best.get("epoch") if best else None,
+                "broker": {"lamport": self.lamport.value, "requests": self.requests}}
+
+
+def _rid_of(frames: list[bytes]) -> str:
+    """Best effort: the rid of a request we could not accept, for the error reply."""
+    try:
+        body = P.loads(frames[2]) if len(frames) == 3 else None
+        rid = body.get("rid") if isinstance(body, dict) else None
+        return rid if isinstance(rid, str) and len(rid) <= 64 else "?"
+    except Exception:  # noqa: BLE001 - any garbage: no rid
+        return "?"
+
+
+def serve(config: Config) -> None:
+    broker = Broker(config)
+    signal.signal(signal.SIGTERM, broker.stop)
+    signal.signal(signal.SIGINT, broker.stop)
+    broker.run()

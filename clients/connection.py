@@ -1,0 +1,231 @@
+"""A user's connection to the broker: the ZeroMQ Guide's Lazy Pirate.
+
+One DEALER socket talks to the broker's frontend. A request is sent, and if no
+reply comes within ``request_timeout`` the socket is thrown away (a reply may
+still be queued on it, and a fresh socket is the only way to forget it) and the
+same request -- same ``rid``, so the servers can tell it is a retry -- goes out
+on a new one, until the absolute ``request_deadline`` has passed.
+
+Every reply also carries two clocks: its Lamport stamp is merged into the
+user's Lamport clock, and its physical ``time`` corrects the user's physical
+clock by Cristian's algorithm.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import zmq
+
+from common import protocol
+from common.clock import LamportClock, PhysicalClock
+from common.config import Config
+from common.log import ProcessLog
+
+RETRY_FIRST_DELAY = 0.1
+"""Seconds to wait before resending after a retryable error reply..."""
+RETRY_MAX_DELAY = 0.5
+"""...doubling each time up to this."""
+CLOCK_NOTE_THRESHOLD = 0.001
+"""Clock corrections larger than this (seconds) are written to the log."""
+
+
+class ClientError(Exception):
+    """A request that failed for good: ``code`` is one of protocol's ERR_* codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def new_rid() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def peer_name(server: int | None) -> str:
+    return "broker" if server is None else f"server-{server}"
+
+
+def describe_args(args: dict) -> str:
+    """``text='hello, wor…' limit=20`` for a log line."""
+    parts = []
+    for name, value in args.items():
+        if isinstance(value, str) and len(value) > 40:
+            value = value[:40] + "…"
+        parts.append(f"{name}={value!r}")
+    return " ".join(parts)
+
+
+def describe_result(result: dict) -> str:
+    """The scalars of a result, and the length of its lists: ``replicas=3 posts=[20]``."""
+    parts = []
+    for name, value in result.items():
+        if isinstance(value, (list, tuple)):
+            parts.append(f"{name}=[{len(value)}]")
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+class Connection:
+    """Sends requests to the broker and waits for their replies, retrying."""
+
+    def __init__(self, config: Config, user: str | None, lamport: LamportClock,
+                 clock: PhysicalClock, log: ProcessLog | None = None) -> None:
+        self.config = config
+        self.user = user
+        self.lamport = lamport
+        self.clock = clock
+        self.log = log
+        self.endpoint = config.endpoint(config.frontend_port)
+        self.clock_correction = 0.0
+        """The sum of every Cristian correction this connection applied (seconds)."""
+        self._context = zmq.Context()
+        self._context.linger = 0
+        self._socket = self._open_socket()
+
+    # --- the public verbs -------------------------------------------------
+    def build(self, op: str, args: dict, server: int | None = None) -> dict:
+        """A validated REQUEST body with a fresh rid; ClientError if it is invalid."""
+        body = {"rid": new_rid(), "op": op, "user": self.user, "args": args,
+                "server": server, "time": self.clock.stamp()}
+        try:
+            protocol.check_request(body)
+        except protocol.ProtocolError as exc:
+            raise ClientError(protocol.ERR_BAD_REQUEST, str(exc)) from None
+        return body
+
+    def request(self, op: str, args: dict, server: int | None = None) -> dict:
+        """Run one operation; returns its result with ``server`` (who answered) added."""
+        return self.exchange(self.build(op, args, server))
+
+    def exchange(self, body: dict) -> dict:
+        """Lazy Pirate: send ``body`` until a final reply or the deadline."""
+        deadline = time.monotonic() + self.config.request_deadline
+        retry_delay = RETRY_FIRST_DELAY
+        tries = 0
+        while True:
+            tries += 1
+            sent_at = self._send(body, tries)
+            timeout_at = min(deadline, sent_at + self.config.request_timeout)
+            reply = self._wait_for_reply(body, timeout_at)
+            if reply is None:
+                self._reopen_socket(tries)
+                if time.monotonic() >= deadline:
+                    raise ClientError(protocol.ERR_UNAVAILABLE,
+                                      f"no reply from the broker at {self.endpoint} "
+                                      f"after {tries} {'try' if tries == 1 else 'tries'}")
+                continue
+            self._synchronize_clock(reply, time.monotonic() - sent_at)
+            if reply["ok"]:
+                return self._result_of(reply)
+            error = self._error_of(reply)
+            if error.code not in protocol.RETRYABLE_ERRORS or \
+                    time.monotonic() + retry_delay >= deadline:
+                raise error
+            time.sleep(retry_delay)
+            retry_delay = min(RETRY_MAX_DELAY, retry_delay * 2)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+
+    # --- sockets ------------------------------------------------------------
+    def _open_socket(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.linger = 0
+        socket.connect(self.endpoint)
+        return socket
+
+    def _reopen_socket(self, tries: int) -> None:
+        """A reply may still arrive on the old socket: only a new one forgets it."""
+        self._socket.close(linger=0)
+        self._socket = self._open_socket()
+        self._note(f"no reply to try {tries} from the broker at {self.endpoint}; "
+                   f"reconnected", level="WARNING")
+
+    def _send(self, body: dict, tries: int) -> float:
+        """Send ``body`` once; returns the monotonic send time."""
+        frames = protocol.encode(protocol.REQUEST, self.lamport.tick(), body)
+        parts = [body["op"], f"rid={body['rid']}", describe_args(body["args"])]
+        if body["server"] is not None:
+            parts.append(f"server={body['server']}")
+        if tries > 1:
+            parts.append(f"try={tries}")
+        self._log("send", "broker", " ".join(part for part in parts if part))
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._note("send queue full; waiting for the broker", level="WARNING")
+        return time.monotonic()
+
+    def _wait_for_reply(self, body: dict, timeout_at: float) -> dict | None:
+        """The reply to ``body`` (by rid), or None when ``timeout_at`` passes."""
+        while True:
+            remaining = timeout_at - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+                return None
+            frames = self._socket.recv_multipart()
+            try:
+                message = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                self._note(f"dropped a malformed reply: {exc}", level="WARNING")
+                continue
+            self.lamport.merge(message.lamport)
+            reply = message.body
+            peer = peer_name(reply.get("server") if message.type == protocol.REPLY else None)
+            if message.type != protocol.REPLY or reply["rid"] != body["rid"]:
+                self._log("recv", peer, f"{message.type} rid={reply.get('rid')} "
+                                        f"ignored (not the reply to rid={body['rid']})")
+                continue
+            self._log("recv", peer, self._describe_reply(body["op"], reply))
+            return reply
+
+    # --- replies ------------------------------------------------------------
+    @staticmethod
+    def _describe_reply(op: str, reply: dict) -> str:
+        if reply["ok"]:
+            result = reply.get("result")
+            summary = describe_result(result) if isinstance(result, dict) else ""
+            return f"{op} ok rid={reply['rid']} {summary}".rstrip()
+        return (f"{op} error {reply.get('code', protocol.ERR_INTERNAL)} "
+                f"rid={reply['rid']}: {reply.get('error', '')}")
+
+    @staticmethod
+    def _result_of(reply: dict) -> dict:
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            raise ClientError(protocol.ERR_INTERNAL, "the reply carries no result")
+        return {**result, "server": reply["server"]}
+
+    @staticmethod
+    def _error_of(reply: dict) -> ClientError:
+        code = reply.get("code")
+        code = code if isinstance(code, str) and code else protocol.ERR_INTERNAL
+        message = reply.get("error")
+        return ClientError(code, str(message) if message else f"request failed ({code})")
+
+    def _synchronize_clock(self, reply: dict, rtt: float) -> None:
+        """Cristian: the server read its clock as it replied, about rtt/2 ago.
+
+        Only servers keep a synchronized clock (Berkeley); a reply from the
+        broker itself (``server`` is None) does not correct ours.
+        """
+        if reply["server"] is None:
+            return
+        delta = reply["time"] + rtt / 2 - self.clock.now()
+        self.clock.adjust(delta)
+        self.clock_correction += delta
+        if abs(delta) > CLOCK_NOTE_THRESHOLD:
+            self._note(f"clock corrected by {delta * 1000:+.1f} ms from "
+                       f"{peer_name(reply['server'])} (rtt {rtt * 1000:.1f} ms)")
+
+    # --- logging --------------------------------------------------------------
+    def _log(self, direction: str, peer: str, what: str) -> None:
+        if self.log is not None:
+            self.log.line(direction, peer, what)
+
+    def _note(self, what: str, level: str = "INFO") -> None:
+        if self.log is not None:
+            self.log.note(what, level)

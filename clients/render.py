@@ -1,0 +1,127 @@
+"""Human-readable output of each command's result (``--json`` skips all this).
+
+Every command's function takes the result dict, the user's name and the
+request's arguments, and returns text.
+Results come from servers written separately, so missing keys render as "?"
+rather than crash.
+"""
+from __future__ import annotations
+
+import time
+
+import orjson
+
+STATUS_COLUMNS = ("id", "alive", "phase", "events", "digest", "lamport")
+DIGEST_CHARS = 12
+
+
+def clock_time(timestamp: object) -> str:
+    """Unix seconds as local HH:MM:SS."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        return "??:??:??"
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def entry_line(item: dict, author_key: str) -> str:
+    """``[L=42 17:42:49] alice: hello, world``"""
+    return (f"[L={item.get('lamport', '?')} {clock_time(item.get('timestamp'))}] "
+            f"{item.get(author_key, '?')}: {item.get('text', '')}")
+
+
+def held_by(result: dict) -> str:
+    return f"held by {result.get('replicas', '?')} servers"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def post(result: dict, user: str | None, args: dict) -> str:
+    item = result.get("post", {})
+    return (f"posted as {item.get('author', user)} (id {item.get('id', '?')}, "
+            f"L={item.get('lamport', '?')}, {held_by(result)})")
+
+
+def feed(result: dict, user: str | None, args: dict) -> str:
+    posts = result.get("posts", [])
+    if not posts:
+        return f"feed of {user}: no posts yet"
+    lines = [f"feed of {user}: {plural(len(posts), 'post')}, followed users first"]
+    for item in posts:
+        mark = "  (followed)" if item.get("followed") else ""
+        lines.append(entry_line(item, "author") + mark)
+    return "\n".join(lines)
+
+
+def follow(result: dict, user: str | None, args: dict) -> str:
+    return f"{user} now follows {args['target']} ({held_by(result)})"
+
+
+def unfollow(result: dict, user: str | None, args: dict) -> str:
+    return f"{user} no longer follows {args['target']} ({held_by(result)})"
+
+
+def following(result: dict, user: str | None, args: dict) -> str:
+    names = result.get("following", [])
+    return f"{user} follows " + (", ".join(names) if names else "nobody yet")
+
+
+def users(result: dict, user: str | None, args: dict) -> str:
+    names = result.get("users", [])
+    return f"{plural(len(names), 'user')}: " + ", ".join(names)
+
+
+def dm(result: dict, user: str | None, args: dict) -> str:
+    message = result.get("message", {})
+    return (f"sent to {args['to']} (id {message.get('id', '?')}, "
+            f"L={message.get('lamport', '?')}, {held_by(result)})")
+
+
+def chat(result: dict, user: str | None, args: dict) -> str:
+    messages = result.get("messages", [])
+    if not messages:
+        return f"no messages between {user} and {args['with']} yet"
+    lines = [f"{plural(len(messages), 'message')} between {user} and {args['with']}, "
+             f"oldest first"]
+    lines += [entry_line(message, "from") for message in messages]
+    return "\n".join(lines)
+
+
+def notifications(result: dict, user: str | None, args: dict) -> str:
+    posts = result.get("notifications", [])
+    if not posts:
+        return "no new posts from the users you follow"
+    lines = [f"{plural(len(posts), 'new post')} from the users you follow"]
+    lines += [entry_line(item, "author") for item in posts]
+    return "\n".join(lines)
+
+
+def status(result: dict, user: str | None, args: dict) -> str:
+    servers = result.get("servers", [])
+    columns = list(STATUS_COLUMNS)
+    for server in servers:
+        columns += [key for key in server if key not in columns]
+    rows = [[cell(column, server.get(column)) for column in columns] for server in servers]
+    lines = table(columns, rows) if servers else ["no servers"]
+    # "server" is who answered: None when the broker did, as it should for status
+    extras = [f"{key}: {cell(key, value)}" for key, value in result.items()
+              if key != "servers" and not (key == "server" and value is None)]
+    return "\n".join(lines + extras)
+
+
+def cell(column: str, value: object) -> str:
+    if value is None:
+        return "-"
+    if column == "digest" and isinstance(value, str):
+        return value[:DIGEST_CHARS]
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(text) for text in column) for column in zip(header, *rows)]
+    return ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
+            for line in [header, *rows]]

@@ -1,0 +1,120 @@
+"""Start, signal and clean up the system's processes (used by run_all.py and the tests).
+
+Every process is started with ``python -m broker|servers`` and an environment
+that carries the cluster's port base and folders, so two clusters with
+different settings run side by side. Only processes this group started are
+ever signalled, by pid.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cluster_env(config: Config, extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({"SOCIAL_PORT_BASE": str(config.port_base), "SOCIAL_HOST": config.host,
+                "SOCIAL_DATA_DIR": str(config.data_dir), "SOCIAL_LOG_DIR": str(config.log_dir),
+                "PYTHONUNBUFFERED": "1"})
+    pythonpath = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{pythonpath}" if pythonpath else str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ProcessGroup:
+    """The processes of one cluster: broker and servers, by name."""
+
+    def __init__(self, config: Config, env_extra: dict | None = None, quiet: bool = True) -> None:
+        self.config = config
+        self.env = cluster_env(config, env_extra)
+        self.quiet = quiet
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        old = self.procs.get(name)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"{name} is already running (pid {old.pid})")
+        # stderr goes to logs/<name>.err: a crash leaves its traceback behind
+        Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.config.log_dir) / f"{name}.err", "ab") as err:
+            proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=self.env,
+                                    stdout=subprocess.DEVNULL if self.quiet else None,
+                                    stderr=err, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_broker(self) -> subprocess.Popen:
+        return self._start("broker", ["broker"])
+
+    def start_server(self, server_id: int, *extra: str) -> subprocess.Popen:
+        return self._start(f"server-{server_id}", ["servers", "--id", str(server_id), *extra])
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def signal(self, name: str, sig: int) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+    def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL)
+        self.procs[name].wait(5)
+
+    def terminate(self, name: str, timeout: float = 3.0) -> int | None:
+        """SIGTERM, wait; returns the exit code (None if it had to be killed)."""
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            return proc.returncode
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+            return None
+
+    def stop_all(self, timeout: float = 2.0) -> None:
+        """SIGTERM everything (servers first, so they can still say goodbye), then SIGKILL."""
+        names = sorted(self.procs, key=lambda n: n == "broker")
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for name in names:
+            proc = self.procs[name]
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)

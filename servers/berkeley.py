@@ -1,0 +1,213 @@
+"""Berkeley clock synchronization among the servers, run by the Bully coordinator.
+
+Gusella and Zatti's algorithm (4.3BSD TEMPO), one round every ``berkeley_interval``:
+
+1. The coordinator asks every server its time: TIME_QUERY.
+2. Each server answers with its clock reading: TIME_REPLY.
+3. After ``berkeley_reply_window`` the coordinator estimates each server's offset from
+   its own clock, compensating half the round trip: ``time + rtt/2 - my_clock``.
+4. Fault-tolerant average: readings further than ``berkeley_outlier_s`` from the
+   median are left out, and the rest (its own offset 0 included) are averaged.
+5. Every server, left out or not, is sent the correction that brings it to that
+   average: ``avg - offset``. The coordinator applies its own, ``avg``, locally.
+
+Orders from a coordinator whose epoch is below the receiver's are ignored, so a
+deposed coordinator cannot move anyone's clock.
+
+Pure logic: no sockets, no threads. ``now`` is ``time.monotonic()`` from the server,
+taken when the message arrived.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+from common import protocol
+from common.clock import PhysicalClock
+from common.config import Config
+from common.log import ProcessLog
+from servers.election import OVERDUE, Bully
+
+
+@dataclass(frozen=True)
+class Average:
+    """The fault-tolerant average of one round's offsets (seconds, from the coordinator)."""
+    median: float
+    accepted: frozenset[int]
+    value: float
+
+
+def fault_tolerant_average(offsets: dict[int, float], outlier_s: float) -> Average:
+    """TEMPO: average the offsets within ``outlier_s`` of the median.
+
+    The median is the lower median, always one of the readings, so the accepted set
+    is never empty; with fewer than half the readings faulty, it is a good one.
+    """
+    median = statistics.median_low(offsets.values())
+    accepted = frozenset(sid for sid, off in offsets.items() if abs(off - median) <= outlier_s)
+    value = statistics.fmean(offsets[sid] for sid in accepted)
+    return Average(median, accepted, value)
+
+
+@dataclass
+class Reading:
+    time: float        # the server's clock in its TIME_REPLY
+    rtt: float         # monotonic seconds from my TIME_QUERY to its reply
+    local: float       # my clock when the reply arrived
+
+    @property
+    def offset(self) -> float:
+        """Cristian's estimate: the reply was read half a round trip ago."""
+        return self.time + self.rtt / 2 - self.local
+
+
+@dataclass
+class Round:
+    number: int
+    epoch: int
+    sent: float        # monotonic
+    closes: float      # monotonic
+    readings: dict[int, Reading] = field(default_factory=dict)
+
+
+class BerkeleySync:
+    """One server's part in Berkeley: a coordinator's rounds, a follower's replies."""
+
+    def __init__(self, my_id: int, config: Config, clock: PhysicalClock,
+                 publish: Callable[[str, dict], None], log: ProcessLog | None,
+                 election: Bully) -> None:
+        self.my_id = my_id
+        self.config = config
+        self.clock = clock
+        self._publish = publish
+        self._log = log
+        self.election = election
+        self._term: int | None = None       # the epoch whose rounds I schedule
+        self._open: Round | None = None
+        self._next_round = OVERDUE          # monotonic
+        self._requested = False
+        self._numbers = 0
+        self.rounds = 0                     # rounds I closed as coordinator
+        self.synced = False
+        self.last_sync: float | None = None
+        self.offset_ms: float | None = None
+
+    # --- the coordinator's side ----------------------------------------------------
+    def request_round(self) -> None:
+        """Run a round at the next tick (a joining server must be set before it serves)."""
+        self._requested = True
+
+    def next_deadline(self) -> float | None:
+        if not self.election.is_coordinator:
+            return None
+        if self._open is not None:
+            return self._open.closes
+        if self._requested or self._term != self.election.epoch:
+            return OVERDUE
+        return self._next_round
+
+    def tick(self, now: float) -> None:
+        """Close the open round once its window has passed; open one when due.
+        Only a coordinator of the current epoch acts."""
+        if not self.election.is_coordinator:
+            self._term, self._open = None, None
+            return
+        if self._term != self.election.epoch:        # a new term: first round at once
+            self._term, self._open = self.election.epoch, None
+            self._next_round = now
+        if self._open is not None and now >= self._open.closes:
+            self._close_round(self._open)
+            self._open = None
+        if self._open is None and (self._requested or now >= self._next_round):
+            self._open_round(now)
+
+    def on_time_reply(self, body: dict, now: float) -> None:
+        """Record a reading for my open round, with its round trip and my clock."""
+        r = self._open
+        if r is None or body["to"] != self.my_id or body["round"] != r.number:
+            return
+        r.readings[body["from"]] = Reading(body["time"], now - r.sent, self.clock.now())
+
+    def _open_round(self, now: float) -> None:
+        self._numbers += 1
+        epoch = self.election.epoch
+        self._open = Round(self._numbers, epoch, now, now + self.config.berkeley_reply_window)
+        self._next_round = now + self.config.berkeley_interval
+        self._requested = False
+        self._publish(protocol.TIME_QUERY,
+                      {"from": self.my_id, "epoch": epoch, "round": self._numbers})
+
+    def _close_round(self, r: Round) -> None:
+        offsets = {self.my_id: 0.0} | {sid: rd.offset for sid, rd in r.readings.items()}
+        avg = fault_tolerant_average(offsets, self.config.berkeley_outlier_s)
+        corrections = {sid: avg.value - off for sid, off in offsets.items()}
+        self.rounds += 1
+        self._note(self._describe(r, offsets, avg, corrections))
+        others = {str(sid): delta for sid, delta in corrections.items() if sid != self.my_id}
+        self._publish(protocol.TIME_ADJUST, {"from": self.my_id, "epoch": r.epoch,
+                                             "round": r.number, "corrections": others})
+        self._apply(corrections[self.my_id], r.number, self.my_id)
+
+    def _describe(self, r: Round, offsets: dict[int, float], avg: Average,
+                  corrections: dict[int, float]) -> str:
+        def reading(sid: int) -> str:
+            rtt = f"(rtt {r.readings[sid].rtt * 1000:.1f}ms)" if sid in r.readings else ""
+            return f"s{sid}={_ms(offsets[sid])}{rtt}"
+        ids = sorted(offsets)
+        excluded = [f"s{sid} {_ms(offsets[sid])}" for sid in ids if sid not in avg.accepted]
+        return (f"berkeley round {r.number} (epoch {r.epoch}): readings "
+                f"{' '.join(reading(sid) for sid in ids)} median={_ms(avg.median)} "
+                f"excluded=[{', '.join(excluded)}] avg={_ms(avg.value)} corrections "
+                f"{' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids)}")
+
+    # --- every server's side ----------------------------------------------------------
+    def on_time_query(self, body: dict, now: float) -> None:
+        """Berkeley step 2: answer the coordinator with my clock reading."""
+        if body["from"] == self.my_id or self._stale("TIME_QUERY", body):
+            return
+        self._publish(protocol.TIME_REPLY, {"from": self.my_id, "to": body["from"],
+                                            "round": body["round"], "time": self.clock.now()})
+
+    def on_time_adjust(self, body: dict, now: float) -> None:
+        """Berkeley step 5: apply my own correction from the coordinator."""
+        if body["from"] == self.my_id or self._stale("TIME_ADJUST", body):
+            return
+        delta = body["corrections"].get(str(self.my_id))
+        if delta is None:
+            return                          # my reply missed that round
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) \
+                or not math.isfinite(delta):
+            self._note(f"ignored TIME_ADJUST from s{body['from']}: bad correction {delta!r}")
+            return
+        self._apply(delta, body["round"], body["from"])
+
+    def _stale(self, what: str, body: dict) -> bool:
+        """Fencing: refuse orders from an older epoch, or from a rival claimant of
+        my own epoch whom the election did not pick."""
+        epoch, sender = body["epoch"], body["from"]
+        mine, coordinator = self.election.epoch, self.election.coordinator
+        if epoch < mine:
+            self._note(f"ignored stale {what} from s{sender}: epoch {epoch} < mine {mine}")
+            return True
+        if epoch == mine and coordinator is not None and sender != coordinator:
+            self._note(f"ignored {what} from s{sender}: s{coordinator} coordinates epoch {epoch}")
+            return True
+        return False
+
+    def _apply(self, delta: float, round_number: int, coordinator: int) -> None:
+        self.clock.adjust(delta)
+        self.last_sync = self.clock.now()
+        self.offset_ms = -delta * 1000
+        self.synced = True
+        self._note(f"clock adjusted by {delta * 1000:+.3f} ms "
+                   f"(round {round_number}, coordinator s{coordinator})")
+
+    def _note(self, what: str) -> None:
+        if self._log is not None:
+            self._log.note(what)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:+.1f}ms"

@@ -1,0 +1,232 @@
+"""Bully election with epochs: the highest live server id is the coordinator.
+
+Garcia-Molina's bully algorithm, on the bus that every server hears:
+
+* A process that finds the coordinator silent calls an election: ELECTION.
+* A process that hears ELECTION from a lower id answers ANSWER and holds its own
+  election (a coordinator that is still current just announces itself again).
+* A candidate that hears no ANSWER within ``answer_timeout`` is the coordinator and
+  says so with COORDINATOR; one that was answered waits ``coordinator_wait`` for it,
+  then calls a new election.
+* A process that (re)starts calls an election, so a higher id always takes over.
+
+Each new coordinator takes an epoch one above any it has seen. Between two claims,
+the higher epoch wins, and at the same epoch the higher id. A coordinator steps down
+the moment it hears a claim that beats its own, whether in a COORDINATOR or a BEAT.
+Servers refuse orders carrying an epoch lower than theirs, so a deposed coordinator
+cannot act on them.
+
+Pure logic: no sockets, no threads, no clock reads. The server passes
+``time.monotonic()`` in as ``now`` and calls ``tick()`` on every loop iteration.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from common import protocol
+from common.config import Config
+from common.log import ProcessLog
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+COORDINATOR = "coordinator"
+
+OVERDUE = 0.0
+"""A deadline in the past: the server should tick at once."""
+
+
+class Bully:
+    """One server's view of the election: its state, the coordinator and the epoch."""
+
+    def __init__(self, my_id: int, config: Config,
+                 publish: Callable[[str, dict], None], log: ProcessLog | None) -> None:
+        self.my_id = my_id
+        self.config = config
+        self._publish = publish
+        self._log = log
+        self._state = FOLLOWER
+        self._coordinator: int | None = None
+        self._epoch = 0                     # the epoch of the coordinator I follow
+        self._max_epoch = 0                 # the highest epoch I have heard of
+        self._started = False
+        self._answered = False              # candidate: a higher id said it takes over
+        self._deadline: float | None = None  # candidate: when to win, or to start over
+        self._coordinator_seen = 0.0        # monotonic: last traffic from the coordinator
+        self.elections = 0
+        self.messages_sent = 0
+
+    # --- what the server reads -------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def coordinator(self) -> int | None:
+        return self._coordinator
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self._state == COORDINATOR
+
+    def next_deadline(self) -> float | None:
+        """The earliest monotonic time at which ``tick()`` has something to do."""
+        if not self._started or self._state == COORDINATOR:
+            return None
+        if self._state == CANDIDATE:
+            return self._deadline
+        if self._coordinator is None:
+            return OVERDUE
+        return self._coordinator_seen + self.config.election_timeout
+
+    # --- what the server calls -------------------------------------------------
+    def start(self, now: float) -> None:
+        """Bully: a process that (re)starts calls an election, so that it takes
+        over if it is the highest. Until then this object only listens."""
+        if not self._started:
+            self._started = True
+            self._call_election(now)
+
+    def saw_peer(self, sender: int, now: float) -> None:
+        """Any traffic from the coordinator proves it alive (call on every bus message)."""
+        if sender == self._coordinator and sender != self.my_id:
+            self._coordinator_seen = max(self._coordinator_seen, now)
+
+    def on_beat(self, sender: int, epoch: int, coordinator: int | None, now: float) -> None:
+        """Adopt the coordinator a peer's BEAT names if it beats mine.
+
+        A BEAT never fills a vacancy at my own epoch: it may name a coordinator that
+        its sender has not yet found dead, and re-adopting that would stall elections.
+        """
+        self.saw_peer(sender, now)
+        self._see_epoch(epoch)
+        if coordinator is None or coordinator == self.my_id:
+            return                          # no claim, or a claim of mine from before a restart
+        if self._outranks(coordinator, epoch, fill_vacancy=False):
+            self._follow(coordinator, epoch, sender, now)
+
+    def on_election(self, body: dict, now: float) -> None:
+        """Bully: ELECTION from a lower id gets an ANSWER, and I hold my own election."""
+        sender, epoch = body["from"], body["epoch"]
+        self._see_epoch(epoch)
+        if not self._started or sender >= self.my_id:
+            return
+        self._send(protocol.ANSWER, {"from": self.my_id, "to": sender, "epoch": self._epoch})
+        if self._state == COORDINATOR and epoch <= self._epoch:
+            self._announce()                # still current: no need for a new epoch
+        elif self._state != CANDIDATE:
+            if self._state == COORDINATOR:
+                self._note(f"stepping down: saw epoch {epoch} from s{sender}")
+                self._coordinator = None
+            self._call_election(now)
+
+    def on_answer(self, body: dict, now: float) -> None:
+        """Bully: a candidate answered by a higher id stops trying to win and waits
+        ``coordinator_wait`` for that id's COORDINATOR."""
+        self._see_epoch(body["epoch"])
+        if body["to"] != self.my_id or self._state != CANDIDATE or self._answered:
+            return
+        self._answered = True
+        self._deadline = now + self.config.coordinator_wait
+
+    def on_coordinator(self, body: dict, now: float) -> None:
+        """Accept a COORDINATOR with a higher epoch than mine, or my epoch and an id
+        no lower than my coordinator's; refuse any other."""
+        sender, epoch = body["from"], body["epoch"]
+        self._see_epoch(epoch)
+        if sender == self.my_id:
+            return
+        current = (epoch, sender) == (self._epoch, self._coordinator)
+        if current or self._outranks(sender, epoch, fill_vacancy=True):
+            self._follow(sender, epoch, sender, now)
+        elif epoch < self._epoch:
+            self._note(f"rejected COORDINATOR from s{sender}: epoch {epoch} < mine {self._epoch}")
+        else:
+            self._note(f"rejected COORDINATOR from s{sender}: "
+                       f"s{self._coordinator} is higher in epoch {epoch}")
+
+    def tick(self, now: float) -> None:
+        """The periodic job; idempotent, so call it on every loop iteration.
+
+        A candidate nobody answered wins; one answered but never told who won
+        starts over; a follower whose coordinator fell silent for
+        ``election_timeout`` calls an election.
+        """
+        if not self._started or self._state == COORDINATOR:
+            return
+        if self._state == CANDIDATE:
+            if now < self._deadline:
+                return
+            if self._answered:
+                self._note("no COORDINATOR after an ANSWER: starting over")
+                self._call_election(now)
+            else:
+                self._become_coordinator()
+        elif self._coordinator is None:
+            self._call_election(now)
+        elif now >= self._coordinator_seen + self.config.election_timeout:
+            self._note(f"coordinator s{self._coordinator} silent for "
+                       f"{now - self._coordinator_seen:.2f}s")
+            self._coordinator = None
+            self._call_election(now)
+
+    # --- transitions -------------------------------------------------------------
+    def _call_election(self, now: float) -> None:
+        self._state = CANDIDATE
+        self._answered = False
+        self._deadline = now + self.config.answer_timeout
+        self.elections += 1
+        self._note(f"election called (epoch {self._epoch})")
+        self._send(protocol.ELECTION, {"from": self.my_id, "epoch": self._epoch})
+
+    def _become_coordinator(self) -> None:
+        self._max_epoch += 1
+        self._epoch = self._max_epoch
+        self._state = COORDINATOR
+        self._coordinator = self.my_id
+        self._deadline = None
+        self._note(f"I am coordinator (epoch {self._epoch})")
+        self._announce()
+
+    def _follow(self, coordinator: int, epoch: int, source: int, now: float) -> None:
+        """Accept ``coordinator`` for ``epoch``. Bully: if it is lower than me and I
+        have started, I hold (or keep holding) an election instead of following."""
+        takes_over = self._started and coordinator < self.my_id
+        news = (coordinator, epoch) != (self._coordinator, self._epoch)
+        if self._state == COORDINATOR:
+            self._note(f"stepping down: saw epoch {epoch} from s{source}")
+        if news or (self._state != FOLLOWER and not takes_over):
+            self._note(f"coordinator is now s{coordinator} (epoch {epoch})")
+        self._coordinator = coordinator
+        self._epoch = epoch
+        self._coordinator_seen = now
+        if not takes_over:
+            self._state = FOLLOWER
+        elif self._state != CANDIDATE:
+            self._call_election(now)
+
+    def _announce(self) -> None:
+        self._send(protocol.COORDINATOR, {"from": self.my_id, "epoch": self._epoch})
+
+    # --- helpers -------------------------------------------------------------------
+    def _outranks(self, coordinator: int, epoch: int, *, fill_vacancy: bool) -> bool:
+        """The order of claims: a higher epoch wins; at my epoch, a higher id."""
+        if epoch != self._epoch:
+            return epoch > self._epoch
+        if self._coordinator is None:
+            return fill_vacancy
+        return coordinator > self._coordinator
+
+    def _see_epoch(self, epoch: int) -> None:
+        self._max_epoch = max(self._max_epoch, epoch)
+
+    def _send(self, msg_type: str, body: dict) -> None:
+        self.messages_sent += 1
+        self._publish(msg_type, body)
+
+    def _note(self, what: str) -> None:
+        if self._log is not None:
+            self._log.note(what)

@@ -1,0 +1,475 @@
+"""One server process: its sockets, its event loop, and its phases.
+
+Sockets (all owned by the one loop in ``run``):
+
+* ``broker``  DEALER -> broker backend: client requests in, replies out,
+  READY / HEARTBEAT / LEAVE (Paranoid Pirate worker).
+* ``pub``     PUB -> bus: EVENT, ACK, BEAT, BYE, election and clock messages.
+* ``sub``     SUB <- bus: the same from every other server.
+* ``router``  ROUTER on ``peer_port(id)``: answers peers' FETCH.
+* ``dealers`` one DEALER per peer we pull events from.
+
+Phases: ``joining`` (listen to the bus to learn the peers) -> ``syncing``
+(pull what the peers hold, get the clock set) -> ``serving`` (in the broker's
+pool) -> ``leaving`` (SIGTERM: out of the pool, finish, exit).
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import zmq
+
+from common import protocol as P
+from common.clock import LamportClock, PhysicalClock
+from common.config import Config
+from common.log import ProcessLog
+from servers.berkeley import BerkeleySync
+from servers.election import Bully
+from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.replication import Replication
+from servers.requests import ClientRequests, RequestError
+from servers.state import SocialState
+from servers.store import EventStore
+
+HWM = 200_000
+DRAIN = 1000
+"""Messages read from one socket per loop turn: batches fsyncs and ACKs under load."""
+
+
+class Server:
+    def __init__(self, config: Config, server_id: int, clock: PhysicalClock | None = None) -> None:
+        self.id = server_id
+        self.name = f"server-{server_id}"
+        self.config = config
+        self.lamport = LamportClock()
+        self.clock = clock or PhysicalClock()
+        self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport, self.clock)
+        self.state = SocialState()
+        self.store = EventStore(config.server_data_dir(server_id), config.fsync,
+                                config.checkpoint_min, config.checkpoint_ratio)
+        self.peers = Peers(server_id, config.peer_timeout)
+        self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
+        self.requests = ClientRequests(self.state)
+        self.election = Bully(server_id, config, self.publish, self.log)
+        self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
+                                     self.election)
+        self.phase = JOINING
+        self.running = True
+        self.started = time.monotonic()
+        self.phase_since = self.started
+        self.target: dict[int, int] = {}
+        self.last_write = self.started
+        self.heartbeat_at = 0.0
+        self.broker_seen = self.started
+        self.leave_deadline = 0.0
+        self.rng = random.Random()
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.poller = zmq.Poller()
+        self.dealers: dict[int, zmq.Socket] = {}
+        self._handlers: dict[zmq.Socket, object] = {}
+
+    # --- sockets ------------------------------------------------------------------------
+    def _socket(self, kind: int, handler=None) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.sndhwm = HWM
+        sock.rcvhwm = HWM
+        if handler is not None:
+            self.poller.register(sock, zmq.POLLIN)
+            self._handlers[sock] = handler
+        return sock
+
+    def _close(self, sock: zmq.Socket) -> None:
+        if sock in self._handlers:
+            self.poller.unregister(sock)
+            del self._handlers[sock]
+        sock.close(0)
+
+    def open_sockets(self) -> None:
+        cfg = self.config
+        self.router = self._socket(zmq.ROUTER, self.on_peer_request)
+        self.router.bind(cfg.endpoint(cfg.peer_port(self.id)))
+        self.pub = self._socket(zmq.PUB)
+        self.pub.connect(cfg.endpoint(cfg.bus_in_port))
+        self.sub = self._socket(zmq.SUB, self.on_bus)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(cfg.endpoint(cfg.bus_out_port))
+        self.connect_broker()
+
+    def connect_broker(self) -> None:
+        """(Re)connect to the broker, as the Paranoid Pirate worker does."""
+        if getattr(self, "broker", None) is not None:
+            self._close(self.broker)
+        self.broker = self._socket(zmq.DEALER, self.on_broker)
+        self.broker.setsockopt(zmq.IDENTITY, self.name.encode())
+        self.broker.connect(self.config.endpoint(self.config.backend_port))
+        self.broker_seen = time.monotonic()
+
+    def dealer(self, peer_id: int) -> zmq.Socket:
+        sock = self.dealers.get(peer_id)
+        if sock is None:
+            sock = self._socket(zmq.DEALER, lambda frames, p=peer_id: self.on_peer_reply(p, frames))
+            sock.connect(self.config.endpoint(self.config.peer_port(peer_id)))
+            self.dealers[peer_id] = sock
+        return sock
+
+    # --- sending --------------------------------------------------------------------------
+    def publish(self, msg_type: str, body: dict) -> None:
+        """Send on the bus; every bus send but the periodic BEAT gets a log line."""
+        stamp = self.lamport.tick()
+        self.pub.send_multipart(P.encode(msg_type, stamp, body))
+        if msg_type == P.EVENT:
+            self.log.send("bus", f"EVENT {_event_brief(body['event'])}")
+        elif msg_type != P.BEAT:
+            self.log.send("bus", f"{msg_type} {_brief(body)}")
+
+    def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
+        stamp = self.lamport.tick()
+        try:
+            self.broker.send_multipart([route] + P.encode(msg_type, stamp, body), zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warn(f"broker queue full: dropped {msg_type}")
+
+    def reply(self, route: bytes, rid: str, result: dict | None = None,
+              code: str | None = None, error: str | None = None) -> None:
+        body = {"rid": rid, "ok": code is None, "server": self.id, "time": self.clock.now()}
+        if code is None:
+            body["result"] = result
+        else:
+            body["code"], body["error"] = code, error
+        self.to_broker(route, P.REPLY, body)
+        what = f"ok replicas={result.get('replicas')}" if code is None else f"{code}: {error}"
+        self.log.send(f"client:{route.hex()[:8]}", f"reply rid={rid} {what}")
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        loaded = self.repl.load(self.store.load())
+        self.open_sockets()
+        self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
+                      f"digest {self.state.digest()[:12]}; joining")
+        try:
+            while self.running:
+                now = time.monotonic()
+                wait = max(0.0, min(self.next_deadline(), now + 0.25) - now)
+                for sock, _ in self.poller.poll(wait * 1000):
+                    handler = self._handlers.get(sock)
+                    if handler is not None:
+                        self._drain(sock, handler)
+                self.after_batch()
+                self.tick(time.monotonic())
+        finally:
+            self.close()
+
+    def _drain(self, sock: zmq.Socket, handler) -> None:
+        for _ in range(DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:        # socket closed by a handler in this turn
+                return
+            try:
+                handler(frames)
+            except Exception as exc:    # noqa: BLE001 - no input may crash the server
+                self.log.warn(f"error handling a message: {type(exc).__name__}: {exc}")
+
+    def next_deadline(self) -> float:
+        deadlines = [self.heartbeat_at, self.election.next_deadline(),
+                     self.berkeley.next_deadline()]
+        return min(d for d in deadlines if d is not None)
+
+    def after_batch(self) -> None:
+        """Once per loop turn: make new events durable, ACK them, answer waiting clients."""
+        fresh = self.repl.take_fresh()
+        if fresh:
+            self.store.sync()
+            self.last_write = time.monotonic()
+            if self.phase != JOINING:
+                self.publish(P.ACK, {"from": self.id, "vv": self.state.vv()})
+        for waiter, holders in self.repl.ready(time.monotonic()):
+            event = self.state.events.get(waiter.event_id)
+            if event is None:
+                continue
+            if holders < self.config.replicas:
+                self.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
+                              f"of {self.config.replicas} copies (too few servers alive)")
+            self.reply(waiter.route, waiter.rid, self.requests.result(event, holders))
+
+    def tick(self, now: float) -> None:
+        """Idempotent periodic jobs, run on every loop turn."""
+        self.election.tick(now)
+        self.berkeley.tick(now)
+        if now >= self.heartbeat_at:
+            self.heartbeat_at = now + self.config.heartbeat_interval
+            self.send_heartbeats(now)
+            self.purge_peers(now)
+        self.advance_phase(now)
+        for peer_id in self.repl.fetches_due(now, eager=self.phase == SYNCING):
+            self.send_fetch(peer_id)
+        self.store.maybe_checkpoint(idle=now - self.last_write > self.config.checkpoint_idle_s)
+
+    def advance_phase(self, now: float) -> None:
+        if self.phase == JOINING and now - self.phase_since >= 3 * self.config.heartbeat_interval:
+            self.target = self.state.vv()
+            for peer in self.peers.live(now):
+                for origin, seq in peer.vv.items():
+                    self.target[origin] = max(self.target.get(origin, 0), seq)
+            self.set_phase(SYNCING, f"target {self.target}")
+            self.election.start(now)
+        elif self.phase == SYNCING:
+            self._lower_unreachable_target(now)
+            clock_set = (self.berkeley.synced or self.election.is_coordinator
+                         or now - self.phase_since >= self.config.join_clock_wait)
+            if self.repl.caught_up(self.target) and clock_set:
+                self.set_phase(SERVING, f"caught up: {self.state.count} events, "
+                                        f"digest {self.state.digest()[:12]}")
+                self.to_broker(b"", P.READY, {"id": self.id})
+        elif self.phase == LEAVING and (not self.repl.waiters or now >= self.leave_deadline):
+            self.running = False
+
+    def _lower_unreachable_target(self, now: float) -> None:
+        """If every live holder of an origin's tail is gone, stop waiting for it."""
+        live = self.peers.live(now)
+        for origin, seq in self.target.items():
+            best = max([self.state.seq_of(origin)] + [p.vv.get(origin, 0) for p in live])
+            if best < seq:
+                self.target[origin] = best
+
+    def set_phase(self, phase: str, why: str) -> None:
+        self.log.note(f"phase {self.phase} -> {phase}: {why}")
+        self.phase = phase
+        self.phase_since = time.monotonic()
+        if phase == SYNCING:
+            self.berkeley.request_round()
+
+    def leave(self, *_args) -> None:
+        """SIGTERM: out of the pool at once, finish what is waiting, exit within 2 s."""
+        if self.phase == LEAVING:
+            return
+        self.set_phase(LEAVING, "SIGTERM")
+        self.leave_deadline = time.monotonic() + 1.0
+        self.to_broker(b"", P.LEAVE, {"id": self.id})
+        self.publish(P.BYE, {"from": self.id})
+
+    def close(self) -> None:
+        self.store.close()
+        self.log.note(f"stopped: {self.state.count} events, digest {self.state.digest()[:12]}")
+        self.ctx.destroy(0)
+        self.log.close()
+
+    # --- heartbeats and membership ----------------------------------------------------------
+    def status(self, now: float) -> dict:
+        return {"id": self.id, "phase": self.phase, "events": self.state.count,
+                "digest": self.state.digest(), "lamport": self.lamport.value,
+                "vv": {str(k): v for k, v in self.state.vv().items()},
+                "coordinator": self.election.coordinator, "epoch": self.election.epoch,
+                "clock_offset_ms": self.berkeley.offset_ms,
+                "clock_skew_ms": round(self.clock.skew() * 1000, 3),
+                "last_sync": self.berkeley.last_sync,
+                "under_replicated": self.repl.under_replicated(now),
+                "peers": sorted(p.id for p in self.peers.live(now))}
+
+    def send_heartbeats(self, now: float) -> None:
+        status = self.status(now)
+        self.to_broker(b"", P.HEARTBEAT, status)
+        beat = {"from": self.id, "phase": self.phase, "vv": status["vv"],
+                "epoch": self.election.epoch, "coordinator": self.election.coordinator,
+                "events": status["events"], "digest": status["digest"]}
+        self.publish(P.BEAT, beat)
+        if now - self.broker_seen > self.config.broker_timeout:
+            self.log.warn(f"broker silent for {now - self.broker_seen:.1f}s: reconnecting")
+            self.connect_broker()
+
+    def purge_peers(self, now: float) -> None:
+        for peer in self.peers.expire(now):
+            self.log.note(f"peer server-{peer.id} gone (silent {self.config.peer_timeout}s)")
+            sock = self.dealers.pop(peer.id, None)
+            if sock is not None:
+                self._close(sock)
+            self.repl.fetching.pop(peer.id, None)
+
+    # --- broker: client requests ---------------------------------------------------------------
+    def on_broker(self, frames: list[bytes]) -> None:
+        self.broker_seen = time.monotonic()
+        if len(frames) != 4:
+            self.log.warn(f"dropped malformed message from the broker ({len(frames)} frames)")
+            return
+        route = frames[0]
+        try:
+            msg = P.decode(frames[1:])
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped bad message from the broker: {exc}")
+            return
+        self.lamport.merge(msg.lamport)
+        if msg.type == P.REQUEST and route:
+            self.on_request(route, msg.body)
+
+    def on_request(self, route: bytes, body: dict) -> None:
+        rid = body.get("rid", "?")
+        try:
+            P.check_request(body)
+        except P.ProtocolError as exc:
+            self.log.recv(f"client:{route.hex()[:8]}", f"bad request rid={rid}: {exc}")
+            self.reply(route, str(rid)[:64], code=P.ERR_BAD_REQUEST, error=str(exc))
+            return
+        op, user, args = body["op"], body["user"], body["args"]
+        self.log.recv(user, f"{op} rid={rid} {_brief(args)}")
+        if self.phase != SERVING:
+            self.reply(route, rid, code=P.ERR_UNAVAILABLE, error=f"{self.name} is {self.phase}")
+            return
+        try:
+            if op in P.READ_OPS:
+                self.reply(route, rid, self.requests.read(op, user, args))
+            else:
+                self.on_write(route, rid, op, user, args)
+        except RequestError as exc:
+            self.reply(route, rid, code=exc.code, error=str(exc))
+
+    def on_write(self, route: bytes, rid: str, op: str, user: str, args: dict) -> None:
+        existing = self.state.events.get(rid)
+        if existing is not None:                 # a retry: applied once, answered again
+            if existing["user"] != user:
+                raise RequestError(P.ERR_BAD_REQUEST, "request id already used by another user")
+            self.log.note(f"retry of {rid}: already applied as {existing['origin']}:{existing['seq']}")
+            self.repl.wait(route, rid, existing)
+            return
+        plan = self.requests.plan(op, user, args)
+        if isinstance(plan, dict):               # nothing to write
+            self.reply(route, rid, plan)
+            return
+        kind, data = plan
+        event = self.repl.create(kind, user, data, rid, self.lamport.tick(), self.clock.stamp())
+        self.publish(P.EVENT, {"from": self.id, "event": event})
+        self.repl.wait(route, rid, event)
+
+    # --- bus ------------------------------------------------------------------------------------
+    def on_bus(self, frames: list[bytes]) -> None:
+        try:
+            msg = P.decode(frames)
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped bad bus message: {exc}")
+            return
+        sender = msg.body.get("from")
+        if sender == self.id or msg.type == P.PUSH:
+            return
+        if msg.type in (P.EVENT, P.ACK) and self.config.drop_rate and \
+                self.rng.random() < self.config.drop_rate:
+            return                                 # test-only fault: a lost bus message
+        self.lamport.merge(msg.lamport)
+        now = time.monotonic()
+        peer, new = self.peers.saw(sender, now)
+        if new:
+            self.log.recv(f"server-{sender}", f"peer appeared ({msg.type})")
+            if self.election.is_coordinator:
+                self.berkeley.request_round()
+        self.election.saw_peer(sender, now)
+        handler = getattr(self, "on_" + msg.type.lower(), None)
+        if handler is not None:
+            handler(msg.body, now)
+
+    def on_event(self, body: dict, now: float) -> None:
+        event = P.check_event(body["event"])
+        new = self.repl.receive(event)
+        self.log.recv(f"server-{body['from']}",
+                      f"EVENT {_event_brief(event)}{'' if new else ' (held or early)'}")
+
+    def on_ack(self, body: dict, now: float) -> None:
+        self.peers.reset_vv(body["from"], _vv(body["vv"]))
+        self.log.recv(f"server-{body['from']}", f"ACK vv={body['vv']}")
+
+    def on_beat(self, body: dict, now: float) -> None:
+        peer = self.peers.table[body["from"]]
+        if peer.phase != body["phase"]:
+            self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {body['phase']}")
+            peer.phase = body["phase"]
+        self.peers.reset_vv(peer.id, _vv(body["vv"]))
+        self.election.on_beat(peer.id, body["epoch"], body["coordinator"], now)
+
+    def on_bye(self, body: dict, now: float) -> None:
+        self.peers.left(body["from"])
+        self.log.recv(f"server-{body['from']}", "BYE: peer leaves")
+
+    def on_election(self, body: dict, now: float) -> None:
+        self.election.on_election(body, now)
+
+    def on_answer(self, body: dict, now: float) -> None:
+        self.election.on_answer(body, now)
+
+    def on_coord(self, body: dict, now: float) -> None:
+        self.election.on_coordinator(body, now)
+
+    def on_time_q(self, body: dict, now: float) -> None:
+        self.berkeley.on_time_query(body, now)
+
+    def on_time_r(self, body: dict, now: float) -> None:
+        self.berkeley.on_time_reply(body, now)
+
+    def on_time_adj(self, body: dict, now: float) -> None:
+        self.berkeley.on_time_adjust(body, now)
+
+    # --- peers: catch-up over request/reply --------------------------------------------------------
+    def send_fetch(self, peer_id: int) -> None:
+        stamp = self.lamport.tick()
+        after = {str(k): v for k, v in self.state.vv().items()}
+        self.dealer(peer_id).send_multipart(P.encode(P.FETCH, stamp, {
+            "from": self.id, "after": after, "limit": self.config.fetch_batch}))
+        self.log.send(f"server-{peer_id}", f"FETCH after {after}")
+
+    def on_peer_request(self, frames: list[bytes]) -> None:
+        try:
+            msg = P.decode(frames[1:])
+            if msg.type != P.FETCH:
+                raise P.ProtocolError(f"expected FETCH, got {msg.type}")
+            after = _vv(msg.body["after"])
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped bad peer request: {exc}")
+            return
+        self.lamport.merge(msg.lamport)
+        limit = max(1, min(msg.body["limit"], self.config.fetch_batch))
+        events = self.state.events_after(after, limit + 1)
+        more = len(events) > limit
+        body = {"from": self.id, "events": events[:limit], "vv": self.state.vv(), "more": more}
+        stamp = self.lamport.tick()
+        self.router.send_multipart([frames[0]] + P.encode(P.EVENTS, stamp, body))
+        self.log.line("serve", f"server-{msg.body['from']}",
+                      f"EVENTS {min(len(events), limit)} events more={more}")
+
+    def on_peer_reply(self, peer_id: int, frames: list[bytes]) -> None:
+        try:
+            msg = P.decode(frames)
+            if msg.type != P.EVENTS:
+                raise P.ProtocolError(f"expected EVENTS, got {msg.type}")
+            events = [P.check_event(e) for e in msg.body["events"]]
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped bad reply from server-{peer_id}: {exc}")
+            return
+        self.lamport.merge(msg.lamport)
+        new = self.repl.fetched(peer_id, events)
+        self.log.recv(f"server-{peer_id}", f"EVENTS {len(events)} events, {new} new, "
+                      f"more={msg.body['more']}")
+        if msg.body["more"]:
+            self.repl.fetching[peer_id] = time.monotonic() + 2.0
+            self.send_fetch(peer_id)
+
+
+def _vv(raw: dict) -> dict[int, int]:
+    try:
+        vv = {int(k): v for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise P.ProtocolError("version vector keys must be server ids") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vv.values()):
+        raise P.ProtocolError("version vector values must be sequence numbers")
+    return vv
+
+
+def _event_brief(event: dict) -> str:
+    data = _brief(event["data"], 80)
+    return (f"{event['kind']} id={event['id']} {event['origin']}:{event['seq']} "
+            f"by {event['user']} L={event['lamport']} {data}").rstrip()
+
+
+def _brief(body: dict, width: int = 120) -> str:
+    text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                    for k, v in body.items() if k != "from")
+    return text if len(text) <= width else text[:width - 1] + "…"

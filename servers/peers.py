@@ -1,0 +1,90 @@
+"""What a server knows of the other servers: liveness, phase and holdings.
+
+Any bus message from a peer counts as proof of life (the ZeroMQ Guide's
+Paranoid Pirate rule). A peer's version vector, carried by its ACK and BEAT
+messages, says which events it holds durably: ``vv[origin] >= seq`` means it
+holds event ``(origin, seq)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SERVING = "serving"
+JOINING = "joining"
+SYNCING = "syncing"
+LEAVING = "leaving"
+GONE = "gone"
+
+
+@dataclass
+class Peer:
+    id: int
+    expiry: float                      # monotonic: alive while now < expiry
+    phase: str = JOINING
+    vv: dict[int, int] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def alive(self, now: float) -> bool:
+        return self.phase not in (GONE, LEAVING) and now < self.expiry
+
+    def holds(self, origin: int, seq: int) -> bool:
+        return self.vv.get(origin, 0) >= seq
+
+
+class Peers:
+    def __init__(self, my_id: int, timeout: float) -> None:
+        self.my_id = my_id
+        self.timeout = timeout
+        self.table: dict[int, Peer] = {}
+
+    def saw(self, peer_id: int, now: float) -> tuple[Peer, bool]:
+        """Record life; returns the peer and whether it is new or back from the dead."""
+        peer = self.table.get(peer_id)
+        if peer is None:
+            peer = self.table[peer_id] = Peer(peer_id, now + self.timeout)
+            return peer, True
+        back = not peer.alive(now)
+        peer.expiry = now + self.timeout
+        if back and peer.phase in (GONE, LEAVING):
+            peer.phase = JOINING
+        return peer, back
+
+    def update_vv(self, peer_id: int, vv: dict[int, int]) -> None:
+        """Version vectors only grow: a stale or reordered report never lowers one."""
+        peer = self.table.get(peer_id)
+        if peer is None:
+            return
+        for origin, seq in vv.items():
+            if seq > peer.vv.get(origin, 0):
+                peer.vv[origin] = seq
+
+    def reset_vv(self, peer_id: int, vv: dict[int, int]) -> None:
+        """A restarted peer may hold less than before (lost folder): believe its BEAT."""
+        peer = self.table.get(peer_id)
+        if peer is not None:
+            peer.vv = dict(vv)
+
+    def left(self, peer_id: int) -> None:
+        peer = self.table.get(peer_id)
+        if peer is not None:
+            peer.phase = GONE
+            peer.expiry = 0.0
+
+    def live(self, now: float) -> list[Peer]:
+        return [p for p in self.table.values() if p.alive(now)]
+
+    def serving(self, now: float) -> list[Peer]:
+        return [p for p in self.live(now) if p.phase == SERVING]
+
+    def holders(self, origin: int, seq: int, now: float) -> int:
+        """Live peers (any phase) that hold event (origin, seq) durably."""
+        return sum(1 for p in self.live(now) if p.holds(origin, seq))
+
+    def expire(self, now: float) -> list[Peer]:
+        """Mark silent peers gone; returns the ones that just went."""
+        gone = []
+        for peer in self.table.values():
+            if peer.phase != GONE and now >= peer.expiry:
+                peer.phase = GONE
+                gone.append(peer)
+        return gone

@@ -1,0 +1,88 @@
+"""What each client operation means on a server: a read, or an event to write.
+
+The server (``servers/node.py``) owns the sockets and the replication; this
+module only turns a validated request into a result or into the data of a new
+event, and an event back into the result the client sees.
+"""
+from __future__ import annotations
+
+from common import protocol as P
+from servers.state import SocialState, dm_view, follow_view, post_view
+
+
+class RequestError(Exception):
+    """A request that cannot be served as asked: the client gets code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ClientRequests:
+    def __init__(self, state: SocialState) -> None:
+        self.state = state
+
+    def _known(self, name: str) -> str:
+        if name not in self.state.users:
+            raise RequestError(P.ERR_UNKNOWN_USER, f"unknown user {name!r}")
+        return name
+
+    # --- reads --------------------------------------------------------------------
+    def read(self, op: str, user: str, args: dict) -> dict:
+        state = self.state
+        if op == P.OP_FEED:
+            return {"user": user, "posts": state.feed(user, args["limit"])}
+        if op == P.OP_CHAT:
+            other = self._known(args["with"])
+            return {"user": user, "with": other,
+                    "messages": state.chat(user, other, args["limit"])}
+        if op == P.OP_FOLLOWING:
+            return {"user": user, "following": state.follows(user)}
+        if op == P.OP_USERS:
+            return {"users": sorted(state.users)}
+        raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a read")
+
+    # --- writes -------------------------------------------------------------------
+    def plan(self, op: str, user: str, args: dict) -> tuple[str, dict] | dict:
+        """The (kind, data) of the event to write, or a result when nothing is to be written."""
+        if op == P.OP_REGISTER:
+            if user in self.state.users:
+                return {"user": user, "new": False, "replicas": None}
+            return P.EV_REGISTER, {}
+        if op == P.OP_POST:
+            return P.EV_POST, {"text": args["text"]}
+        if op == P.OP_FOLLOW:
+            return P.EV_FOLLOW, {"target": self._known(args["target"])}
+        if op == P.OP_UNFOLLOW:
+            target = self._known(args["target"])
+            if target not in self.state.following.get(user, ()):
+                raise RequestError(P.ERR_BAD_REQUEST, f"you do not follow {target!r}")
+            return P.EV_UNFOLLOW, {"target": target}
+        if op == P.OP_DM:
+            return P.EV_DM, {"to": self._known(args["to"]), "text": args["text"]}
+        if op == P.OP_NOTIFICATIONS:
+            fresh = self.state.notifications(user)
+            if not fresh:
+                return {"user": user, "notifications": [], "replicas": None}
+            return P.EV_SEEN, {"shown": [p["id"] for p in fresh]}
+        raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a write")
+
+    def result(self, event: dict, replicas: int) -> dict:
+        """What the client sees of a write, from the event that holds it."""
+        kind = event["kind"]
+        if kind == P.EV_POST:
+            body = {"post": post_view(event)}
+        elif kind == P.EV_DM:
+            body = {"message": dm_view(event)}
+        elif kind in (P.EV_FOLLOW, P.EV_UNFOLLOW):
+            body = {"follow": follow_view(event)}
+        elif kind == P.EV_REGISTER:
+            body = {"user": event["user"], "new": True}
+        else:  # EV_SEEN: the posts it marked shown, oldest first
+            posts = [self.state.events[i] for i in event["data"]["shown"]
+                     if i in self.state.events]
+            posts.sort(key=P.order_key)
+            body = {"user": event["user"],
+                    "notifications": [post_view(p, True) for p in posts]}
+        body["replicas"] = replicas
+        return body

@@ -1,0 +1,216 @@
+"""The replicated state of one server: every event, and what users see of them.
+
+Events are the unit of replication. Each carries its origin server and that
+server's sequence number, so a server's holdings are summed up by a version
+vector ``{origin: highest contiguous seq}``. Everything users see (feeds,
+chats, notifications) is derived from the set of events in one total order,
+``(lamport, id)``, so two servers holding the same events answer the same.
+
+An event's ``id`` is the client's request id. If a retried request reached two
+servers that each made an event of it (the first died before replicating),
+both events keep their place in their origin's log, but only the one with the
+smaller order key counts: every server picks the same one, and the write is
+applied exactly once.
+"""
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, bisect_right, insort
+from heapq import merge
+from itertools import islice
+
+from common import protocol as P
+
+Key = tuple  # (lamport, id)
+
+
+def _event_hash(event: dict) -> int:
+    raw = P.dumps_sorted(event)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
+
+
+def _remove(sorted_list: list, item) -> None:
+    i = bisect_left(sorted_list, item)
+    if i < len(sorted_list) and sorted_list[i] == item:
+        del sorted_list[i]
+
+
+class SocialState:
+    def __init__(self) -> None:
+        self.by_origin: dict[int, list[dict]] = {}   # every event, seq-1 -> event
+        self.events: dict[str, dict] = {}            # id -> the event that counts
+        self.users: dict[str, int] = {}              # name -> events by them
+        self.posts: list[Key] = []
+        self.posts_by: dict[str, list[Key]] = {}
+        self.follow_log: dict[tuple[str, str], list[tuple[Key, bool]]] = {}
+        self.following: dict[str, set[str]] = {}
+        self.chats: dict[tuple[str, str], list[Key]] = {}
+        self.seen_by: dict[str, list[Key]] = {}      # user -> SEEN events that count
+        self.shown: dict[str, set[str]] = {}
+        self._digest = 0
+
+    # --- replication bookkeeping -------------------------------------------------
+    def vv(self) -> dict[int, int]:
+        return {origin: len(log) for origin, log in self.by_origin.items()}
+
+    def seq_of(self, origin: int) -> int:
+        log = self.by_origin.get(origin)
+        return len(log) if log else 0
+
+    def next_seq(self, origin: int) -> int:
+        return self.seq_of(origin) + 1
+
+    def events_after(self, after: dict[int, int], limit: int) -> list[dict]:
+        """Events I hold beyond ``after`` (a version vector), oldest seq first."""
+        out: list[dict] = []
+        for origin, log in self.by_origin.items():
+            start = after.get(origin, 0)
+            if start < len(log):
+                out.extend(log[start:start + limit - len(out)])
+                if len(out) >= limit:
+                    break
+        return out
+
+    def apply(self, event: dict) -> bool:
+        """Add the next event of its origin. Returns False if already held.
+
+        The caller guarantees ``event["seq"] == seq_of(origin) + 1``.
+        """
+        log = self.by_origin.setdefault(event["origin"], [])
+        if event["seq"] <= len(log):
+            return False
+        if event["seq"] != len(log) + 1:
+            raise ValueError(f"gap: seq {event['seq']} after {len(log)}")
+        log.append(event)
+        current = self.events.get(event["id"])
+        if current is None:
+            self._count(event, +1)
+        elif P.order_key(event) < P.order_key(current):
+            self._count(current, -1)
+            self._count(event, +1)
+        return True
+
+    @property
+    def count(self) -> int:
+        return len(self.events)
+
+    def digest(self) -> str:
+        """A hash of the set of events that count: equal exactly when states are."""
+        return f"{self._digest:032x}"
+
+    # --- derived views ----------------------------------------------------------------
+    def _count(self, event: dict, sign: int) -> None:
+        """Add (sign=+1) or withdraw (sign=-1) an event from every derived view."""
+        key = P.order_key(event)
+        user, data, kind = event["user"], event["data"], event["kind"]
+        self._digest ^= _event_hash(event)
+        self.users[user] = self.users.get(user, 0) + sign
+        if self.users[user] == 0:
+            del self.users[user]
+        if sign > 0:
+            self.events[event["id"]] = event
+        else:
+            del self.events[event["id"]]
+        edit = insort if sign > 0 else _remove
+        if kind == P.EV_POST:
+            edit(self.posts, key)
+            edit(self.posts_by.setdefault(user, []), key)
+        elif kind in (P.EV_FOLLOW, P.EV_UNFOLLOW):
+            pair = (user, data["target"])
+            edit(self.follow_log.setdefault(pair, []), (key, kind == P.EV_FOLLOW))
+            self._refresh_following(pair)
+        elif kind == P.EV_DM:
+            edit(self.chats.setdefault(_pair(user, data["to"]), []), key)
+        elif kind == P.EV_SEEN:
+            edit(self.seen_by.setdefault(user, []), key)
+            self._refresh_shown(user)
+
+    def _refresh_following(self, pair: tuple[str, str]) -> None:
+        user, target = pair
+        log = self.follow_log.get(pair)
+        targets = self.following.setdefault(user, set())
+        if log and log[-1][1]:
+            targets.add(target)
+        else:
+            targets.discard(target)
+
+    def _refresh_shown(self, user: str) -> None:
+        # rebuilt from the SEEN events that count, so withdrawing one is exact
+        shown: set[str] = set()
+        for key in self.seen_by.get(user, []):
+            shown.update(self.events[key[1]]["data"]["shown"])
+        self.shown[user] = shown
+
+    # --- queries (what users see) --------------------------------------------------------
+    def event_by_key(self, key: Key) -> dict:
+        return self.events[key[1]]
+
+    def feed(self, user: str, limit: int) -> list[dict]:
+        """Followed users' posts first, then everyone else's; each newest first."""
+        followed = self.following.get(user, set())
+        mine = (reversed(self.posts_by.get(author, [])) for author in followed)
+        first = list(islice(merge(*mine, reverse=True), limit))
+        rest = (k for k in reversed(self.posts)
+                if self.events[k[1]]["user"] not in followed)
+        second = list(islice(rest, limit - len(first)))
+        return ([post_view(self.event_by_key(k), True) for k in first]
+                + [post_view(self.event_by_key(k), False) for k in second])
+
+    def chat(self, user: str, other: str, limit: int) -> list[dict]:
+        keys = self.chats.get(_pair(user, other), [])
+        return [dm_view(self.event_by_key(k)) for k in keys[-limit:]]
+
+    def follows(self, user: str) -> list[str]:
+        return sorted(self.following.get(user, set()))
+
+    def notifications(self, user: str, limit: int = P.MAX_LIMIT) -> list[dict]:
+        """Posts by users I followed at the time they posted, not yet shown, oldest first."""
+        shown = self.shown.get(user, set())
+        found: list[Key] = []
+        for (follower, target), log in self.follow_log.items():
+            if follower != user:
+                continue
+            posts = self.posts_by.get(target, [])
+            for start, end in _intervals(log):
+                lo = bisect_right(posts, start)
+                hi = bisect_left(posts, end) if end is not None else len(posts)
+                found.extend(k for k in posts[lo:hi] if k[1] not in shown)
+        found.sort()
+        return [post_view(self.event_by_key(k), True) for k in found[:limit]]
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
+def _intervals(log: list[tuple[Key, bool]]):
+    """(follow key, unfollow key or None) for each stretch of following."""
+    start = None
+    for key, on in log:
+        if on and start is None:
+            start = key
+        elif not on and start is not None:
+            yield start, key
+            start = None
+    if start is not None:
+        yield start, None
+
+
+def post_view(event: dict, followed: bool | None = None) -> dict:
+    view = {"id": event["id"], "author": event["user"], "text": event["data"]["text"],
+            "lamport": event["lamport"], "timestamp": event["ts"]}
+    if followed is not None:
+        view["followed"] = followed
+    return view
+
+
+def dm_view(event: dict) -> dict:
+    return {"id": event["id"], "from": event["user"], "to": event["data"]["to"],
+            "text": event["data"]["text"], "lamport": event["lamport"],
+            "timestamp": event["ts"]}
+
+
+def follow_view(event: dict) -> dict:
+    return {"id": event["id"], "user": event["user"], "target": event["data"]["target"],
+            "following": event["kind"] == P.EV_FOLLOW, "lamport": event["lamport"],
+            "timestamp": event["ts"]}

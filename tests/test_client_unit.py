@@ -1,0 +1,351 @@
+"""The user side on its own: saved state, the Lazy Pirate connection, the CLI.
+
+The broker here is a fake: a ROUTER on a free port, served by a background
+thread that answers each request with whatever the test scripts.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable
+
+import pytest
+import zmq
+from typer.testing import CliRunner
+
+from clients.cli import app
+from clients.connection import ClientError, Connection
+from clients.user_state import UserState
+from common import protocol
+from common.clock import LamportClock, PhysicalClock
+from common.config import Config
+
+pytestmark = pytest.mark.timeout(30)
+
+Frames = list[bytes]
+Script = Callable[[protocol.Message, int], list[Frames]]
+"""Given the n-th request (from 0), the frames to send back (maybe none)."""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def reply(rid: str, result: dict | None = None, *, lamport: int = 1, server: int | None = 1,
+          at: float | None = None, code: str | None = None, error: str | None = None) -> Frames:
+    body = {"rid": rid, "ok": code is None, "server": server,
+            "time": time.time() if at is None else at}
+    if code is None:
+        body["result"] = result if result is not None else {}
+    else:
+        body.update(code=code, error=error or code)
+    return protocol.encode(protocol.REPLY, lamport, body)
+
+
+class FakeBroker:
+    """A ROUTER that answers requests by a script; its thread owns the socket."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests: list[protocol.Message] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5), "fake broker did not start"
+
+    def _serve(self) -> None:
+        context = zmq.Context()
+        socket = context.socket(zmq.ROUTER)
+        socket.linger = 0
+        self.port = socket.bind_to_random_port("tcp://127.0.0.1", 20000, 60000)
+        self._ready.set()
+        while not self._stopping.is_set():
+            if not socket.poll(20):
+                continue
+            identity, *frames = socket.recv_multipart()
+            message = protocol.decode(frames)
+            self.requests.append(message)
+            for answer in self.script(message, len(self.requests) - 1):
+                socket.send_multipart([identity, *answer])
+        socket.close(linger=0)
+        context.term()
+
+    @property
+    def ops(self) -> list[str]:
+        return [message.body["op"] for message in self.requests]
+
+    @property
+    def rids(self) -> set[str]:
+        return {message.body["rid"] for message in self.requests}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def start_broker():
+    brokers: list[FakeBroker] = []
+
+    def start(script: Script) -> FakeBroker:
+        brokers.append(FakeBroker(script))
+        return brokers[-1]
+
+    yield start
+    for broker in brokers:
+        broker.stop()
+
+
+def ok_to_everything(message: protocol.Message, n: int) -> list[Frames]:
+    return [reply(message.body["rid"], {"echo": message.body["op"]})]
+
+
+def connect(broker: FakeBroker, tmp_path, lamport: LamportClock | None = None,
+            clock: PhysicalClock | None = None, **timing) -> Connection:
+    config = Config(port_base=broker.port, data_dir=str(tmp_path / "data"),
+                    log_dir=str(tmp_path / "logs"),
+                    **({"request_timeout": 0.3, "request_deadline": 5.0} | timing)).validate()
+    return Connection(config, "alice", lamport or LamportClock(), clock or PhysicalClock())
+
+
+@pytest.fixture
+def connection_to(tmp_path):
+    connections: list[Connection] = []
+
+    def open_connection(broker: FakeBroker, **kwargs) -> Connection:
+        connections.append(connect(broker, tmp_path, **kwargs))
+        return connections[-1]
+
+    yield open_connection
+    for connection in connections:
+        connection.close()
+
+
+# --- UserState ----------------------------------------------------------------
+def test_user_state_round_trips_through_its_file(tmp_path):
+    path = tmp_path / "clients" / "alice.json"
+    UserState(path, lamport=42, clock_offset=-0.25, registered=True).save()
+    assert UserState.load(path) == UserState(path, 42, -0.25, True)
+    assert [p.name for p in path.parent.iterdir()] == ["alice.json"], "no temp file left"
+
+
+def test_missing_state_file_gives_a_fresh_state(tmp_path):
+    path = tmp_path / "nobody.json"
+    assert UserState.load(path) == UserState(path, 0, 0.0, False)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"",
+                                     b'{"lamport": "7", "clock_offset": 0, "registered": true}',
+                                     b'{"lamport": 7, "clock_offset": 0}'])
+def test_corrupt_state_file_gives_a_fresh_state(tmp_path, content):
+    path = tmp_path / "alice.json"
+    path.write_bytes(content)
+    assert UserState.load(path) == UserState(path)
+
+
+# --- Connection ------------------------------------------------------------------
+def test_request_returns_the_result_with_the_answering_server(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"replicas": 3}, server=2)])
+    result = connection_to(broker).request(protocol.OP_POST, {"text": "hello"})
+    assert result == {"replicas": 3, "server": 2}
+    body = broker.requests[0].body
+    assert (body["op"], body["user"], body["args"], body["server"]) == \
+        ("post", "alice", {"text": "hello"}, None)
+
+
+def test_a_retried_request_keeps_its_rid(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [] if n == 0 else ok_to_everything(m, n))
+    result = connection_to(broker).request(protocol.OP_FEED, {"limit": 5}, server=3)
+    assert result == {"echo": "feed", "server": 1}
+    assert len(broker.requests) == 2 and len(broker.rids) == 1
+    assert broker.requests[1].body["server"] == 3
+
+
+def test_silence_until_the_deadline_raises_unavailable(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [])
+    connection = connection_to(broker, request_timeout=0.1, request_deadline=0.45)
+    started = time.monotonic()
+    with pytest.raises(ClientError) as caught:
+        connection.request(protocol.OP_USERS, {})
+    assert time.monotonic() - started < 2.0
+    assert caught.value.code == protocol.ERR_UNAVAILABLE
+    assert f"no reply from the broker at tcp://127.0.0.1:{broker.port} after" in str(caught.value)
+    wait_until(lambda: len(broker.requests) >= 3)
+    assert len(broker.rids) == 1
+
+
+def test_a_stale_reply_with_another_rid_is_ignored(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply("stale-rid", code=protocol.ERR_BAD_REQUEST),
+                                        reply("stale-rid", {"wrong": True}),
+                                        reply(m.body["rid"], {"right": True})])
+    assert connection_to(broker).request(protocol.OP_USERS, {}) == {"right": True, "server": 1}
+
+
+def test_a_retryable_error_is_retried_with_the_same_rid(start_broker, connection_to):
+    def unavailable_once(m, n):
+        if n == 0:
+            return [reply(m.body["rid"], code=protocol.ERR_UNAVAILABLE, server=None)]
+        return ok_to_everything(m, n)
+
+    broker = start_broker(unavailable_once)
+    assert connection_to(broker).request(protocol.OP_USERS, {})["echo"] == "users"
+    assert len(broker.requests) == 2 and len(broker.rids) == 1
+
+
+def test_a_final_error_raises_client_error_with_its_message(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], code=protocol.ERR_UNKNOWN_USER,
+                                              error="no user named bob")])
+    with pytest.raises(ClientError) as caught:
+        connection_to(broker).request(protocol.OP_FOLLOW, {"target": "bob"})
+    assert (caught.value.code, str(caught.value)) == (protocol.ERR_UNKNOWN_USER,
+                                                      "no user named bob")
+    assert len(broker.requests) == 1
+
+
+def test_garbage_reply_frames_are_ignored(start_broker, connection_to):
+    garbage = [[b"junk"], [b"REP", b"x", b"{}"], [b"REP", b"1", b"not json"],
+               [b"REP", b"1", b'{"rid": 1}'], [b"\xff", b"1", b"{}"], [b"NOPE", b"1", b"{}"]]
+    broker = start_broker(lambda m, n: garbage + ok_to_everything(m, n))
+    assert connection_to(broker).request(protocol.OP_USERS, {})["echo"] == "users"
+
+
+def test_the_reply_lamport_stamp_is_merged(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], lamport=100)])
+    lamport = LamportClock(5)
+    connection_to(broker, lamport=lamport).request(protocol.OP_USERS, {})
+    assert broker.requests[0].lamport == 6, "the send ticks first"
+    assert lamport.value == 101, "max(6, 100) + 1"
+
+
+def test_a_server_reply_corrects_the_clock_by_cristian(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=time.time() + 10.0)])
+    clock = PhysicalClock()
+    connection = connection_to(broker, clock=clock)
+    connection.request(protocol.OP_USERS, {})
+    assert clock.skew() == pytest.approx(10.0, abs=0.5)
+    assert connection.clock_correction == pytest.approx(10.0, abs=0.5)
+
+
+def test_a_broker_reply_leaves_the_clock_alone(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=time.time() + 10.0,
+                                              server=None)])
+    clock = PhysicalClock()
+    connection_to(broker, clock=clock).request(protocol.OP_STATUS, {})
+    assert abs(clock.skew()) < 0.5
+
+
+def test_invalid_input_fails_before_anything_is_sent(start_broker, connection_to):
+    broker = start_broker(ok_to_everything)
+    lamport = LamportClock()
+    connection = connection_to(broker, lamport=lamport)
+    for op, args in [(protocol.OP_POST, {"text": "  "}), (protocol.OP_POST, {"text": "x" * 501}),
+                     (protocol.OP_FOLLOW, {"target": "alice"}), (protocol.OP_DM, {"to": "Bob!",
+                                                                                   "text": "hi"})]:
+        with pytest.raises(ClientError) as caught:
+            connection.request(op, args)
+        assert caught.value.code == protocol.ERR_BAD_REQUEST
+    assert lamport.value == 0, "no send happened"
+
+
+# --- CLI ---------------------------------------------------------------------------
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Runs the CLI with its folders in tmp_path and no SOCIAL_* from outside."""
+    for name in ("USER", "PORT_BASE", "HOST", "DATA_DIR", "LOG_DIR", "REQUEST_DEADLINE",
+                 "REQUEST_TIMEOUT", "CLOCK_OFFSET", "CLOCK_CHAOS"):
+        monkeypatch.delenv(f"SOCIAL_{name}", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str, port: int = 45000):
+        return runner.invoke(app, ["--data-dir", str(tmp_path / "data"),
+                                   "--log-dir", str(tmp_path / "logs"),
+                                   "--port-base", str(port), "--timeout", "3", *args])
+
+    return invoke
+
+
+def saved_state(tmp_path, user: str) -> UserState:
+    return UserState.load(tmp_path / "data" / "clients" / f"{user}.json")
+
+
+def test_cli_empty_post_fails_locally_with_exit_code_1(cli, tmp_path):
+    result = cli("--user", "alice", "post", "")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: text must not be empty"
+    assert result.stdout == ""
+    assert not saved_state(tmp_path, "alice").registered
+
+
+def test_cli_needs_a_user_for_everything_but_status(cli):
+    result = cli("feed")
+    assert result.exit_code == 1
+    assert "feed needs a user" in result.stderr
+
+
+def test_cli_refuses_a_bad_user_name(cli, tmp_path):
+    result = cli("--user", "../evil", "users")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: --user must match")
+    assert not (tmp_path / "evil.json").exists()
+
+
+def test_cli_registers_once_and_prints_one_json_document(cli, tmp_path, start_broker):
+    post = {"id": "p1", "author": "alice", "text": "hi", "lamport": 7, "timestamp": 1.0}
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"post": post, "replicas": 3},
+                                              lamport=50)])
+    first = cli("--user", "alice", "post", "hi", "--json", port=broker.port)
+    assert first.exit_code == 0, first.stderr
+    assert json.loads(first.stdout) == {"post": post, "replicas": 3, "server": 1}
+    assert broker.ops == ["register", "post"]
+    state = saved_state(tmp_path, "alice")
+    assert state.registered and state.lamport == 53
+
+    second = cli("--user", "alice", "--json", "users", port=broker.port)
+    assert second.exit_code == 0, second.stderr
+    assert json.loads(second.stdout)["server"] == 1
+    assert broker.ops == ["register", "post", "users"]
+    assert broker.requests[-1].lamport == 54, "the Lamport clock survived the restart"
+
+
+def test_cli_feed_shows_one_line_per_post(cli, start_broker):
+    posts = [{"id": "a", "author": "bob", "text": "hello, world", "lamport": 42,
+              "timestamp": time.time(), "followed": True},
+             {"id": "b", "author": "carol", "text": "hi", "lamport": 40,
+              "timestamp": time.time(), "followed": False}]
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"posts": posts})])
+    result = cli("--user", "alice", "feed", "--limit", "5", "--server", "2", port=broker.port)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[1].startswith("[L=42 ") and lines[1].endswith("] bob: hello, world  (followed)")
+    assert lines[2].endswith("] carol: hi")
+    assert broker.requests[-1].body["args"] == {"limit": 5}
+    assert broker.requests[-1].body["server"] == 2
+
+
+def test_cli_status_needs_no_user_and_shows_a_table(cli, start_broker):
+    servers = [{"id": 1, "alive": True, "phase": "serving", "events": 10,
+                "digest": "0123456789abcdef", "lamport": 33, "lag": 0}]
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"servers": servers,
+                                                              "coordinator": 1, "epoch": 2},
+                                              server=None)])
+    result = cli("status", port=broker.port)
+    assert result.exit_code == 0, result.stderr
+    header, row, *rest = result.stdout.splitlines()
+    assert header.split() == ["id", "alive", "phase", "events", "digest", "lamport", "lag"]
+    assert row.split() == ["1", "yes", "serving", "10", "0123456789ab", "33", "0"]
+    assert rest == ["coordinator: 1", "epoch: 2"]
+    assert broker.ops == ["status"] and broker.requests[0].body["user"] is None
+
+
+def test_cli_reports_an_unreachable_broker(cli):
+    result = cli("--user", "alice", "--timeout", "0.3", "users")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no reply from the broker at tcp://127.0.0.1:45000")

@@ -1,0 +1,358 @@
+"""Bully with epochs, driven in one process: a fake bus and a fake monotonic clock.
+
+Every bus message goes to every node, its sender included (the real bus may echo),
+with zero latency. A frozen node (SIGSTOP) neither ticks nor reads; its messages
+queue up. After every single delivery and tick the cluster checks that no two nodes
+act as coordinator in the same epoch.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common import protocol
+from common.config import Config
+from servers.election import Bully
+
+pytestmark = pytest.mark.timeout(30)
+
+CONFIG = Config().validate()
+STEP = 0.05
+
+
+class NoteLog:
+    """Stands in for ProcessLog: keeps the notes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def note(self, what: str, level: str = "INFO") -> None:
+        self.lines.append(what)
+
+    def has(self, fragment: str) -> bool:
+        return any(fragment in line for line in self.lines)
+
+
+class Node:
+    def __init__(self, sid: int, cluster: "Cluster") -> None:
+        self.id = sid
+        self.inbox: deque[tuple[str, dict]] = deque()
+        self.frozen = False
+        self.log = NoteLog()
+        self.bully = Bully(sid, CONFIG, lambda t, body: cluster.publish(t, body), self.log)
+        self.next_beat = cluster.now
+
+
+class Cluster:
+    def __init__(self, ids=(), now: float = 1000.0) -> None:
+        self.now = now
+        self.nodes: dict[int, Node] = {}
+        self.checks = 0
+        for sid in ids:
+            self.add(sid)
+
+    # --- membership and faults ---------------------------------------------------
+    def add(self, sid: int) -> Node:
+        node = self.nodes[sid] = Node(sid, self)
+        return node
+
+    def kill(self, sid: int) -> None:
+        del self.nodes[sid]
+
+    def start(self, *ids: int) -> None:
+        for sid in ids or list(self.nodes):
+            self.nodes[sid].bully.start(self.now)
+        self.deliver()
+
+    def resume(self, sid: int) -> None:
+        """SIGCONT: the node reads everything that queued up before its timers run."""
+        node = self.nodes[sid]
+        node.frozen = False
+        while node.inbox:
+            self._dispatch(node, *node.inbox.popleft())
+            self.deliver()
+
+    # --- the bus -------------------------------------------------------------------
+    def publish(self, msg_type: str, body: dict) -> None:
+        protocol.check_fields(body, protocol.SCHEMAS[msg_type], msg_type)
+        for node in self.nodes.values():
+            node.inbox.append((msg_type, body))
+
+    def deliver(self) -> None:
+        while busy := [n for n in self.nodes.values() if n.inbox and not n.frozen]:
+            for node in busy:
+                self._dispatch(node, *node.inbox.popleft())
+
+    def _dispatch(self, node: Node, msg_type: str, body: dict) -> None:
+        """What servers/node.py does with an election message."""
+        b, now = node.bully, self.now
+        b.saw_peer(body["from"], now)
+        if msg_type == protocol.BEAT:
+            b.on_beat(body["from"], body["epoch"], body["coordinator"], now)
+        elif msg_type == protocol.ELECTION:
+            b.on_election(body, now)
+        elif msg_type == protocol.ANSWER:
+            b.on_answer(body, now)
+        elif msg_type == protocol.COORDINATOR:
+            b.on_coordinator(body, now)
+        self.check_one_coordinator_per_epoch()
+
+    # --- time ------------------------------------------------------------------------
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += STEP
+            for node in [n for n in self.nodes.values() if not n.frozen]:
+                self._beat(node)
+                node.bully.tick(self.now)
+                self.check_one_coordinator_per_epoch()
+                self.deliver()
+
+    def run_until(self, condition, limit: float) -> float:
+        """Run until ``condition()`` holds; return the simulated seconds it took."""
+        start = self.now
+        while not condition():
+            assert self.now - start < limit, f"not within {limit}s"
+            self.run(STEP)
+        return self.now - start
+
+    def _beat(self, node: Node) -> None:
+        if self.now >= node.next_beat:
+            node.next_beat = self.now + CONFIG.heartbeat_interval
+            b = node.bully
+            self.publish(protocol.BEAT, {"from": node.id, "phase": "serving", "vv": {},
+                                         "epoch": b.epoch, "coordinator": b.coordinator})
+
+    # --- what must always hold --------------------------------------------------------
+    def check_one_coordinator_per_epoch(self) -> None:
+        self.checks += 1
+        epochs = [n.bully.epoch for n in self.nodes.values() if n.bully.is_coordinator]
+        assert len(epochs) == len(set(epochs)), f"two coordinators in one epoch: {self.view()}"
+
+    def view(self) -> dict[int, tuple[str, int | None, int]]:
+        return {sid: (n.bully.state, n.bully.coordinator, n.bully.epoch)
+                for sid, n in self.nodes.items()}
+
+    def settled_on(self, sid: int) -> bool:
+        """Everyone follows ``sid``, in one epoch, and only ``sid`` coordinates."""
+        live = [n.bully for n in self.nodes.values()]
+        return (all(b.coordinator == sid for b in live)
+                and len({b.epoch for b in live}) == 1
+                and [b.my_id for b in live if b.is_coordinator] == [sid])
+
+
+def settled_cluster(ids) -> Cluster:
+    cluster = Cluster(ids)
+    cluster.run(2 * CONFIG.heartbeat_interval)     # listen for a moment first
+    cluster.start()
+    cluster.run_until(lambda: cluster.settled_on(max(ids)), limit=5)
+    return cluster
+
+
+# --- whole-cluster behaviour --------------------------------------------------------
+def test_highest_id_wins_when_all_start_together():
+    cluster = settled_cluster([1, 2, 3, 4, 5])
+    assert cluster.nodes[5].bully.epoch == 1
+    assert cluster.nodes[5].log.has("I am coordinator (epoch 1)")
+    assert cluster.nodes[2].log.has("coordinator is now s5 (epoch 1)")
+    assert sum(n.bully.elections for n in cluster.nodes.values()) >= 1
+
+
+def test_highest_id_wins_when_started_one_by_one():
+    cluster = Cluster([1, 2, 3])
+    for sid in (3, 1, 2):
+        cluster.start(sid)
+        cluster.run(1.0)
+    cluster.run_until(lambda: cluster.settled_on(3), limit=5)
+
+
+def test_killing_coordinator_lets_highest_remaining_win_after_election_timeout():
+    cluster = settled_cluster([1, 2, 3, 4, 5])
+    epoch = cluster.nodes[5].bully.epoch
+    cluster.kill(5)
+    took = cluster.run_until(lambda: cluster.settled_on(4), limit=5)
+    assert CONFIG.election_timeout - CONFIG.heartbeat_interval <= took
+    assert took <= CONFIG.election_timeout + CONFIG.answer_timeout + 2 * STEP
+    assert cluster.nodes[4].bully.epoch == epoch + 1
+    assert cluster.nodes[1].log.has("coordinator s5 silent")
+
+
+def test_higher_id_joining_takes_over_with_a_higher_epoch():
+    cluster = settled_cluster([1, 2, 3])
+    epoch = cluster.nodes[3].bully.epoch
+    cluster.add(7)
+    cluster.run(2 * CONFIG.heartbeat_interval)
+    assert cluster.nodes[7].bully.coordinator == 3      # learned from the BEATs
+    cluster.start(7)
+    cluster.run_until(lambda: cluster.settled_on(7), limit=5)
+    assert cluster.nodes[7].bully.epoch == epoch + 1
+    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {epoch + 1} from s7")
+
+
+def test_lower_id_joining_keeps_the_coordinator_and_its_epoch():
+    cluster = settled_cluster([2, 3, 4])
+    epoch = cluster.nodes[4].bully.epoch
+    cluster.add(1)
+    cluster.run(2 * CONFIG.heartbeat_interval)
+    cluster.start(1)
+    cluster.run(3.0)
+    assert cluster.settled_on(4)
+    assert cluster.nodes[4].bully.epoch == epoch
+
+
+def test_frozen_coordinator_steps_down_on_resume_before_its_timers_run():
+    cluster = settled_cluster([1, 2, 3])
+    old_epoch = cluster.nodes[3].bully.epoch
+    cluster.nodes[3].frozen = True
+    cluster.run_until(lambda: cluster.nodes[2].bully.is_coordinator, limit=5)
+    cluster.run(1.0)
+    assert cluster.nodes[2].bully.epoch == old_epoch + 1
+    assert cluster.nodes[3].bully.is_coordinator             # still believes it, frozen
+
+    cluster.resume(3)                                         # queued messages, no tick
+    assert not cluster.nodes[3].bully.is_coordinator
+    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {old_epoch + 1}")
+    cluster.run_until(lambda: cluster.settled_on(3), limit=5)  # bully: 3 takes over again
+    assert cluster.nodes[3].bully.epoch == old_epoch + 2
+    assert cluster.checks > 100
+
+
+# --- one node, message by message ------------------------------------------------------
+def lone(sid: int = 2) -> tuple[Bully, list[tuple[str, dict]], NoteLog]:
+    sent: list[tuple[str, dict]] = []
+    log = NoteLog()
+    return Bully(sid, CONFIG, lambda t, body: sent.append((t, body)), log), sent, log
+
+
+def test_candidate_without_answer_wins_after_answer_timeout():
+    b, sent, _ = lone()
+    b.start(10.0)
+    assert sent == [(protocol.ELECTION, {"from": 2, "epoch": 0})]
+    assert b.next_deadline() == pytest.approx(10.0 + CONFIG.answer_timeout)
+    b.tick(10.0 + CONFIG.answer_timeout - 0.01)
+    assert b.state == "candidate"
+    b.tick(10.0 + CONFIG.answer_timeout)
+    assert (b.state, b.coordinator, b.epoch) == ("coordinator", 2, 1)
+    assert sent[-1] == (protocol.COORDINATOR, {"from": 2, "epoch": 1})
+    assert b.next_deadline() is None
+    assert b.messages_sent == 2 and b.elections == 1
+
+
+def test_answered_candidate_calls_again_when_no_coordinator_comes():
+    b, sent, log = lone()
+    b.start(10.0)
+    b.on_answer({"from": 3, "to": 2, "epoch": 0}, 10.1)
+    b.tick(10.0 + CONFIG.answer_timeout + 0.01)
+    assert b.state == "candidate" and not b.is_coordinator
+    assert b.next_deadline() == pytest.approx(10.1 + CONFIG.coordinator_wait)
+    b.tick(10.1 + CONFIG.coordinator_wait)
+    assert b.elections == 2 and log.has("no COORDINATOR after an ANSWER")
+
+
+def test_election_from_lower_id_is_answered_and_from_higher_id_ignored():
+    b, sent, _ = lone(2)
+    b.on_coordinator({"from": 3, "epoch": 4}, 1.0)
+    b.start(1.0)
+    b.on_coordinator({"from": 3, "epoch": 4}, 1.1)            # 3 re-announces
+    sent.clear()
+    b.on_election({"from": 3, "epoch": 4}, 1.2)
+    assert sent == []
+    b.on_election({"from": 1, "epoch": 4}, 1.3)
+    assert sent == [(protocol.ANSWER, {"from": 2, "to": 1, "epoch": 4}),
+                    (protocol.ELECTION, {"from": 2, "epoch": 4})]
+
+
+def test_current_coordinator_answers_a_lower_election_by_announcing_again():
+    b, sent, _ = lone(5)
+    b.start(0.0)
+    b.tick(1.0)
+    sent.clear()
+    b.on_election({"from": 1, "epoch": 1}, 2.0)
+    assert sent == [(protocol.ANSWER, {"from": 5, "to": 1, "epoch": 1}),
+                    (protocol.COORDINATOR, {"from": 5, "epoch": 1})]
+    assert b.is_coordinator and b.epoch == 1
+
+
+def test_coordinator_with_a_lower_epoch_is_rejected():
+    b, _, log = lone(2)
+    b.on_coordinator({"from": 3, "epoch": 5}, 1.0)
+    b.on_coordinator({"from": 4, "epoch": 4}, 1.1)
+    assert (b.coordinator, b.epoch) == (3, 5)
+    assert log.has("rejected COORDINATOR from s4: epoch 4 < mine 5")
+
+
+def test_coordinator_steps_down_for_a_higher_id_in_its_own_epoch_only():
+    b, _, log = lone(2)
+    b.start(0.0)
+    b.tick(1.0)
+    assert b.is_coordinator and b.epoch == 1
+    b.on_beat(1, 1, 1, 1.1)                                    # lower rival: it will yield
+    assert b.is_coordinator
+    b.on_beat(4, 1, 2, 1.2)                                    # a higher id following me
+    assert b.is_coordinator
+    b.on_beat(3, 1, 3, 1.3)
+    assert (b.state, b.coordinator, b.epoch) == ("follower", 3, 1)
+    assert log.has("stepping down: saw epoch 1 from s3")
+
+
+def test_beat_with_a_higher_epoch_and_a_lower_coordinator_makes_me_take_over():
+    b, sent, _ = lone(4)
+    b.start(0.0)
+    b.tick(1.0)
+    b.on_beat(1, 7, 2, 2.0)
+    assert not b.is_coordinator and b.state == "candidate" and b.coordinator == 2
+    b.tick(2.0 + CONFIG.answer_timeout)
+    assert b.is_coordinator and b.epoch == 8
+
+
+def test_silent_coordinator_triggers_an_election_after_election_timeout():
+    b, sent, log = lone(2)
+    b.start(0.0)
+    b.on_coordinator({"from": 3, "epoch": 1}, 0.1)
+    b.saw_peer(3, 0.5)
+    assert b.next_deadline() == pytest.approx(0.5 + CONFIG.election_timeout)
+    b.tick(0.5 + CONFIG.election_timeout - 0.01)
+    assert b.state == "follower"
+    b.tick(0.5 + CONFIG.election_timeout)
+    assert b.state == "candidate" and b.coordinator is None
+    b.on_beat(1, 1, 3, 1.8)            # a peer that has not noticed yet: no re-adoption
+    assert b.state == "candidate" and b.coordinator is None
+
+
+def test_a_beat_naming_me_from_before_a_restart_is_not_adopted():
+    b, _, _ = lone(3)
+    b.on_beat(1, 6, 3, 0.0)
+    assert b.coordinator is None
+    b.start(0.1)
+    b.tick(0.1 + CONFIG.answer_timeout)
+    assert b.is_coordinator and b.epoch == 7
+
+
+# --- any schedule of crashes, freezes and joins ------------------------------------------
+FAULT = st.tuples(st.sampled_from(["kill", "freeze", "resume", "join"]),
+                  st.integers(1, 6), st.floats(0.0, 2.5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(FAULT, max_size=6))
+def test_any_fault_schedule_never_has_two_coordinators_in_one_epoch(faults):
+    cluster = settled_cluster([1, 2, 3, 4])
+    for action, sid, wait in faults:
+        node = cluster.nodes.get(sid)
+        if action == "kill" and node and len(cluster.nodes) > 1:
+            cluster.kill(sid)
+        elif action == "freeze" and node:
+            node.frozen = True
+        elif action == "resume" and node and node.frozen:
+            cluster.resume(sid)
+        elif action == "join" and not node:
+            cluster.add(sid)
+            cluster.run(2 * CONFIG.heartbeat_interval)
+            cluster.start(sid)
+        cluster.run(wait)
+    for sid in [sid for sid, n in cluster.nodes.items() if n.frozen]:
+        cluster.resume(sid)
+    cluster.run_until(lambda: cluster.settled_on(max(cluster.nodes)), limit=10)
