@@ -143,6 +143,7 @@ class Broker:
                 if self.frontend in events:
                     self._drain(self.frontend, self.on_frontend)
                 self.send_heartbeats()
+                self.log.flush()
         finally:
             self.close()
 

@@ -117,7 +117,7 @@ class Connection:
                                       f"no reply from the broker at {self.endpoint} "
                                       f"after {tries} {'try' if tries == 1 else 'tries'}")
                 continue
-            self._synchronize_clock(reply, time.monotonic() - sent_at)
+            self._synchronize_clock(reply, sent_at)
             if reply["ok"]:
                 return self._result_of(reply)
             error = self._error_of(reply)
@@ -206,15 +206,21 @@ class Connection:
         message = reply.get("error")
         return ClientError(code, str(message) if message else f"request failed ({code})")
 
-    def _synchronize_clock(self, reply: dict, rtt: float) -> None:
-        """Cristian: the server read its clock as it replied, about rtt/2 ago.
+    def _synchronize_clock(self, reply: dict, sent_at: float) -> None:
+        """Cristian: the server read its clock as it replied, so the time now
+        lies within [time, time + rtt]; take the middle, time + rtt/2.
 
-        Only servers keep a synchronized clock (Berkeley); a reply from the
-        broker itself (``server`` is None) does not correct ours.
+        A clock already inside that interval is left alone: the estimate is no
+        better than it. Only servers keep a synchronized clock (Berkeley); a
+        reply from the broker itself (``server`` is None) does not correct ours.
         """
         if reply["server"] is None:
             return
-        delta = reply["time"] + rtt / 2 - self.clock.now()
+        now = self.clock.now()
+        rtt = time.monotonic() - sent_at
+        if reply["time"] <= now <= reply["time"] + rtt:
+            return
+        delta = reply["time"] + rtt / 2 - now
         self.clock.adjust(delta)
         self.clock_correction += delta
         if abs(delta) > CLOCK_NOTE_THRESHOLD:

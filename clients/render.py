@@ -13,6 +13,8 @@ import orjson
 
 STATUS_COLUMNS = ("id", "alive", "phase", "events", "digest", "lamport")
 DIGEST_CHARS = 12
+UNIX_TIME_FLOOR = 1e9
+"""A float this large in a status row is a Unix time (September 2001 onwards)."""
 
 
 def clock_time(timestamp: object) -> str:
@@ -29,7 +31,8 @@ def entry_line(item: dict, author_key: str) -> str:
 
 
 def held_by(result: dict) -> str:
-    return f"held by {result.get('replicas', '?')} servers"
+    replicas = result.get("replicas")
+    return f"held by {plural(replicas, 'server') if isinstance(replicas, int) else '? servers'}"
 
 
 def plural(count: int, noun: str) -> str:
@@ -118,7 +121,16 @@ def cell(column: str, value: object) -> str:
         return "yes" if value else "no"
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
+    if isinstance(value, float):
+        return number(value)
     return str(value)
+
+
+def number(value: float) -> str:
+    """Unix times as HH:MM:SS, other floats to three decimals: ``-0.047``."""
+    if value >= UNIX_TIME_FLOOR:
+        return clock_time(value)
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

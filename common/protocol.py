@@ -283,6 +283,12 @@ def order_key(event: dict) -> tuple[int, str]:
     return (event["lamport"], event["id"])
 
 
+def copy_key(event: dict) -> tuple[int, str, int, int]:
+    """Between two events made of one request (a retry that reached two servers),
+    the one with the smaller copy key counts, on every server."""
+    return (event["lamport"], event["id"], event["origin"], event["seq"])
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_DUMP_OPTIONS)
 

@@ -88,7 +88,7 @@ class BerkeleySync:
         self._open: Round | None = None
         self._next_round = OVERDUE          # monotonic
         self._requested = False
-        self._numbers = 0
+        self._last_number = 0               # of the rounds I opened
         self.rounds = 0                     # rounds I closed as coordinator
         self.synced = False
         self.last_sync: float | None = None
@@ -131,13 +131,13 @@ class BerkeleySync:
         r.readings[body["from"]] = Reading(body["time"], now - r.sent, self.clock.now())
 
     def _open_round(self, now: float) -> None:
-        self._numbers += 1
+        self._last_number += 1
         epoch = self.election.epoch
-        self._open = Round(self._numbers, epoch, now, now + self.config.berkeley_reply_window)
+        self._open = Round(self._last_number, epoch, now, now + self.config.berkeley_reply_window)
         self._next_round = now + self.config.berkeley_interval
         self._requested = False
         self._publish(protocol.TIME_QUERY,
-                      {"from": self.my_id, "epoch": epoch, "round": self._numbers})
+                      {"from": self.my_id, "epoch": epoch, "round": self._last_number})
 
     def _close_round(self, r: Round) -> None:
         offsets = {self.my_id: 0.0} | {sid: rd.offset for sid, rd in r.readings.items()}
@@ -184,15 +184,10 @@ class BerkeleySync:
         self._apply(delta, body["round"], body["from"])
 
     def _stale(self, what: str, body: dict) -> bool:
-        """Fencing: refuse orders from an older epoch, or from a rival claimant of
-        my own epoch whom the election did not pick."""
-        epoch, sender = body["epoch"], body["from"]
-        mine, coordinator = self.election.epoch, self.election.coordinator
+        """Fencing: refuse orders from an epoch older than mine."""
+        epoch, mine = body["epoch"], self.election.epoch
         if epoch < mine:
-            self._note(f"ignored stale {what} from s{sender}: epoch {epoch} < mine {mine}")
-            return True
-        if epoch == mine and coordinator is not None and sender != coordinator:
-            self._note(f"ignored {what} from s{sender}: s{coordinator} coordinates epoch {epoch}")
+            self._note(f"ignored stale {what} from s{body['from']}: epoch {epoch} < mine {mine}")
             return True
         return False
 

@@ -10,11 +10,13 @@ Garcia-Molina's bully algorithm, on the bus that every server hears:
   then calls a new election.
 * A process that (re)starts calls an election, so a higher id always takes over.
 
-Each new coordinator takes an epoch one above any it has seen. Between two claims,
-the higher epoch wins, and at the same epoch the higher id. A coordinator steps down
-the moment it hears a claim that beats its own, whether in a COORDINATOR or a BEAT.
-Servers refuse orders carrying an epoch lower than theirs, so a deposed coordinator
-cannot act on them.
+Epochs: a new coordinator claims the next term above any epoch it has seen, and its
+epoch is ``term * 100 + id``, so the last two digits name the coordinator (epoch 305:
+term 3, server 5). No two servers can ever claim the same epoch, even when nobody
+alive could tell a newcomer the current one (the last coordinator frozen, the rest
+dead). Between two claims the higher epoch wins. A coordinator steps down the moment
+it hears a higher claim, in a COORDINATOR or a BEAT, and servers refuse orders
+carrying an epoch lower than theirs, so a deposed coordinator cannot act on them.
 
 Pure logic: no sockets, no threads, no clock reads. The server passes
 ``time.monotonic()`` in as ``now`` and calls ``tick()`` on every loop iteration.
@@ -34,12 +36,17 @@ COORDINATOR = "coordinator"
 OVERDUE = 0.0
 """A deadline in the past: the server should tick at once."""
 
+EPOCH_STRIDE = 100
+"""Epoch = term * EPOCH_STRIDE + server id; server ids run from 1 to 99."""
+
 
 class Bully:
     """One server's view of the election: its state, the coordinator and the epoch."""
 
     def __init__(self, my_id: int, config: Config,
                  publish: Callable[[str, dict], None], log: ProcessLog | None) -> None:
+        if not 1 <= my_id < EPOCH_STRIDE:
+            raise ValueError(f"server id {my_id} is not in 1..{EPOCH_STRIDE - 1}")
         self.my_id = my_id
         self.config = config
         self._publish = publish
@@ -183,8 +190,8 @@ class Bully:
         self._send(protocol.ELECTION, {"from": self.my_id, "epoch": self._epoch})
 
     def _become_coordinator(self) -> None:
-        self._max_epoch += 1
-        self._epoch = self._max_epoch
+        self._epoch = (self._max_epoch // EPOCH_STRIDE + 1) * EPOCH_STRIDE + self.my_id
+        self._max_epoch = self._epoch
         self._state = COORDINATOR
         self._coordinator = self.my_id
         self._deadline = None
@@ -213,7 +220,8 @@ class Bully:
 
     # --- helpers -------------------------------------------------------------------
     def _outranks(self, coordinator: int, epoch: int, *, fill_vacancy: bool) -> bool:
-        """The order of claims: a higher epoch wins; at my epoch, a higher id."""
+        """The order of claims: a higher epoch wins; at my epoch (only a stale or
+        forged claim can name another id there) the higher id."""
         if epoch != self._epoch:
             return epoch > self._epoch
         if self._coordinator is None:

@@ -26,7 +26,7 @@ from common.config import Config
 from common.log import ProcessLog
 from servers.berkeley import BerkeleySync
 from servers.election import Bully
-from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
 from servers.requests import ClientRequests, RequestError
 from servers.state import SocialState
@@ -62,6 +62,8 @@ class Server:
         self.last_write = self.started
         self.heartbeat_at = 0.0
         self.broker_seen = self.started
+        self.bus_seen = self.started
+        self.bus_down = False
         self.leave_deadline = 0.0
         self.rng = random.Random()
         self.ctx = zmq.Context()
@@ -152,12 +154,15 @@ class Server:
             while self.running:
                 now = time.monotonic()
                 wait = max(0.0, min(self.next_deadline(), now + 0.25) - now)
-                for sock, _ in self.poller.poll(wait * 1000):
+                ready = self.poller.poll(wait * 1000)
+                self.check_frozen(time.monotonic() - now - wait)
+                for sock, _ in ready:
                     handler = self._handlers.get(sock)
                     if handler is not None:
                         self._drain(sock, handler)
                 self.after_batch()
                 self.tick(time.monotonic())
+                self.log.flush()
         finally:
             self.close()
 
@@ -228,6 +233,16 @@ class Server:
         elif self.phase == LEAVING and (not self.repl.waiters or now >= self.leave_deadline):
             self.running = False
 
+    def check_frozen(self, overslept: float) -> None:
+        """After SIGSTOP/SIGCONT (or any stall longer than a peer's patience) our
+        state may be stale and the cluster has moved on: leave the pool and catch
+        up again before answering anyone, as a joining server does."""
+        if overslept < self.config.peer_timeout or self.phase in (JOINING, LEAVING):
+            return
+        self.log.warn(f"stalled for {overslept:.1f}s (frozen?): catching up before serving again")
+        self.set_phase(JOINING, "resumed after a stall")
+        self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": self.phase})
+
     def _lower_unreachable_target(self, now: float) -> None:
         """If every live holder of an origin's tail is gone, stop waiting for it."""
         live = self.peers.live(now)
@@ -282,6 +297,20 @@ class Server:
             self.connect_broker()
 
     def purge_peers(self, now: float) -> None:
+        """Peers silent for peer_timeout are gone, unless the bus itself is down
+        (we do not hear our own BEATs either): then we know nothing about them,
+        and counting them gone would let writes be acked with too few copies."""
+        if now - self.bus_seen > self.config.peer_timeout / 2:
+            if not self.bus_down:
+                self.log.warn("bus silent (broker down?): holding peers' liveness")
+            self.bus_down = True
+            for peer in self.peers.table.values():
+                if peer.phase != GONE:
+                    peer.expiry = max(peer.expiry, now + self.config.peer_timeout)
+            return
+        if self.bus_down:
+            self.log.note("bus back")
+            self.bus_down = False
         for peer in self.peers.expire(now):
             self.log.note(f"peer server-{peer.id} gone (silent {self.config.peer_timeout}s)")
             sock = self.dealers.pop(peer.id, None)
@@ -351,7 +380,10 @@ class Server:
             self.log.warn(f"dropped bad bus message: {exc}")
             return
         sender = msg.body.get("from")
-        if sender == self.id or msg.type == P.PUSH:
+        if sender == self.id:
+            self.bus_seen = time.monotonic()       # my own echo: the bus works
+            return
+        if msg.type == P.PUSH:
             return
         if msg.type in (P.EVENT, P.ACK) and self.config.drop_rate and \
                 self.rng.random() < self.config.drop_rate:

@@ -85,7 +85,7 @@ class SocialState:
         current = self.events.get(event["id"])
         if current is None:
             self._count(event, +1)
-        elif P.order_key(event) < P.order_key(current):
+        elif P.copy_key(event) < P.copy_key(current):
             self._count(current, -1)
             self._count(event, +1)
         return True

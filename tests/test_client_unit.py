@@ -233,6 +233,21 @@ def test_a_server_reply_corrects_the_clock_by_cristian(start_broker, connection_
     assert connection.clock_correction == pytest.approx(10.0, abs=0.5)
 
 
+class FrozenClock(PhysicalClock):
+    """Reads the same time until adjusted, so an rtt cannot move it."""
+
+    def now(self) -> float:
+        return 1_000_000.0 + self._offset
+
+
+def test_a_clock_within_the_round_trip_is_left_alone(start_broker, connection_to):
+    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=1_000_000.0)])
+    clock = FrozenClock()
+    connection = connection_to(broker, clock=clock)
+    connection.request(protocol.OP_USERS, {})
+    assert clock.now() == 1_000_000.0 and connection.clock_correction == 0.0
+
+
 def test_a_broker_reply_leaves_the_clock_alone(start_broker, connection_to):
     broker = start_broker(lambda m, n: [reply(m.body["rid"], at=time.time() + 10.0,
                                               server=None)])

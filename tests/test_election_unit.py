@@ -4,6 +4,8 @@ Every bus message goes to every node, its sender included (the real bus may echo
 with zero latency. A frozen node (SIGSTOP) neither ticks nor reads; its messages
 queue up. After every single delivery and tick the cluster checks that no two nodes
 act as coordinator in the same epoch.
+
+Epochs read ``term * 100 + id``: 105 is term 1, claimed by server 5.
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from hypothesis import strategies as st
 from common import protocol
 from common.config import Config
 from servers.election import Bully
+
+
+def claimed(term: int, sid: int) -> int:
+    return term * 100 + sid
+
+
+def term_of(epoch: int) -> int:
+    return epoch // 100
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,9 +165,9 @@ def settled_cluster(ids) -> Cluster:
 # --- whole-cluster behaviour --------------------------------------------------------
 def test_highest_id_wins_when_all_start_together():
     cluster = settled_cluster([1, 2, 3, 4, 5])
-    assert cluster.nodes[5].bully.epoch == 1
-    assert cluster.nodes[5].log.has("I am coordinator (epoch 1)")
-    assert cluster.nodes[2].log.has("coordinator is now s5 (epoch 1)")
+    assert cluster.nodes[5].bully.epoch == claimed(1, 5)
+    assert cluster.nodes[5].log.has("I am coordinator (epoch 105)")
+    assert cluster.nodes[2].log.has("coordinator is now s5 (epoch 105)")
     assert sum(n.bully.elections for n in cluster.nodes.values()) >= 1
 
 
@@ -176,7 +186,7 @@ def test_killing_coordinator_lets_highest_remaining_win_after_election_timeout()
     took = cluster.run_until(lambda: cluster.settled_on(4), limit=5)
     assert CONFIG.election_timeout - CONFIG.heartbeat_interval <= took
     assert took <= CONFIG.election_timeout + CONFIG.answer_timeout + 2 * STEP
-    assert cluster.nodes[4].bully.epoch == epoch + 1
+    assert cluster.nodes[4].bully.epoch == claimed(term_of(epoch) + 1, 4)
     assert cluster.nodes[1].log.has("coordinator s5 silent")
 
 
@@ -188,8 +198,8 @@ def test_higher_id_joining_takes_over_with_a_higher_epoch():
     assert cluster.nodes[7].bully.coordinator == 3      # learned from the BEATs
     cluster.start(7)
     cluster.run_until(lambda: cluster.settled_on(7), limit=5)
-    assert cluster.nodes[7].bully.epoch == epoch + 1
-    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {epoch + 1} from s7")
+    assert cluster.nodes[7].bully.epoch == claimed(term_of(epoch) + 1, 7)
+    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {claimed(2, 7)} from s7")
 
 
 def test_lower_id_joining_keeps_the_coordinator_and_its_epoch():
@@ -209,15 +219,36 @@ def test_frozen_coordinator_steps_down_on_resume_before_its_timers_run():
     cluster.nodes[3].frozen = True
     cluster.run_until(lambda: cluster.nodes[2].bully.is_coordinator, limit=5)
     cluster.run(1.0)
-    assert cluster.nodes[2].bully.epoch == old_epoch + 1
+    assert cluster.nodes[2].bully.epoch == claimed(term_of(old_epoch) + 1, 2)
     assert cluster.nodes[3].bully.is_coordinator             # still believes it, frozen
 
     cluster.resume(3)                                         # queued messages, no tick
     assert not cluster.nodes[3].bully.is_coordinator
-    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {old_epoch + 1}")
+    assert cluster.nodes[3].log.has(f"stepping down: saw epoch {claimed(2, 2)} from s2")
     cluster.run_until(lambda: cluster.settled_on(3), limit=5)  # bully: 3 takes over again
-    assert cluster.nodes[3].bully.epoch == old_epoch + 2
+    assert cluster.nodes[3].bully.epoch == claimed(term_of(old_epoch) + 2, 3)
     assert cluster.checks > 100
+
+
+def test_newcomer_that_cannot_learn_the_epoch_still_claims_a_different_one():
+    """Found by the property test: the coordinator frozen, everyone else dead, a
+    newcomer hears no BEAT and knows no epoch; its claim must still differ."""
+    cluster = settled_cluster([1, 2, 4])
+    for sid in (1, 2):
+        cluster.kill(sid)
+    cluster.nodes[4].frozen = True
+    cluster.add(1)
+    cluster.run(2 * CONFIG.heartbeat_interval)
+    cluster.start(1)
+    cluster.run_until(lambda: cluster.nodes[1].bully.is_coordinator, limit=2)
+    assert cluster.nodes[1].bully.epoch == claimed(1, 1) < cluster.nodes[4].bully.epoch
+    cluster.resume(4)
+    cluster.run_until(lambda: cluster.settled_on(4), limit=5)
+
+
+def test_server_ids_must_fit_the_epoch_encoding():
+    with pytest.raises(ValueError):
+        Bully(100, CONFIG, lambda t, body: None, None)
 
 
 # --- one node, message by message ------------------------------------------------------
@@ -235,8 +266,8 @@ def test_candidate_without_answer_wins_after_answer_timeout():
     b.tick(10.0 + CONFIG.answer_timeout - 0.01)
     assert b.state == "candidate"
     b.tick(10.0 + CONFIG.answer_timeout)
-    assert (b.state, b.coordinator, b.epoch) == ("coordinator", 2, 1)
-    assert sent[-1] == (protocol.COORDINATOR, {"from": 2, "epoch": 1})
+    assert (b.state, b.coordinator, b.epoch) == ("coordinator", 2, 102)
+    assert sent[-1] == (protocol.COORDINATOR, {"from": 2, "epoch": 102})
     assert b.next_deadline() is None
     assert b.messages_sent == 2 and b.elections == 1
 
@@ -254,81 +285,81 @@ def test_answered_candidate_calls_again_when_no_coordinator_comes():
 
 def test_election_from_lower_id_is_answered_and_from_higher_id_ignored():
     b, sent, _ = lone(2)
-    b.on_coordinator({"from": 3, "epoch": 4}, 1.0)
+    b.on_coordinator({"from": 3, "epoch": 403}, 1.0)
     b.start(1.0)
-    b.on_coordinator({"from": 3, "epoch": 4}, 1.1)            # 3 re-announces
+    b.on_coordinator({"from": 3, "epoch": 403}, 1.1)            # 3 re-announces
     sent.clear()
-    b.on_election({"from": 3, "epoch": 4}, 1.2)
+    b.on_election({"from": 3, "epoch": 403}, 1.2)
     assert sent == []
-    b.on_election({"from": 1, "epoch": 4}, 1.3)
-    assert sent == [(protocol.ANSWER, {"from": 2, "to": 1, "epoch": 4}),
-                    (protocol.ELECTION, {"from": 2, "epoch": 4})]
+    b.on_election({"from": 1, "epoch": 403}, 1.3)
+    assert sent == [(protocol.ANSWER, {"from": 2, "to": 1, "epoch": 403}),
+                    (protocol.ELECTION, {"from": 2, "epoch": 403})]
 
 
 def test_current_coordinator_answers_a_lower_election_by_announcing_again():
     b, sent, _ = lone(5)
     b.start(0.0)
-    b.tick(1.0)
+    b.tick(CONFIG.answer_timeout)
     sent.clear()
-    b.on_election({"from": 1, "epoch": 1}, 2.0)
-    assert sent == [(protocol.ANSWER, {"from": 5, "to": 1, "epoch": 1}),
-                    (protocol.COORDINATOR, {"from": 5, "epoch": 1})]
-    assert b.is_coordinator and b.epoch == 1
+    b.on_election({"from": 1, "epoch": 105}, 2.0)
+    assert sent == [(protocol.ANSWER, {"from": 5, "to": 1, "epoch": 105}),
+                    (protocol.COORDINATOR, {"from": 5, "epoch": 105})]
+    assert b.is_coordinator and b.epoch == 105
 
 
 def test_coordinator_with_a_lower_epoch_is_rejected():
     b, _, log = lone(2)
-    b.on_coordinator({"from": 3, "epoch": 5}, 1.0)
-    b.on_coordinator({"from": 4, "epoch": 4}, 1.1)
-    assert (b.coordinator, b.epoch) == (3, 5)
-    assert log.has("rejected COORDINATOR from s4: epoch 4 < mine 5")
+    b.on_coordinator({"from": 3, "epoch": 503}, 1.0)
+    b.on_coordinator({"from": 4, "epoch": 404}, 1.1)
+    assert (b.coordinator, b.epoch) == (3, 503)
+    assert log.has("rejected COORDINATOR from s4: epoch 404 < mine 503")
 
 
 def test_coordinator_steps_down_for_a_higher_id_in_its_own_epoch_only():
     b, _, log = lone(2)
     b.start(0.0)
-    b.tick(1.0)
-    assert b.is_coordinator and b.epoch == 1
-    b.on_beat(1, 1, 1, 1.1)                                    # lower rival: it will yield
+    b.tick(CONFIG.answer_timeout)
+    assert b.is_coordinator and b.epoch == 102
+    b.on_beat(1, 102, 1, 1.1)                                  # a forged lower rival
     assert b.is_coordinator
-    b.on_beat(4, 1, 2, 1.2)                                    # a higher id following me
+    b.on_beat(4, 102, 2, 1.2)                                  # a higher id following me
     assert b.is_coordinator
-    b.on_beat(3, 1, 3, 1.3)
-    assert (b.state, b.coordinator, b.epoch) == ("follower", 3, 1)
-    assert log.has("stepping down: saw epoch 1 from s3")
+    b.on_beat(3, 102, 3, 1.3)
+    assert (b.state, b.coordinator, b.epoch) == ("follower", 3, 102)
+    assert log.has("stepping down: saw epoch 102 from s3")
 
 
 def test_beat_with_a_higher_epoch_and_a_lower_coordinator_makes_me_take_over():
     b, sent, _ = lone(4)
     b.start(0.0)
-    b.tick(1.0)
-    b.on_beat(1, 7, 2, 2.0)
+    b.tick(CONFIG.answer_timeout)
+    b.on_beat(1, 702, 2, 2.0)
     assert not b.is_coordinator and b.state == "candidate" and b.coordinator == 2
     b.tick(2.0 + CONFIG.answer_timeout)
-    assert b.is_coordinator and b.epoch == 8
+    assert b.is_coordinator and b.epoch == 804
 
 
 def test_silent_coordinator_triggers_an_election_after_election_timeout():
     b, sent, log = lone(2)
     b.start(0.0)
-    b.on_coordinator({"from": 3, "epoch": 1}, 0.1)
+    b.on_coordinator({"from": 3, "epoch": 103}, 0.1)
     b.saw_peer(3, 0.5)
     assert b.next_deadline() == pytest.approx(0.5 + CONFIG.election_timeout)
     b.tick(0.5 + CONFIG.election_timeout - 0.01)
     assert b.state == "follower"
     b.tick(0.5 + CONFIG.election_timeout)
     assert b.state == "candidate" and b.coordinator is None
-    b.on_beat(1, 1, 3, 1.8)            # a peer that has not noticed yet: no re-adoption
+    b.on_beat(1, 103, 3, 1.8)          # a peer that has not noticed yet: no re-adoption
     assert b.state == "candidate" and b.coordinator is None
 
 
 def test_a_beat_naming_me_from_before_a_restart_is_not_adopted():
     b, _, _ = lone(3)
-    b.on_beat(1, 6, 3, 0.0)
+    b.on_beat(1, 603, 3, 0.0)
     assert b.coordinator is None
     b.start(0.1)
     b.tick(0.1 + CONFIG.answer_timeout)
-    assert b.is_coordinator and b.epoch == 7
+    assert b.is_coordinator and b.epoch == 703
 
 
 # --- any schedule of crashes, freezes and joins ------------------------------------------

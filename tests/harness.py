@@ -1,0 +1,212 @@
+"""A real cluster for tests: broker and servers as processes on free ports.
+
+Each ``Cluster`` lives in a tmp folder of its own (data and logs inside it) on
+a port base nobody else is using, so tests, and two clusters in one test, run
+side by side. Tests wait for *conditions* with deadlines, never a bare sleep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import zmq
+
+from clients.connection import ClientError, Connection
+from common import protocol as P
+from common.clock import LamportClock, PhysicalClock
+from common.config import Config, load_config
+from common.processes import ROOT, ProcessGroup, cluster_env, wait_until
+
+FAST_TIMING = {
+    # faster heartbeats so joins, deaths and catch-up happen quickly; every
+    # timeout stays at least three intervals, as Config.validate() asks
+    "SOCIAL_HEARTBEAT_INTERVAL": "0.1",
+    "SOCIAL_SERVER_TIMEOUT": "1.0",
+    "SOCIAL_PEER_TIMEOUT": "0.8",
+    "SOCIAL_ELECTION_TIMEOUT": "0.6",
+    "SOCIAL_ANSWER_TIMEOUT": "0.2",
+    "SOCIAL_COORDINATOR_WAIT": "0.4",
+    "SOCIAL_JOIN_CLOCK_WAIT": "1.0",
+}
+"""Environment overrides every process of a test cluster gets."""
+
+LOG_TAIL_LINES = 40
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(servers: int = 20) -> int:
+    """A base whose ports (base..base+3, base+101..base+100+servers) are all free now."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 60000)
+        ports = [base + i for i in range(4)] + [base + 100 + i for i in range(1, servers + 1)]
+        if all(_can_bind(port) for port in ports):
+            return base
+    raise RuntimeError("no free port base found")
+
+
+class Cluster:
+    """Broker + servers of one test, in ``folder``; always call ``stop()``."""
+
+    def __init__(self, folder: Path, env: dict | None = None) -> None:
+        self.folder = Path(folder)
+        self.env_extra = {**FAST_TIMING, **(env or {})}
+        # the harness reads the same settings its processes do
+        overrides = {k[len("SOCIAL_"):].lower(): v for k, v in self.env_extra.items()}
+        self.config = load_config(port_base=free_port_base(), data_dir=str(self.folder / "data"),
+                                  log_dir=str(self.folder / "logs"), **_typed(overrides))
+        self.group = ProcessGroup(self.config, self.env_extra)
+        self.env = cluster_env(self.config, self.env_extra)
+        self._ctx = zmq.Context()
+        self._ctx.linger = 0
+
+    # --- processes -----------------------------------------------------------------
+    def start(self, servers: int = 3, *server_args: str) -> "Cluster":
+        self.group.start_broker()
+        for server_id in range(1, servers + 1):
+            self.start_server(server_id, *server_args)
+        return self
+
+    def start_server(self, server_id: int, *args: str) -> subprocess.Popen:
+        return self.group.start_server(server_id, *args)
+
+    def kill(self, name: str) -> None:
+        self.group.kill(name)
+
+    def terminate(self, name: str) -> int | None:
+        return self.group.terminate(name)
+
+    def alive(self, name: str) -> bool:
+        return self.group.alive(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.group.procs)
+
+    def stop(self) -> None:
+        self.group.stop_all()
+        self._ctx.destroy(0)
+
+    # --- talking to it ---------------------------------------------------------------
+    def connection(self, user: str | None = None, deadline: float = 10.0) -> Connection:
+        """A Lazy Pirate connection for python-level requests; close it after use."""
+        config = dataclasses.replace(self.config, request_deadline=deadline,
+                                     request_timeout=min(self.config.request_timeout, deadline))
+        return Connection(config.validate(), user, LamportClock(), PhysicalClock())
+
+    def request(self, user: str | None, op: str, args: dict, server: int | None = None,
+                deadline: float = 10.0) -> dict:
+        conn = self.connection(user, deadline)
+        try:
+            return conn.request(op, args, server)
+        finally:
+            conn.close()
+
+    def status(self, deadline: float = 1.0) -> dict | None:
+        """The broker's status, or None if it does not answer in time."""
+        try:
+            return self.request(None, P.OP_STATUS, {}, deadline=deadline)
+        except ClientError:
+            return None
+
+    def servers(self) -> dict[int, dict]:
+        status = self.status() or {"servers": []}
+        return {s["id"]: s for s in status["servers"]}
+
+    def serving(self) -> dict[int, dict]:
+        return {i: s for i, s in self.servers().items()
+                if s["alive"] and s.get("phase") == "serving"}
+
+    def wait_serving(self, ids, timeout: float = 15.0) -> dict[int, dict]:
+        ids = set(ids)
+        return wait_until(lambda: (lambda s: s if ids <= set(s) else None)(self.serving()),
+                          timeout, interval=0.1, what=f"servers {sorted(ids)} serving")
+
+    def wait_converged(self, timeout: float = 10.0) -> dict[int, dict]:
+        """Every live server holds the same events (same digest and count).
+
+        ``status`` shows each server as of its last heartbeat, so only rows sent
+        after this call began count: a server's Lamport clock grows with every
+        heartbeat, so a row with a larger one than at the start is a fresh one."""
+        start = {i: s.get("lamport", -1) for i, s in self.servers().items()}
+
+        def converged():
+            live = {i: s for i, s in self.servers().items() if s["alive"]}
+            if not live or any(s.get("lamport", -1) <= start.get(i, -1) for i, s in live.items()):
+                return None
+            states = {(s.get("digest"), s.get("events")) for s in live.values()}
+            return live if len(states) == 1 else None
+        return wait_until(converged, timeout, interval=0.05, what="equal digests")
+
+    def digests(self) -> dict[int, str]:
+        return {i: s["digest"] for i, s in self.servers().items() if s["alive"]}
+
+    def cli(self, user: str | None, *args: str, check: bool = True, json_out: bool = True,
+            timeout: float = 30.0):
+        """``python -m clients [--user USER] ARGS [--json]``: the parsed JSON, or the
+        CompletedProcess when ``check`` is False."""
+        command = [sys.executable, "-m", "clients"]
+        if user is not None:
+            command += ["--user", user]
+        command += list(args)
+        if json_out:
+            command.append("--json")
+        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+        if not check:
+            return done
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(command[2:])} exited {done.returncode}: "
+                                 f"{done.stderr.strip()}")
+        return json.loads(done.stdout) if json_out else done.stdout
+
+    def dealer(self, port: int | None = None) -> zmq.Socket:
+        """A raw DEALER connected to ``port`` (the frontend by default)."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(self.config.endpoint(port or self.config.frontend_port))
+        return sock
+
+    def raw_request(self, sock: zmq.Socket, frames: list[bytes],
+                    timeout: float = 5.0) -> P.Message | None:
+        """Send frames on a DEALER; the decoded reply, or None if none comes in time."""
+        sock.send_multipart(frames)
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return P.decode(sock.recv_multipart())
+
+    # --- diagnostics -------------------------------------------------------------------
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        out = []
+        for path in sorted(Path(self.config.log_dir).glob("*")):
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            if tail:
+                out.append(f"----- {path.name} (last {len(tail)} lines) -----")
+                out.extend(tail)
+        return "\n".join(out)
+
+    def log_text(self, name: str) -> str:
+        path = self.config.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _typed(overrides: dict[str, str]) -> dict:
+    """Environment strings to the types of Config's fields."""
+    kinds = {name: type(value) for name, value in Config().__dict__.items()}
+    return {name: (raw.lower() in ("1", "true", "yes", "on") if kinds[name] is bool
+                   else kinds[name](raw)) for name, raw in overrides.items()}
