@@ -167,3 +167,41 @@ def notifications(ctx: typer.Context, server: ServerPin = None,
 def status(ctx: typer.Context, json: JsonFlag = False) -> None:
     """The servers as the broker sees them."""
     run(ctx, protocol.OP_STATUS, {}, render.status, json)
+
+
+@app.command()
+def listen(ctx: typer.Context,
+           seconds: Annotated[float | None, typer.Option(
+               "--seconds", help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+           json: Annotated[bool, typer.Option(
+               "--json", help="Print one JSON object per line.")] = False) -> None:
+    """Live: posts by the users you follow and messages to you, as they happen.
+
+    Each item is shown once: pushed items are marked shown on the servers, so
+    `notifications` will not list them again. Messages sent before you started
+    listening are in `chat`.
+    """
+    import time
+    from clients.connection import ClientError
+    from clients.session import UserSession
+    options: GlobalOptions = ctx.obj
+    as_json = json or options.json
+    stop_at = None if seconds is None else time.monotonic() + seconds
+    try:
+        with UserSession(options.config(), options.user, options.clock_offset,
+                         options.clock_chaos) as session:
+            session.call(protocol.OP_USERS, {}, None)        # registers a first-time user
+            since = session.lamport.value
+            if not as_json:
+                typer.echo(f"listening as {options.user} (Ctrl-C to stop)")
+            while stop_at is None or time.monotonic() < stop_at:
+                wait = 10.0 if stop_at is None else max(0.0, min(10.0, stop_at - time.monotonic()))
+                result = session.call(protocol.OP_LISTEN, {"wait": round(wait, 3), "since": since}, None)
+                for item in result.get("items", []):
+                    typer.echo(protocol.dumps(item).decode() if as_json else render.push(item))
+                session.log.flush()
+    except KeyboardInterrupt:
+        pass
+    except (ClientError, ConfigError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -102,13 +102,16 @@ class Connection:
 
     def exchange(self, body: dict) -> dict:
         """Lazy Pirate: send ``body`` until a final reply or the deadline."""
-        deadline = time.monotonic() + self.config.request_deadline
+        # a listen is a long poll: the server may rightly keep it for ``wait`` seconds
+        patience = self.config.request_timeout + (
+            body["args"]["wait"] if body["op"] == protocol.OP_LISTEN else 0.0)
+        deadline = time.monotonic() + self.config.request_deadline + patience
         retry_delay = RETRY_FIRST_DELAY
         tries = 0
         while True:
             tries += 1
             sent_at = self._send(body, tries)
-            timeout_at = min(deadline, sent_at + self.config.request_timeout)
+            timeout_at = min(deadline, sent_at + patience)
             reply = self._wait_for_reply(body, timeout_at)
             if reply is None:
                 self._reopen_socket(tries)

@@ -137,3 +137,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(text) for text in column) for column in zip(header, *rows)]
     return ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
             for line in [header, *rows]]
+
+
+def push(item: dict) -> str:
+    """One live item from ``listen``."""
+    when = f"[L={item.get('lamport', '?')} {clock_time(item.get('timestamp'))}]"
+    if item.get("type") == "message":
+        return f"{when} new message from {item.get('from', '?')}: {item.get('text', '')}"
+    return f"{when} {item.get('author', '?')} posted: {item.get('text', '')}"

@@ -107,10 +107,11 @@ OP_STATUS = "status"
 OP_LISTEN = "listen"
 
 WRITE_OPS = frozenset({OP_REGISTER, OP_POST, OP_FOLLOW, OP_UNFOLLOW, OP_DM,
-                       OP_NOTIFICATIONS})
-"""Operations that create a replicated event (notifications marks items shown)."""
+                       OP_NOTIFICATIONS, OP_LISTEN})
+"""Operations that create a replicated event (notifications and listen mark items shown)."""
 READ_OPS = frozenset({OP_FEED, OP_FOLLOWING, OP_USERS, OP_CHAT})
 BROKER_OPS = frozenset({OP_STATUS})
+MAX_LISTEN_WAIT = 30.0
 ALL_OPS = WRITE_OPS | READ_OPS | BROKER_OPS
 
 # Arguments each operation takes: name -> type (all required).
@@ -126,7 +127,11 @@ OP_ARGS: dict[str, dict[str, Any]] = {
     OP_CHAT: {"with": _STR, "limit": _INT},
     OP_NOTIFICATIONS: {},
     OP_STATUS: {},
+    OP_LISTEN: {"wait": _NUM, "since": _INT},
 }
+"""``listen`` is a long poll: the server answers as soon as there are posts by
+followed users not yet shown or direct messages (stamped after ``since``) not
+yet delivered to this user, marks them shown, or answers empty after ``wait``."""
 
 # --- event kinds (the replicated writes) ---------------------------------------
 EV_REGISTER = "register"
@@ -138,7 +143,8 @@ EV_SEEN = "seen"
 EVENT_KINDS = frozenset({EV_REGISTER, EV_POST, EV_FOLLOW, EV_UNFOLLOW, EV_DM, EV_SEEN})
 EVENT_DATA = {EV_REGISTER: {}, EV_POST: {"text": str}, EV_FOLLOW: {"target": str},
               EV_UNFOLLOW: {"target": str}, EV_DM: {"to": str, "text": str},
-              EV_SEEN: {"shown": list}}
+              EV_SEEN: {"shown": list, "delivered": list}}
+"""SEEN: posts shown to the user (notifications, listen) and messages pushed (listen)."""
 EVENT_FIELDS = {"id": _STR, "kind": _STR, "user": _STR, "lamport": _INT,
                 "ts": _NUM, "origin": _INT, "seq": _INT, "data": _DICT}
 
@@ -255,6 +261,8 @@ def check_request(body: dict) -> None:
         check_text(args["text"])
     if "limit" in OP_ARGS[op]:
         check_limit(args["limit"])
+    if op == OP_LISTEN and not 0 <= args["wait"] <= MAX_LISTEN_WAIT:
+        raise ProtocolError(f"wait must lie between 0 and {MAX_LISTEN_WAIT:g} seconds")
     for name in ("target", "to", "with"):
         if name in OP_ARGS[op]:
             check_user_name(args[name], f"{name!r}")
@@ -273,8 +281,9 @@ def check_event(event: Any) -> dict:
     if event["seq"] < 1 or event["origin"] < 1:
         raise ProtocolError("event origin and seq must be positive")
     check_fields(event["data"], EVENT_DATA[event["kind"]], f"{event['kind']} event")
-    if not all(isinstance(x, str) for x in event["data"].get("shown", ())):
-        raise ProtocolError("seen event: shown must list ids")
+    ids = list(event["data"].get("shown", ())) + list(event["data"].get("delivered", ()))
+    if not all(isinstance(x, str) for x in ids):
+        raise ProtocolError("seen event: shown and delivered must list ids")
     return event
 
 

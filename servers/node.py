@@ -26,6 +26,7 @@ from common.config import Config
 from common.log import ProcessLog
 from servers.berkeley import BerkeleySync
 from servers.election import Bully
+from servers.listeners import Listeners
 from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
 from servers.requests import ClientRequests, RequestError
@@ -51,6 +52,7 @@ class Server:
         self.peers = Peers(server_id, config.peer_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
         self.requests = ClientRequests(self.state)
+        self.listeners = Listeners()
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
@@ -181,7 +183,7 @@ class Server:
 
     def next_deadline(self) -> float:
         deadlines = [self.heartbeat_at, self.election.next_deadline(),
-                     self.berkeley.next_deadline()]
+                     self.berkeley.next_deadline(), self.listeners.next_deadline()]
         return min(d for d in deadlines if d is not None)
 
     def after_batch(self) -> None:
@@ -192,6 +194,8 @@ class Server:
             self.last_write = time.monotonic()
             if self.phase != JOINING:
                 self.publish(P.ACK, {"from": self.id, "vv": self.state.vv()})
+        if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
+            self.wake_listeners()
         for waiter, holders in self.repl.ready(time.monotonic()):
             event = self.state.events.get(waiter.event_id)
             if event is None:
@@ -201,8 +205,20 @@ class Server:
                               f"of {self.config.replicas} copies (too few servers alive)")
             self.reply(waiter.route, waiter.rid, self.requests.result(event, holders))
 
+    def wake_listeners(self) -> None:
+        """New posts or messages: answer the parked listens that now have items."""
+        for p in self.listeners.take_all():
+            try:
+                if self.phase != SERVING:
+                    raise RequestError(P.ERR_UNAVAILABLE, f"{self.name} is {self.phase}")
+                self.on_write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, p.deadline)
+            except RequestError as exc:
+                self.reply(p.route, p.rid, code=exc.code, error=str(exc))
+
     def tick(self, now: float) -> None:
         """Idempotent periodic jobs, run on every loop turn."""
+        for p in self.listeners.take_expired(now):
+            self.reply(p.route, p.rid, {"user": p.user, "items": [], "replicas": None})
         self.election.tick(now)
         self.berkeley.tick(now)
         if now >= self.heartbeat_at:
@@ -241,6 +257,7 @@ class Server:
             return
         self.log.warn(f"stalled for {overslept:.1f}s (frozen?): catching up before serving again")
         self.set_phase(JOINING, "resumed after a stall")
+        self.wake_listeners()                    # answered "unavailable": listen elsewhere
         self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": self.phase})
 
     def _lower_unreachable_target(self, now: float) -> None:
@@ -265,6 +282,8 @@ class Server:
         self.set_phase(LEAVING, "SIGTERM")
         self.leave_deadline = time.monotonic() + 1.0
         self.to_broker(b"", P.LEAVE, {"id": self.id})
+        for p in self.listeners.take_all():      # let them listen elsewhere at once
+            self.reply(p.route, p.rid, code=P.ERR_UNAVAILABLE, error=f"{self.name} is leaving")
         self.publish(P.BYE, {"from": self.id})
 
     def close(self) -> None:
@@ -355,7 +374,8 @@ class Server:
         except RequestError as exc:
             self.reply(route, rid, code=exc.code, error=str(exc))
 
-    def on_write(self, route: bytes, rid: str, op: str, user: str, args: dict) -> None:
+    def on_write(self, route: bytes, rid: str, op: str, user: str, args: dict,
+                 listen_until: float | None = None) -> None:
         existing = self.state.events.get(rid)
         if existing is not None:                 # a retry: applied once, answered again
             if existing["user"] != user:
@@ -365,7 +385,11 @@ class Server:
             return
         plan = self.requests.plan(op, user, args)
         if isinstance(plan, dict):               # nothing to write
-            self.reply(route, rid, plan)
+            if op == P.OP_LISTEN and args["wait"] > 0:
+                until = listen_until or time.monotonic() + args["wait"]
+                self.listeners.park(route, rid, user, args, until)
+            else:
+                self.reply(route, rid, plan)
             return
         kind, data = plan
         event = self.repl.create(kind, user, data, rid, self.lamport.tick(), self.clock.stamp())

@@ -64,8 +64,26 @@ class ClientRequests:
             fresh = self.state.notifications(user)
             if not fresh:
                 return {"user": user, "notifications": [], "replicas": None}
-            return P.EV_SEEN, {"shown": [p["id"] for p in fresh]}
+            return P.EV_SEEN, {"shown": [p["id"] for p in fresh], "delivered": []}
+        if op == P.OP_LISTEN:
+            posts, messages = self.state.unseen(user, args["since"])
+            if not posts and not messages:
+                return {"user": user, "items": [], "replicas": None}
+            return P.EV_SEEN, {"shown": [p["id"] for p in posts],
+                               "delivered": [m["id"] for m in messages]}
         raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a write")
+
+    def _seen_result(self, event: dict) -> dict:
+        """``notifications`` lists the posts; ``items`` (for listen) posts and
+        messages together, each tagged with its type, in logical order."""
+        data, events = event["data"], self.state.events
+        posts = sorted((events[i] for i in data["shown"] if i in events), key=P.order_key)
+        messages = [events[i] for i in data["delivered"] if i in events]
+        items = sorted(posts + messages, key=P.order_key)
+        return {"user": event["user"],
+                "notifications": [post_view(p, True) for p in posts],
+                "items": [dict(post_view(e), type="post") if e["kind"] == P.EV_POST
+                          else dict(dm_view(e), type="message") for e in items]}
 
     def result(self, event: dict, replicas: int) -> dict:
         """What the client sees of a write, from the event that holds it."""
@@ -78,11 +96,7 @@ class ClientRequests:
             body = {"follow": follow_view(event)}
         elif kind == P.EV_REGISTER:
             body = {"user": event["user"], "new": True}
-        else:  # EV_SEEN: the posts it marked shown, oldest first
-            posts = [self.state.events[i] for i in event["data"]["shown"]
-                     if i in self.state.events]
-            posts.sort(key=P.order_key)
-            body = {"user": event["user"],
-                    "notifications": [post_view(p, True) for p in posts]}
+        else:  # EV_SEEN: what it marked shown, oldest first
+            body = self._seen_result(event)
         body["replicas"] = replicas
         return body

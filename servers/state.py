@@ -46,7 +46,9 @@ class SocialState:
         self.following: dict[str, set[str]] = {}
         self.chats: dict[tuple[str, str], list[Key]] = {}
         self.seen_by: dict[str, list[Key]] = {}      # user -> SEEN events that count
-        self.shown: dict[str, set[str]] = {}
+        self.shown: dict[str, set[str]] = {}         # posts shown (notifications, listen)
+        self.inbox: dict[str, list[Key]] = {}        # user -> messages to them
+        self.delivered: dict[str, set[str]] = {}     # messages pushed by listen
         self._digest = 0
 
     # --- replication bookkeeping -------------------------------------------------
@@ -121,6 +123,7 @@ class SocialState:
             self._refresh_following(pair)
         elif kind == P.EV_DM:
             edit(self.chats.setdefault(_pair(user, data["to"]), []), key)
+            edit(self.inbox.setdefault(data["to"], []), key)
         elif kind == P.EV_SEEN:
             edit(self.seen_by.setdefault(user, []), key)
             self._refresh_shown(user)
@@ -137,9 +140,13 @@ class SocialState:
     def _refresh_shown(self, user: str) -> None:
         # rebuilt from the SEEN events that count, so withdrawing one is exact
         shown: set[str] = set()
+        delivered: set[str] = set()
         for key in self.seen_by.get(user, []):
-            shown.update(self.events[key[1]]["data"]["shown"])
+            data = self.events[key[1]]["data"]
+            shown.update(data["shown"])
+            delivered.update(data["delivered"])
         self.shown[user] = shown
+        self.delivered[user] = delivered
 
     # --- queries (what users see) --------------------------------------------------------
     def event_by_key(self, key: Key) -> dict:
@@ -177,6 +184,17 @@ class SocialState:
                 found.extend(k for k in posts[lo:hi] if k[1] not in shown)
         found.sort()
         return [post_view(self.event_by_key(k), True) for k in found[:limit]]
+
+
+    def unseen(self, user: str, since: int) -> tuple[list[dict], list[dict]]:
+        """For ``listen``: posts not yet shown, and messages to me stamped after
+        ``since`` not yet delivered; each oldest first."""
+        posts = self.notifications(user)
+        delivered = self.delivered.get(user, set())
+        inbox = self.inbox.get(user, [])
+        start = bisect_right(inbox, (since, "\uffff"))
+        messages = [dm_view(self.events[k[1]]) for k in inbox[start:] if k[1] not in delivered]
+        return posts, messages
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:
