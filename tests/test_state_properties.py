@@ -113,7 +113,7 @@ def test_notifications_only_cover_posts_made_while_following():
     ]:
         state.apply(e)
     assert [p["text"] for p in state.notifications("bob")] == ["during"]
-    state.apply(_event("s1", "seen", "bob", {"shown": ["p2"]}, 8, 1, seqs))
+    state.apply(_event("s1", "seen", "bob", {"shown": ["p2"], "delivered": []}, 8, 1, seqs))
     assert state.notifications("bob") == []
 
 
