@@ -92,6 +92,20 @@ class ProcessLog:
         logger.remove()
 
 
+def brief(body: dict, width: int = 120) -> str:
+    """``key=value`` pairs of a message body, cut to ``width`` characters."""
+    text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                    for k, v in body.items() if k != "from")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def event_brief(event: dict) -> str:
+    """An event as one log fragment: kind, id, origin:seq, author, stamp, data."""
+    data = brief(event["data"], 80)
+    return (f"{event['kind']} id={event['id']} {event['origin']}:{event['seq']} "
+            f"by {event['user']} L={event['lamport']} {data}").rstrip()
+
+
 def parse_line(line: str) -> dict | None:
     """Split a log line into time, lamport, process and the rest; None if foreign."""
     m = LINE_RE.match(line.rstrip("\n"))

@@ -287,6 +287,17 @@ def check_event(event: Any) -> dict:
     return event
 
 
+def parse_vv(raw: dict) -> dict[int, int]:
+    """A version vector off the wire (JSON keys are strings) -> {server id: seq}."""
+    try:
+        vv = {int(k): v for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise ProtocolError("version vector keys must be server ids") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vv.values()):
+        raise ProtocolError("version vector values must be sequence numbers")
+    return vv
+
+
 def order_key(event: dict) -> tuple[int, str]:
     """The one total order of events on every server: Lamport stamp, then id."""
     return (event["lamport"], event["id"])

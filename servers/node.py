@@ -23,8 +23,9 @@ import zmq
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
-from common.log import ProcessLog
+from common.log import ProcessLog, brief, event_brief
 from servers.berkeley import BerkeleySync
+from servers.catchup import PeerLinks
 from servers.election import Bully
 from servers.listeners import Listeners
 from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peers
@@ -56,6 +57,13 @@ class Server:
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
+        self.bus_handlers = {
+            P.EVENT: self.on_event, P.ACK: self.on_ack, P.BEAT: self.on_beat, P.BYE: self.on_bye,
+            P.ELECTION: self.election.on_election, P.ANSWER: self.election.on_answer,
+            P.COORDINATOR: self.election.on_coordinator,
+            P.TIME_QUERY: self.berkeley.on_time_query, P.TIME_REPLY: self.berkeley.on_time_reply,
+            P.TIME_ADJUST: self.berkeley.on_time_adjust}
+        self.links = PeerLinks(self)
         self.phase = JOINING
         self.running = True
         self.started = time.monotonic()
@@ -71,7 +79,6 @@ class Server:
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.poller = zmq.Poller()
-        self.dealers: dict[int, zmq.Socket] = {}
         self._handlers: dict[zmq.Socket, object] = {}
 
     # --- sockets ------------------------------------------------------------------------
@@ -92,8 +99,7 @@ class Server:
 
     def open_sockets(self) -> None:
         cfg = self.config
-        self.router = self._socket(zmq.ROUTER, self.on_peer_request)
-        self.router.bind(cfg.endpoint(cfg.peer_port(self.id)))
+        self.links.open()
         self.pub = self._socket(zmq.PUB)
         self.pub.connect(cfg.endpoint(cfg.bus_in_port))
         self.sub = self._socket(zmq.SUB, self.on_bus)
@@ -110,23 +116,15 @@ class Server:
         self.broker.connect(self.config.endpoint(self.config.backend_port))
         self.broker_seen = time.monotonic()
 
-    def dealer(self, peer_id: int) -> zmq.Socket:
-        sock = self.dealers.get(peer_id)
-        if sock is None:
-            sock = self._socket(zmq.DEALER, lambda frames, p=peer_id: self.on_peer_reply(p, frames))
-            sock.connect(self.config.endpoint(self.config.peer_port(peer_id)))
-            self.dealers[peer_id] = sock
-        return sock
-
     # --- sending --------------------------------------------------------------------------
     def publish(self, msg_type: str, body: dict) -> None:
         """Send on the bus; every bus send but the periodic BEAT gets a log line."""
         stamp = self.lamport.tick()
         self.pub.send_multipart(P.encode(msg_type, stamp, body))
         if msg_type == P.EVENT:
-            self.log.send("bus", f"EVENT {_event_brief(body['event'])}")
+            self.log.send("bus", f"EVENT {event_brief(body['event'])}")
         elif msg_type != P.BEAT:
-            self.log.send("bus", f"{msg_type} {_brief(body)}")
+            self.log.send("bus", f"{msg_type} {brief(body)}")
 
     def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
         stamp = self.lamport.tick()
@@ -227,7 +225,7 @@ class Server:
             self.purge_peers(now)
         self.advance_phase(now)
         for peer_id in self.repl.fetches_due(now, eager=self.phase == SYNCING):
-            self.send_fetch(peer_id)
+            self.links.fetch(peer_id)
         self.store.maybe_checkpoint(idle=now - self.last_write > self.config.checkpoint_idle_s)
 
     def advance_phase(self, now: float) -> None:
@@ -332,10 +330,7 @@ class Server:
             self.bus_down = False
         for peer in self.peers.expire(now):
             self.log.note(f"peer server-{peer.id} gone (silent {self.config.peer_timeout}s)")
-            sock = self.dealers.pop(peer.id, None)
-            if sock is not None:
-                self._close(sock)
-            self.repl.fetching.pop(peer.id, None)
+            self.links.drop(peer.id)
 
     # --- broker: client requests ---------------------------------------------------------------
     def on_broker(self, frames: list[bytes]) -> None:
@@ -362,7 +357,7 @@ class Server:
             self.reply(route, str(rid)[:64], code=P.ERR_BAD_REQUEST, error=str(exc))
             return
         op, user, args = body["op"], body["user"], body["args"]
-        self.log.recv(user, f"{op} rid={rid} {_brief(args)}")
+        self.log.recv(user, f"{op} rid={rid} {brief(args)}")
         if self.phase != SERVING:
             self.reply(route, rid, code=P.ERR_UNAVAILABLE, error=f"{self.name} is {self.phase}")
             return
@@ -420,7 +415,7 @@ class Server:
             if self.election.is_coordinator:
                 self.berkeley.request_round()
         self.election.saw_peer(sender, now)
-        handler = getattr(self, "on_" + msg.type.lower(), None)
+        handler = self.bus_handlers.get(msg.type)
         if handler is not None:
             handler(msg.body, now)
 
@@ -428,10 +423,10 @@ class Server:
         event = P.check_event(body["event"])
         new = self.repl.receive(event)
         self.log.recv(f"server-{body['from']}",
-                      f"EVENT {_event_brief(event)}{'' if new else ' (held or early)'}")
+                      f"EVENT {event_brief(event)}{'' if new else ' (held or early)'}")
 
     def on_ack(self, body: dict, now: float) -> None:
-        self.peers.reset_vv(body["from"], _vv(body["vv"]))
+        self.peers.reset_vv(body["from"], P.parse_vv(body["vv"]))
         self.log.recv(f"server-{body['from']}", f"ACK vv={body['vv']}")
 
     def on_beat(self, body: dict, now: float) -> None:
@@ -439,93 +434,9 @@ class Server:
         if peer.phase != body["phase"]:
             self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {body['phase']}")
             peer.phase = body["phase"]
-        self.peers.reset_vv(peer.id, _vv(body["vv"]))
+        self.peers.reset_vv(peer.id, P.parse_vv(body["vv"]))
         self.election.on_beat(peer.id, body["epoch"], body["coordinator"], now)
 
     def on_bye(self, body: dict, now: float) -> None:
         self.peers.left(body["from"])
         self.log.recv(f"server-{body['from']}", "BYE: peer leaves")
-
-    def on_election(self, body: dict, now: float) -> None:
-        self.election.on_election(body, now)
-
-    def on_answer(self, body: dict, now: float) -> None:
-        self.election.on_answer(body, now)
-
-    def on_coord(self, body: dict, now: float) -> None:
-        self.election.on_coordinator(body, now)
-
-    def on_time_q(self, body: dict, now: float) -> None:
-        self.berkeley.on_time_query(body, now)
-
-    def on_time_r(self, body: dict, now: float) -> None:
-        self.berkeley.on_time_reply(body, now)
-
-    def on_time_adj(self, body: dict, now: float) -> None:
-        self.berkeley.on_time_adjust(body, now)
-
-    # --- peers: catch-up over request/reply --------------------------------------------------------
-    def send_fetch(self, peer_id: int) -> None:
-        stamp = self.lamport.tick()
-        after = {str(k): v for k, v in self.state.vv().items()}
-        self.dealer(peer_id).send_multipart(P.encode(P.FETCH, stamp, {
-            "from": self.id, "after": after, "limit": self.config.fetch_batch}))
-        self.log.send(f"server-{peer_id}", f"FETCH after {after}")
-
-    def on_peer_request(self, frames: list[bytes]) -> None:
-        try:
-            msg = P.decode(frames[1:])
-            if msg.type != P.FETCH:
-                raise P.ProtocolError(f"expected FETCH, got {msg.type}")
-            after = _vv(msg.body["after"])
-        except P.ProtocolError as exc:
-            self.log.warn(f"dropped bad peer request: {exc}")
-            return
-        self.lamport.merge(msg.lamport)
-        limit = max(1, min(msg.body["limit"], self.config.fetch_batch))
-        events = self.state.events_after(after, limit + 1)
-        more = len(events) > limit
-        body = {"from": self.id, "events": events[:limit], "vv": self.state.vv(), "more": more}
-        stamp = self.lamport.tick()
-        self.router.send_multipart([frames[0]] + P.encode(P.EVENTS, stamp, body))
-        self.log.line("serve", f"server-{msg.body['from']}",
-                      f"EVENTS {min(len(events), limit)} events more={more}")
-
-    def on_peer_reply(self, peer_id: int, frames: list[bytes]) -> None:
-        try:
-            msg = P.decode(frames)
-            if msg.type != P.EVENTS:
-                raise P.ProtocolError(f"expected EVENTS, got {msg.type}")
-            events = [P.check_event(e) for e in msg.body["events"]]
-        except P.ProtocolError as exc:
-            self.log.warn(f"dropped bad reply from server-{peer_id}: {exc}")
-            return
-        self.lamport.merge(msg.lamport)
-        new = self.repl.fetched(peer_id, events)
-        self.log.recv(f"server-{peer_id}", f"EVENTS {len(events)} events, {new} new, "
-                      f"more={msg.body['more']}")
-        if msg.body["more"]:
-            self.repl.fetching[peer_id] = time.monotonic() + 2.0
-            self.send_fetch(peer_id)
-
-
-def _vv(raw: dict) -> dict[int, int]:
-    try:
-        vv = {int(k): v for k, v in raw.items()}
-    except (TypeError, ValueError):
-        raise P.ProtocolError("version vector keys must be server ids") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vv.values()):
-        raise P.ProtocolError("version vector values must be sequence numbers")
-    return vv
-
-
-def _event_brief(event: dict) -> str:
-    data = _brief(event["data"], 80)
-    return (f"{event['kind']} id={event['id']} {event['origin']}:{event['seq']} "
-            f"by {event['user']} L={event['lamport']} {data}").rstrip()
-
-
-def _brief(body: dict, width: int = 120) -> str:
-    text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                    for k, v in body.items() if k != "from")
-    return text if len(text) <= width else text[:width - 1] + "…"

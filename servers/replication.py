@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from common import protocol as P
 from servers.peers import Peers
 from servers.state import SocialState
 from servers.store import EventStore
