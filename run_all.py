@@ -1,12 +1,16 @@
 """Convenience commands over the system's processes.
 
     python run_all.py up --servers 3     broker + servers 1..3 in the foreground; Ctrl-C stops all
+    python run_all.py demo               the whole system at work, narrated, in under a minute
+    python run_all.py timeline           every process's log merged in Lamport order
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -54,6 +58,55 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
     finally:
         group.stop_all(timeout=1.5)
         print("stopped")
+
+
+@app.command()
+def demo(seconds: float = typer.Option(45.0, "--seconds", min=15.0,
+                                       help="About how long the demo runs."),
+         servers: int = typer.Option(3, "--servers", min=3, max=9,
+                                     help="Servers to start with (one more joins)."),
+         users: int = typer.Option(5, "--users", min=2, max=12, help="Bot users."),
+         port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
+         data_dir: O.OptStr = typer.Option(None, "--data-dir",
+                                           help="Data folder (default data/demo-<time>)."),
+         log_dir: O.OptStr = typer.Option(None, "--log-dir",
+                                          help="Log folder (default logs/demo-<time>).")) -> None:
+    """The whole system at work, narrated: users, a killed coordinator, a join, a removal,
+    clock sync; ends with a summary and a check that no acknowledged write was lost."""
+    from clients.demo import run_demo
+    raise typer.Exit(run_demo(seconds, servers, users, port_base, host, data_dir, log_dir))
+
+
+@app.command()
+def timeline(follow: bool = typer.Option(False, "--follow", "-f",
+                                         help="Keep printing new lines as they are written."),
+             window: float = typer.Option(1.0, "--window", min=0.0,
+                                          help="--follow: seconds a line waits for earlier "
+                                               "lines of other logs before it is printed."),
+             log_dir: O.OptStr = O.LogDir) -> None:
+    """Every process's log merged into one timeline, ordered by (Lamport clock, process)."""
+    from common.timeline import follow_timeline, print_timeline
+    folder = Path(load_config(log_dir=log_dir).log_dir)
+    if not folder.is_dir():
+        typer.echo(f"error: no log folder {folder}/", err=True)
+        raise typer.Exit(1)
+    try:
+        if follow:
+            follow_timeline(folder, window)
+        else:
+            print_timeline(folder)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:                 # `| head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@app.command()
+def bench(quick: bool = typer.Option(False, "--quick", help="Under 30 s: smaller store, ~1 s per phase (for CI)."),
+          out: str = typer.Option("bench.json", "--out", help="Write the figures here as JSON.")) -> None:
+    """Measure throughput, latency, growth, reads, replication lag and recovery; print a table."""
+    from clients.bench import run_bench
+    raise typer.Exit(run_bench(quick=quick, out=out))
 
 
 if __name__ == "__main__":

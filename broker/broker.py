@@ -136,25 +136,24 @@ class Broker:
         poller.register(self.backend, zmq.POLLIN)
         try:
             while self.running:
-                timeout = max(0.0, self._heartbeat_at - time.monotonic())
+                wake = min(self._heartbeat_at, self.log.flush_if_due() or self._heartbeat_at)
+                timeout = max(0.0, wake - time.monotonic())
                 events = dict(poller.poll(min(timeout, 0.25) * 1000))
                 if self.backend in events:
                     self._drain(self.backend, self.on_backend)
                 if self.frontend in events:
                     self._drain(self.frontend, self.on_frontend)
                 self.send_heartbeats()
-                self.log.flush()
+                self.log.flush_if_due()
         finally:
             self.close()
 
     @staticmethod
     def _drain(sock: zmq.Socket, handler, limit: int = 500) -> None:
         for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            handler(frames)
+            handler(sock.recv_multipart(zmq.NOBLOCK))
 
     def close(self) -> None:
         self.log.note("broker stopping")

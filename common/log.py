@@ -9,20 +9,25 @@ the interaction (a send shows the stamp carried by the message, a receive the
 clock after merging it), the process, the direction and the peer involved, and
 what happened. ``run_all.py timeline`` merges every file by ``L=`` exactly.
 
-Lines are formatted at once but handed to loguru once per event-loop turn
-(``flush()``): one loguru call costs ~35 µs, and a busy server writes a dozen
-lines per client write, so per-line calls would cost more than the write.
+Lines are formatted at once but handed to loguru together, at most
+``FLUSH_EVERY`` seconds later (``flush_if_due()`` every loop turn): one loguru
+call costs ~35 µs, and a busy server writes a dozen lines per client write, so
+per-line calls would cost more than the write itself.
 """
 from __future__ import annotations
 
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from loguru import logger
 
 from common.clock import LamportClock, PhysicalClock
+
+FLUSH_EVERY = 0.05
+"""Seconds a line may wait before it reaches the file (tail -f sees it that late)."""
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
 
@@ -55,6 +60,7 @@ class ProcessLog:
         if echo:
             logger.add(sys.stderr, format="{message}", level="WARNING", colorize=False)
         self._pending: list[str] = []
+        self._flush_at = 0.0
 
     def line(self, direction: str, peer: str, what: str, level: str = "INFO") -> None:
         """Write ``direction peer | what`` stamped with both clocks."""
@@ -69,10 +75,21 @@ class ProcessLog:
             logger.log(level, text)
 
     def flush(self) -> None:
-        """Hand the lines gathered so far to loguru: call once per loop turn."""
+        """Hand the lines gathered so far to loguru."""
         if self._pending:
             logger.info("\n".join(self._pending))
             self._pending.clear()
+        self._flush_at = time.monotonic() + FLUSH_EVERY
+
+    def flush_if_due(self) -> float | None:
+        """Flush when FLUSH_EVERY has passed since the last flush (call every loop
+        turn); returns when to call again, or None if nothing is pending."""
+        if not self._pending:
+            return None
+        if time.monotonic() >= self._flush_at or len(self._pending) >= 256:
+            self.flush()
+            return None
+        return self._flush_at
 
     def send(self, peer: str, what: str) -> None:
         self.line("send", peer, what)

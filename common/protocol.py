@@ -40,7 +40,7 @@ READY = "READY"            # server -> broker: I am caught up, route to me
 HEARTBEAT = "HB"           # both ways: I am alive (+ server status for `status`)
 LEAVE = "LEAVE"            # server -> broker: stop routing to me, I am going
 # bus (every server publishes, every server subscribes)
-EVENT = "EVENT"            # a write, replicated to every server
+EVENT = "EVENT"            # new writes of one origin, replicated to every server
 ACK = "ACK"                # my version vector: the events I now hold durably
 BEAT = "BEAT"              # server heartbeat on the bus: phase, vv, coordinator
 BYE = "BYE"                # I am leaving the cluster
@@ -73,7 +73,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     READY: {"id": _INT},
     HEARTBEAT: {"id": _OPT_INT},
     LEAVE: {"id": _INT},
-    EVENT: {"from": _INT, "event": _DICT},
+    EVENT: {"from": _INT, "events": _LIST},
     ACK: {"from": _INT, "vv": _DICT},
     BEAT: {"from": _INT, "phase": _STR, "vv": _DICT, "epoch": _INT,
            "coordinator": _OPT_INT},

@@ -54,6 +54,7 @@ class Server:
         self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
         self.requests = ClientRequests(self.state)
         self.listeners = Listeners()
+        self.outbox: list[dict] = []             # events made this loop turn, to publish
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
@@ -122,7 +123,8 @@ class Server:
         stamp = self.lamport.tick()
         self.pub.send_multipart(P.encode(msg_type, stamp, body))
         if msg_type == P.EVENT:
-            self.log.send("bus", f"EVENT {event_brief(body['event'])}")
+            for event in body["events"]:
+                self.log.send("bus", f"EVENT {event_brief(event)}")
         elif msg_type != P.BEAT:
             self.log.send("bus", f"{msg_type} {brief(body)}")
 
@@ -146,7 +148,10 @@ class Server:
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        loaded = self.repl.load(self.store.load())
+        events = self.store.load()
+        loaded = self.repl.load(events)
+        # Lamport rule on restart: never stamp below what we already hold
+        self.lamport.merge(max((e["lamport"] for e in events), default=0))
         self.open_sockets()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
                       f"digest {self.state.digest()[:12]}; joining")
@@ -162,16 +167,16 @@ class Server:
                         self._drain(sock, handler)
                 self.after_batch()
                 self.tick(time.monotonic())
-                self.log.flush()
+                self.log.flush_if_due()
         finally:
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         for _ in range(DRAIN):
             try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
                 frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
             except zmq.ZMQError:        # socket closed by a handler in this turn
                 return
             try:
@@ -181,11 +186,15 @@ class Server:
 
     def next_deadline(self) -> float:
         deadlines = [self.heartbeat_at, self.election.next_deadline(),
-                     self.berkeley.next_deadline(), self.listeners.next_deadline()]
+                     self.berkeley.next_deadline(), self.listeners.next_deadline(),
+                     self.log.flush_if_due()]
         return min(d for d in deadlines if d is not None)
 
     def after_batch(self) -> None:
         """Once per loop turn: make new events durable, ACK them, answer waiting clients."""
+        if self.outbox:                          # this turn's new writes: one bus message
+            self.publish(P.EVENT, {"from": self.id, "events": self.outbox})
+            self.outbox = []
         fresh = self.repl.take_fresh()
         if fresh:
             self.store.sync()
@@ -388,7 +397,7 @@ class Server:
             return
         kind, data = plan
         event = self.repl.create(kind, user, data, rid, self.lamport.tick(), self.clock.stamp())
-        self.publish(P.EVENT, {"from": self.id, "event": event})
+        self.outbox.append(event)
         self.repl.wait(route, rid, event)
 
     # --- bus ------------------------------------------------------------------------------------
@@ -420,10 +429,11 @@ class Server:
             handler(msg.body, now)
 
     def on_event(self, body: dict, now: float) -> None:
-        event = P.check_event(body["event"])
-        new = self.repl.receive(event)
-        self.log.recv(f"server-{body['from']}",
-                      f"EVENT {event_brief(event)}{'' if new else ' (held or early)'}")
+        events = [P.check_event(e) for e in body["events"]]
+        for event in events:
+            new = self.repl.receive(event)
+            self.log.recv(f"server-{body['from']}",
+                          f"EVENT {event_brief(event)}{'' if new else ' (held or early)'}")
 
     def on_ack(self, body: dict, now: float) -> None:
         self.peers.reset_vv(body["from"], P.parse_vv(body["vv"]))

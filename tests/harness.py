@@ -7,7 +7,7 @@ side by side. Tests wait for *conditions* with deadlines, never a bare sleep.
 from __future__ import annotations
 
 import dataclasses
-import json
+import json as jsonlib
 import random
 import socket
 import subprocess
@@ -72,6 +72,7 @@ class Cluster:
         self.env = cluster_env(self.config, self.env_extra)
         self._ctx = zmq.Context()
         self._ctx.linger = 0
+        self._log_marks: dict[str, int] = {}   # log size when each process last started
 
     # --- processes -----------------------------------------------------------------
     def start(self, servers: int = 3, *server_args: str) -> "Cluster":
@@ -81,6 +82,9 @@ class Cluster:
         return self
 
     def start_server(self, server_id: int, *args: str) -> subprocess.Popen:
+        name = f"server-{server_id}"
+        path = self.config.log_path(name)
+        self._log_marks[name] = path.stat().st_size if path.exists() else 0
         return self.group.start_server(server_id, *args)
 
     def kill(self, name: str) -> None:
@@ -130,9 +134,16 @@ class Cluster:
                 if s["alive"] and s.get("phase") == "serving"}
 
     def wait_serving(self, ids, timeout: float = 15.0) -> dict[int, dict]:
+        """The servers ``ids`` serving, as the broker sees them *and* in their own log
+        since they were last started (the broker may still show a killed process's row)."""
         ids = set(ids)
-        return wait_until(lambda: (lambda s: s if ids <= set(s) else None)(self.serving()),
-                          timeout, interval=0.1, what=f"servers {sorted(ids)} serving")
+
+        def serving():
+            if not all("-> serving" in self.log_since_start(f"server-{i}") for i in ids):
+                return None
+            rows = self.serving()
+            return rows if ids <= set(rows) else None
+        return wait_until(serving, timeout, interval=0.1, what=f"servers {sorted(ids)} serving")
 
     def wait_converged(self, timeout: float = 10.0) -> dict[int, dict]:
         """Every live server holds the same events (same digest and count).
@@ -153,7 +164,7 @@ class Cluster:
     def digests(self) -> dict[int, str]:
         return {i: s["digest"] for i, s in self.servers().items() if s["alive"]}
 
-    def cli(self, user: str | None, *args: str, check: bool = True, json_out: bool = True,
+    def cli(self, user: str | None, *args: str, check: bool = True, json: bool = True,
             timeout: float = 30.0):
         """``python -m clients [--user USER] ARGS [--json]``: the parsed JSON, or the
         CompletedProcess when ``check`` is False."""
@@ -161,7 +172,7 @@ class Cluster:
         if user is not None:
             command += ["--user", user]
         command += list(args)
-        if json_out:
+        if json:
             command.append("--json")
         done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
@@ -170,7 +181,7 @@ class Cluster:
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(command[2:])} exited {done.returncode}: "
                                  f"{done.stderr.strip()}")
-        return json.loads(done.stdout) if json_out else done.stdout
+        return jsonlib.loads(done.stdout) if json else done.stdout
 
     def dealer(self, port: int | None = None) -> zmq.Socket:
         """A raw DEALER connected to ``port`` (the frontend by default)."""
@@ -199,6 +210,15 @@ class Cluster:
                 out.append(f"----- {path.name} (last {len(tail)} lines) -----")
                 out.extend(tail)
         return "\n".join(out)
+
+    def log_since_start(self, name: str) -> str:
+        """The log of ``name`` written since this harness last started it."""
+        path = self.config.log_path(name)
+        if not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(self._log_marks.get(name, 0))
+            return f.read().decode(errors="replace")
 
     def log_text(self, name: str) -> str:
         path = self.config.log_path(name)

@@ -1,0 +1,33 @@
+"""The benchmark runs end to end in CI mode and reports every figure (no thresholds:
+machines are noisy; the figures are for people, not for asserts)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from common.processes import ROOT
+
+REQUIRED = ["baseline_rps", "posts_per_s", "ratio", "p50_ms", "p99_ms", "p99_half_load_ms",
+            "growth_ratio", "feed_rps", "feed_p99_ms", "chat_rps", "chat_p99_ms",
+            "catchup_s", "failover_s", "pool_residency_s", "cpus"]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_bench_writes_every_figure(tmp_path):
+    out = tmp_path / "b.json"
+    done = subprocess.run([sys.executable, "run_all.py", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, f"bench exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    figures = json.loads(out.read_text())
+    missing = [key for key in REQUIRED if not _is_number(figures.get(key))]
+    assert not missing, f"not numbers: {missing}\n{done.stdout}"
+    lag = figures.get("replication_lag_ms")
+    assert isinstance(lag, dict) and all(_is_number(lag.get(q)) for q in ("p50", "p99")), lag
+    assert figures["failures"] == []
+    assert figures["python"] and figures["date"]
+    assert "posts/s" in done.stdout            # the progress lines and the table are printed
