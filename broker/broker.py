@@ -148,12 +148,15 @@ class Broker:
         finally:
             self.close()
 
-    @staticmethod
-    def _drain(sock: zmq.Socket, handler, limit: int = 500) -> None:
+    def _drain(self, sock: zmq.Socket, handler, limit: int = 500) -> None:
         for _ in range(limit):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            handler(sock.recv_multipart(zmq.NOBLOCK))
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            try:
+                handler(frames)
+            except Exception as exc:    # noqa: BLE001 - no input may crash the broker
+                self.log.warn(f"error handling a message: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         self.log.note("broker stopping")
@@ -286,12 +289,12 @@ class Broker:
             self.servers[server_id] = entry
             self._by_identity[identity] = server_id
             self.log.recv(f"server-{server_id}", "registered")
-        entry.left = False
         entry.expiry = time.monotonic() + self.config.server_timeout
         return entry
 
     def on_ready(self, identity: bytes, body: dict) -> None:
         entry = self._register(identity, body["id"])
+        entry.left = False                       # only READY brings a leaver back
         entry.phase = "serving"
         self.log.recv(f"server-{entry.id}", "READY: joins the pool")
 
@@ -300,10 +303,14 @@ class Broker:
             return
         entry = self._register(identity, body["id"])
         phase = body.get("phase")
+        if entry.left and phase in ("joining", "syncing"):
+            entry.left = False                   # a new life after a graceful leave
         if isinstance(phase, str) and phase != entry.phase:
             self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
             entry.phase = phase
         entry.info = {k: v for k, v in body.items() if k not in ("id",)}
+        if not _is_int(entry.info.get("epoch")):      # status() compares epochs
+            entry.info.pop("epoch", None)
 
     def on_leave(self, identity: bytes, body: dict) -> None:
         entry = self.servers.get(body["id"])
@@ -350,6 +357,10 @@ class Broker:
                 "coordinator": best.get("coordinator") if best else None,
                 "epoch": best.get("epoch") if best else None,
                 "broker": {"lamport": self.lamport.value, "requests": self.requests}}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _rid_of(frames: list[bytes]) -> str:

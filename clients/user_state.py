@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 
+from common import protocol
+
 
 @dataclass
 class UserState:
@@ -58,6 +60,7 @@ def _is_valid(saved: object) -> bool:
     if not isinstance(saved, dict):
         return False
     lamport, offset = saved.get("lamport"), saved.get("clock_offset")
-    return (isinstance(lamport, int) and not isinstance(lamport, bool) and lamport >= 0
+    return (isinstance(lamport, int) and not isinstance(lamport, bool)
+            and 0 <= lamport <= protocol.MAX_LAMPORT
             and isinstance(offset, (int, float)) and not isinstance(offset, bool)
             and isinstance(saved.get("registered"), bool))

@@ -160,6 +160,9 @@ RETRYABLE_ERRORS = frozenset({ERR_UNAVAILABLE})
 USER_RE = re.compile(r"[a-z0-9_]{1,32}")
 MAX_TEXT = 500
 MAX_LIMIT = 1000
+MAX_LAMPORT = 10 ** 15
+"""Stamps above this are refused, so one merge of a forged stamp cannot push a
+clock past what the 18-digit lamport frame can carry."""
 DEFAULT_LIMIT = 20
 
 
@@ -199,6 +202,9 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"unknown message type {msg_type[:20]!r}")
     if not raw_lamport.isdigit() or len(raw_lamport) > 18:
         raise ProtocolError("lamport frame is not a non-negative integer")
+    lamport = int(raw_lamport)
+    if lamport > MAX_LAMPORT:
+        raise ProtocolError(f"lamport stamp above {MAX_LAMPORT}")
     try:
         body = orjson.loads(raw_body)
     except orjson.JSONDecodeError:
@@ -206,7 +212,7 @@ def decode(frames: list[bytes]) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError("body is not a JSON object")
     check_fields(body, schema, msg_type)
-    return Message(msg_type, int(raw_lamport), body)
+    return Message(msg_type, lamport, body)
 
 
 def check_fields(body: dict, schema: dict[str, Any], what: str) -> None:

@@ -35,8 +35,8 @@ def main(
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1)
-    signal.signal(signal.SIGTERM, server.leave)
-    signal.signal(signal.SIGINT, server.leave)
+    signal.signal(signal.SIGTERM, server.request_leave)
+    signal.signal(signal.SIGINT, server.request_leave)
     try:
         server.run()
     except zmq.ZMQError as exc:

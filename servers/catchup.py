@@ -46,10 +46,12 @@ class PeerLinks:
             self.server._close(sock)
         self.server.repl.fetching.pop(peer_id, None)
 
-    def fetch(self, peer_id: int) -> None:
+    def fetch(self, peer_id: int, origins: list[int]) -> None:
+        """Ask ``peer_id`` for the events of ``origins`` I lack."""
         server = self.server
         stamp = server.lamport.tick()
-        after = server.state.vv()
+        mine = server.state.vv()
+        after = {origin: mine.get(origin, 0) for origin in origins}
         self.dealer(peer_id).send_multipart(P.encode(P.FETCH, stamp, {
             "from": server.id, "after": after, "limit": server.config.fetch_batch}))
         server.log.send(f"server-{peer_id}", f"FETCH after {after}")
@@ -92,4 +94,4 @@ class PeerLinks:
                         f"more={msg.body['more']}")
         if msg.body["more"]:
             server.repl.fetching[peer_id] = time.monotonic() + FETCH_TIMEOUT
-            self.fetch(peer_id)
+            self.fetch(peer_id, sorted({e["origin"] for e in events}))

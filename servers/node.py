@@ -68,6 +68,8 @@ class Server:
         self.phase = JOINING
         self.running = True
         self.started = time.monotonic()
+        self.checked_at = self.started           # last time the loop looked at the clock
+        self.leave_requested = False
         self.phase_since = self.started
         self.target: dict[int, int] = {}
         self.last_write = self.started
@@ -160,7 +162,7 @@ class Server:
                 now = time.monotonic()
                 wait = max(0.0, min(self.next_deadline(), now + 0.25) - now)
                 ready = self.poller.poll(wait * 1000)
-                self.check_frozen(time.monotonic() - now - wait)
+                self.check_frozen(meant_to_wait=wait)
                 for sock, _ in ready:
                     handler = self._handlers.get(sock)
                     if handler is not None:
@@ -179,6 +181,7 @@ class Server:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:        # socket closed by a handler in this turn
                 return
+            self.check_frozen()                  # a SIGSTOP may land mid-burst
             try:
                 handler(frames)
             except Exception as exc:    # noqa: BLE001 - no input may crash the server
@@ -224,6 +227,9 @@ class Server:
 
     def tick(self, now: float) -> None:
         """Idempotent periodic jobs, run on every loop turn."""
+        self.check_frozen()                      # before a heartbeat says "serving"
+        if self.leave_requested:
+            self.leave()
         for p in self.listeners.take_expired(now):
             self.reply(p.route, p.rid, {"user": p.user, "items": [], "replicas": None})
         self.election.tick(now)
@@ -233,8 +239,8 @@ class Server:
             self.send_heartbeats(now)
             self.purge_peers(now)
         self.advance_phase(now)
-        for peer_id in self.repl.fetches_due(now, eager=self.phase == SYNCING):
-            self.links.fetch(peer_id)
+        for peer_id, origins in self.repl.fetches_due(now, eager=self.phase == SYNCING).items():
+            self.links.fetch(peer_id, origins)
         self.store.maybe_checkpoint(idle=now - self.last_write > self.config.checkpoint_idle_s)
 
     def advance_phase(self, now: float) -> None:
@@ -256,10 +262,13 @@ class Server:
         elif self.phase == LEAVING and (not self.repl.waiters or now >= self.leave_deadline):
             self.running = False
 
-    def check_frozen(self, overslept: float) -> None:
+    def check_frozen(self, meant_to_wait: float = 0.0) -> None:
         """After SIGSTOP/SIGCONT (or any stall longer than a peer's patience) our
         state may be stale and the cluster has moved on: leave the pool and catch
         up again before answering anyone, as a joining server does."""
+        now = time.monotonic()
+        overslept = now - self.checked_at - meant_to_wait
+        self.checked_at = now
         if overslept < self.config.peer_timeout or self.phase in (JOINING, LEAVING):
             return
         self.log.warn(f"stalled for {overslept:.1f}s (frozen?): catching up before serving again")
@@ -282,8 +291,13 @@ class Server:
         if phase == SYNCING:
             self.berkeley.request_round()
 
-    def leave(self, *_args) -> None:
-        """SIGTERM: out of the pool at once, finish what is waiting, exit within 2 s."""
+    def request_leave(self, *_args) -> None:
+        """The SIGTERM handler: only a flag, so no socket is used inside a signal handler."""
+        self.leave_requested = True
+
+    def leave(self) -> None:
+        """Out of the pool at once, finish what is waiting, exit within 2 s."""
+        self.leave_requested = False
         if self.phase == LEAVING:
             return
         self.set_phase(LEAVING, "SIGTERM")

@@ -47,7 +47,7 @@ class Replication:
         self.replicas = replicas
         self.early: dict[int, dict[int, dict]] = {}   # origin -> seq -> event
         self.lag_since: dict[int, float] = {}
-        self.fetching: dict[int, float] = {}          # peer -> deadline
+        self.fetching: dict[int, float] = {}          # peer -> deadline of its pull
         self.waiters: list[Waiter] = []
         self.fresh: list[dict] = []                   # applied since the last ACK
         self.gaps_repaired = 0
@@ -103,23 +103,26 @@ class Replication:
         return fresh
 
     # --- pulling what is missing ---------------------------------------------------------
-    def fetches_due(self, now: float, eager: bool = False) -> list[int]:
-        """Peers to send a FETCH to now (from my version vector); ``eager`` skips the grace."""
+    def fetches_due(self, now: float, eager: bool = False) -> dict[int, list[int]]:
+        """Pulls to send now: {peer: origins to pull from it}, from my version vector.
+
+        Each origin is pulled from one peer only (the origin itself when it can),
+        so a catch-up receives each missing event once; ``eager`` skips the grace."""
         mine = self.state.vv()
         ahead = self._ahead(mine, now)
-        wanted: set[int] = set()
+        due: dict[int, list[int]] = {}
         for origin, best_peer in ahead.items():
             since = self.lag_since.setdefault(origin, now)
             if eager or since == 0.0 or now - since >= GAP_GRACE:
-                wanted.add(best_peer)
+                due.setdefault(best_peer, []).append(origin)
         for origin in list(self.lag_since):
             if origin not in ahead and origin not in self.early:
                 del self.lag_since[origin]
-        due = []
-        for peer_id in wanted:
-            if self.fetching.get(peer_id, 0.0) <= now:
+        for peer_id in list(due):
+            if self.fetching.get(peer_id, 0.0) > now:
+                del due[peer_id]            # one pull per peer at a time
+            else:
                 self.fetching[peer_id] = now + FETCH_TIMEOUT
-                due.append(peer_id)
         return due
 
     def _ahead(self, mine: dict[int, int], now: float) -> dict[int, int]:

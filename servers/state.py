@@ -63,10 +63,10 @@ class SocialState:
         return self.seq_of(origin) + 1
 
     def events_after(self, after: dict[int, int], limit: int) -> list[dict]:
-        """Events I hold beyond ``after`` (a version vector), oldest seq first."""
+        """Events of the origins named in ``after`` beyond its seqs, oldest seq first."""
         out: list[dict] = []
-        for origin, log in self.by_origin.items():
-            start = after.get(origin, 0)
+        for origin, start in after.items():
+            log = self.by_origin.get(origin, [])
             if start < len(log):
                 out.extend(log[start:start + limit - len(out)])
                 if len(out) >= limit:

@@ -2,8 +2,9 @@
 
 Signals go only to processes the test's ``Cluster`` started, by pid, through
 its ``ProcessGroup``. Every wait is on a condition with a deadline
-(``wait_until``); the only sleeps are the pauses a writer takes between its own
-writes, which shape the load and synchronize nothing.
+(``wait_until``); the only sleeps are the pauses a load thread (writer or
+reader) takes between its own requests, which shape the load and synchronize
+nothing.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Log lines are the servers' own record of what they did (claims, rounds, correcti
 election messages). Status rows are the ground truth for clocks: each server's
 ``clock_skew_ms`` is its clock minus the host clock, and every process here shares
 that host clock. A row shows a server as of its last heartbeat, so ``StatusProbe``
-keeps every distinct row it sees (a server's Lamport clock grows with each heartbeat).
+keeps every distinct row it sees (a server's Lamport clock grows with each heartbeat;
+a restarted server starts it again, so a probe follows one incarnation of each server).
 """
 from __future__ import annotations
 

@@ -444,3 +444,21 @@ def test_a_heartbeat_with_wrongly_typed_fields_does_not_crash_the_broker(own):
     assert c.alive("broker")
     assert c.status() is not None
     assert c.cli("alice", "post", "after the odd heartbeat")["replicas"] == 3
+
+
+def test_a_huge_lamport_stamp_from_a_client_does_not_stop_the_cluster(own):
+    """The largest stamp ``decode`` accepts (18 digits) must not push any clock past
+    what ``decode`` accepts: every message after it would be dropped as malformed."""
+    c = own
+    sock = c.dealer()
+    try:
+        status = {"rid": "huge-lamport", "op": P.OP_STATUS, "user": None, "args": {},
+                  "server": None, "time": 1.0}
+        sock.send_multipart([_REQ, b"9" * 18, P.dumps(status)])
+        assert sock.poll(5000), "no reply"
+        P.decode(sock.recv_multipart())         # the reply's own stamp must be readable
+    finally:
+        sock.close(0)
+    done = c.cli("alice", "--timeout", "6", "post", "after the huge stamp", check=False)
+    assert done.returncode == 0, done.stderr
+    assert c.alive("broker") and all(c.alive(f"server-{i}") for i in SERVERS)
