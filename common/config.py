@@ -47,6 +47,10 @@ class Config:
     """Seconds between two Berkeley rounds."""
     berkeley_reply_window: float = 0.3
     """How long the coordinator collects TIME_REPLY messages in a round."""
+    berkeley_probes: int = 4
+    """TIME_QUERY messages per round, berkeley_probe_gap apart; each server's reading
+    with the shortest round trip is kept (its error is at most half that round trip)."""
+    berkeley_probe_gap: float = 0.02
     berkeley_outlier_s: float = 2.5
     """Readings further than this from the median are left out of the average."""
     join_clock_wait: float = 2.0
@@ -130,6 +134,9 @@ class Config:
             raise ConfigError("election_timeout must be at least 3 heartbeat intervals")
         if self.berkeley_reply_window >= self.berkeley_interval:
             raise ConfigError("berkeley_reply_window must be shorter than berkeley_interval")
+        if self.berkeley_probes < 1 or \
+                (self.berkeley_probes - 1) * self.berkeley_probe_gap >= self.berkeley_reply_window:
+            raise ConfigError("every Berkeley probe must be sent within the reply window")
         if self.replicas < 1:
             raise ConfigError("replicas must be at least 1")
         if not 0.0 <= self.drop_rate < 1.0:

@@ -55,12 +55,13 @@ def fault_tolerant_average(offsets: dict[int, float], outlier_s: float) -> Avera
 class Reading:
     time: float        # the server's clock in its TIME_REPLY
     rtt: float         # monotonic seconds from my TIME_QUERY to its reply
-    local: float       # my clock when the reply arrived
+    arrived: float     # monotonic, when the reply arrived
 
-    @property
-    def offset(self) -> float:
-        """Cristian's estimate: the reply was read half a round trip ago."""
-        return self.time + self.rtt / 2 - self.local
+    def offset(self, my_clock: float, my_mono: float) -> float:
+        """Cristian's estimate: the reply was read half a round trip ago. My clock
+        at its arrival is derived from one reading of it (``my_clock`` at
+        ``my_mono``), so that a jump of my clock during the round cannot split it."""
+        return self.time + self.rtt / 2 - (my_clock - (my_mono - self.arrived))
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Round:
     sent: float        # monotonic
     closes: float      # monotonic
     readings: dict[int, Reading] = field(default_factory=dict)
+    probes: list[float] = field(default_factory=list)   # probe number -> monotonic sent
 
 
 class BerkeleySync:
@@ -103,7 +105,7 @@ class BerkeleySync:
         if not self.election.is_coordinator:
             return None
         if self._open is not None:
-            return self._open.closes
+            return min(self._open.closes, self._next_probe(self._open))
         if self._requested or self._term != self.election.epoch:
             return OVERDUE
         return self._next_round
@@ -118,17 +120,23 @@ class BerkeleySync:
             self._term, self._open = self.election.epoch, None
             self._next_round = now
         if self._open is not None and now >= self._open.closes:
-            self._close_round(self._open)
+            self._close_round(self._open, now)
             self._open = None
+        if self._open is not None and now >= self._next_probe(self._open):
+            self._probe(self._open, now)
         if self._open is None and (self._requested or now >= self._next_round):
             self._open_round(now)
 
     def on_time_reply(self, body: dict, now: float) -> None:
         """Record a reading for my open round, with its round trip and my clock."""
         r = self._open
-        if r is None or body["to"] != self.my_id or body["round"] != r.number:
+        if (r is None or body["to"] != self.my_id or body["round"] != r.number
+                or not 0 <= body["probe"] < len(r.probes)):
             return
-        r.readings[body["from"]] = Reading(body["time"], now - r.sent, self.clock.now())
+        reading = Reading(body["time"], now - r.probes[body["probe"]], now)
+        best = r.readings.get(body["from"])
+        if best is None or reading.rtt < best.rtt:
+            r.readings[body["from"]] = reading
 
     def _open_round(self, now: float) -> None:
         self._last_number += 1
@@ -136,11 +144,22 @@ class BerkeleySync:
         self._open = Round(self._last_number, epoch, now, now + self.config.berkeley_reply_window)
         self._next_round = now + self.config.berkeley_interval
         self._requested = False
-        self._publish(protocol.TIME_QUERY,
-                      {"from": self.my_id, "epoch": epoch, "round": self._last_number})
+        self._probe(self._open, now)
 
-    def _close_round(self, r: Round) -> None:
-        offsets = {self.my_id: 0.0} | {sid: rd.offset for sid, rd in r.readings.items()}
+    def _next_probe(self, r: Round) -> float:
+        if len(r.probes) >= self.config.berkeley_probes:
+            return float("inf")
+        return r.sent + len(r.probes) * self.config.berkeley_probe_gap
+
+    def _probe(self, r: Round, now: float) -> None:
+        self._publish(protocol.TIME_QUERY, {"from": self.my_id, "epoch": r.epoch,
+                                            "round": r.number, "probe": len(r.probes)})
+        r.probes.append(now)
+
+    def _close_round(self, r: Round, now: float) -> None:
+        my_clock = self.clock.now()
+        offsets = {self.my_id: 0.0} | {sid: rd.offset(my_clock, now)
+                                       for sid, rd in r.readings.items()}
         avg = fault_tolerant_average(offsets, self.config.berkeley_outlier_s)
         corrections = {sid: avg.value - off for sid, off in offsets.items()}
         self.rounds += 1
@@ -168,7 +187,8 @@ class BerkeleySync:
         if body["from"] == self.my_id or self._stale("TIME_QUERY", body):
             return
         self._publish(protocol.TIME_REPLY, {"from": self.my_id, "to": body["from"],
-                                            "round": body["round"], "time": self.clock.now()})
+                                            "round": body["round"], "probe": body["probe"],
+                                            "time": self.clock.now()})
 
     def on_time_adjust(self, body: dict, now: float) -> None:
         """Berkeley step 5: apply my own correction from the coordinator."""

@@ -253,7 +253,7 @@ class Server:
             self.election.start(now)
         elif self.phase == SYNCING:
             self._lower_unreachable_target(now)
-            clock_set = (self.berkeley.synced or self.election.is_coordinator
+            clock_set = (self.berkeley.synced      # a coordinator is synced by its own round
                          or now - self.phase_since >= self.config.join_clock_wait)
             if self.repl.caught_up(self.target) and clock_set:
                 self.set_phase(SERVING, f"caught up: {self.state.count} events, "

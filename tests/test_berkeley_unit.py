@@ -70,7 +70,7 @@ class ClockNode:
 
 class ClockCluster:
     def __init__(self, offsets: dict[int, float], coordinator: int = 1,
-                 latency: float = 0.0, simulated: bool = False) -> None:
+                 latency: float = 0.0, simulated: bool = True) -> None:
         self.now, self.latency = 500.0, latency
         self.queue: list[tuple[float, int, str, dict]] = []
         self.sent: list[tuple[str, dict]] = []
@@ -125,6 +125,11 @@ def sent_of(cluster: ClockCluster, msg_type: str) -> list[dict]:
     return [body for t, body in cluster.sent if t == msg_type]
 
 
+def rounds_opened(cluster: ClockCluster) -> list[dict]:
+    """The first TIME_QUERY of each round (a round sends berkeley_probes of them)."""
+    return [q for q in sent_of(cluster, protocol.TIME_QUERY) if q["probe"] == 0]
+
+
 # --- rounds -----------------------------------------------------------------------------
 def test_five_clocks_within_a_second_agree_within_5ms_after_one_round():
     cluster = ClockCluster({1: 0.3, 2: -1.0, 3: -0.4, 4: 0.6, 5: 0.95})
@@ -169,12 +174,12 @@ def test_a_late_reply_misses_its_round_and_gets_no_correction():
 def test_rounds_repeat_every_interval_and_on_request():
     cluster = ClockCluster({1: 0.0, 2: 0.1})
     cluster.run(CONFIG.berkeley_interval - 0.1)
-    assert len(sent_of(cluster, protocol.TIME_QUERY)) == 1
+    assert len(rounds_opened(cluster)) == 1
     cluster.run(0.2)
-    assert len(sent_of(cluster, protocol.TIME_QUERY)) == 2
+    assert len(rounds_opened(cluster)) == 2
     cluster.coordinator.sync.request_round()               # a server joined
     cluster.one_round()
-    assert len(sent_of(cluster, protocol.TIME_QUERY)) == 3
+    assert len(rounds_opened(cluster)) == 3
     next_round = cluster.coordinator.sync.next_deadline()
     assert cluster.now < next_round <= cluster.now + CONFIG.berkeley_interval
 
@@ -191,7 +196,7 @@ def test_a_new_term_starts_a_round_at_once_and_a_deposed_coordinator_drops_its_r
     new.term.is_coordinator = True
     assert new.sync.next_deadline() == 0.0                  # overdue: tick now
     cluster.one_round()
-    assert [q["epoch"] for q in sent_of(cluster, protocol.TIME_QUERY)] == [101, 203]
+    assert [q["epoch"] for q in rounds_opened(cluster)] == [101, 203]
     assert cluster.spread() < 0.005
 
 
@@ -201,7 +206,7 @@ def test_stale_epoch_time_query_and_time_adjust_are_ignored():
     follower = cluster.nodes[2]
     follower.term.epoch, follower.term.coordinator = 503, 3
     before = follower.clock.skew()
-    follower.sync.on_time_query({"from": 1, "epoch": 401, "round": 1}, cluster.now)
+    follower.sync.on_time_query({"from": 1, "epoch": 401, "round": 1, "probe": 0}, cluster.now)
     follower.sync.on_time_adjust({"from": 1, "epoch": 401, "round": 1,
                                   "corrections": {"2": -0.5}}, cluster.now)
     assert sent_of(cluster, protocol.TIME_REPLY) == []
@@ -215,7 +220,7 @@ def test_orders_from_a_newer_epoch_are_obeyed_before_its_coordinator_is_known():
     cluster = ClockCluster({1: 0.0, 2: 0.5})
     follower = cluster.nodes[2]
     follower.term.epoch, follower.term.coordinator = 503, 3
-    follower.sync.on_time_query({"from": 1, "epoch": 601, "round": 7}, cluster.now)
+    follower.sync.on_time_query({"from": 1, "epoch": 601, "round": 7, "probe": 0}, cluster.now)
     assert sent_of(cluster, protocol.TIME_REPLY)[0]["round"] == 7
     follower.sync.on_time_adjust({"from": 1, "epoch": 601, "round": 7,
                                   "corrections": {"2": -0.5}}, cluster.now)
