@@ -152,7 +152,7 @@ class Broker:
         for _ in range(limit):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = P.recv(sock, zmq.NOBLOCK)
             try:
                 handler(frames)
             except Exception as exc:    # noqa: BLE001 - no input may crash the broker
@@ -209,9 +209,8 @@ class Broker:
                 return
             stamp = self.lamport.tick()
             try:
-                self.backend.send_multipart(
-                    [entry.identity, client, P.REQUEST.encode(), str(stamp).encode(), raw_body],
-                    zmq.NOBLOCK)
+                P.send(self.backend, [entry.identity, client, P.REQUEST.encode(),
+                                      str(stamp).encode(), raw_body], zmq.NOBLOCK)
             except zmq.ZMQError:        # EHOSTUNREACH: it went away; drop it and pick again
                 self.forget(entry, "unreachable")
                 continue
@@ -240,7 +239,7 @@ class Broker:
 
     def _send_front(self, client: bytes, body: dict, what: str) -> None:
         stamp = self.lamport.tick()
-        self.frontend.send_multipart([client] + P.encode(P.REPLY, stamp, body))
+        P.send(self.frontend, [client] + P.encode(P.REPLY, stamp, body))
         self.log.send(f"client:{client.hex()[:8]}", what)
 
     # --- servers ---------------------------------------------------------------
@@ -272,8 +271,7 @@ class Broker:
             return
         stamp = self.lamport.tick()
         try:
-            self.frontend.send_multipart([route, msg_frames[0], str(stamp).encode(),
-                                          msg_frames[2]])
+            P.send(self.frontend, [route, msg_frames[0], str(stamp).encode(), msg_frames[2]])
         except zmq.ZMQError:
             return
         server = self._by_identity.get(identity, "?")
@@ -337,7 +335,7 @@ class Broker:
                 continue
             stamp = self.lamport.tick()
             try:
-                self.backend.send_multipart([entry.identity, b""] + P.encode(
+                P.send(self.backend, [entry.identity, b""] + P.encode(
                     P.HEARTBEAT, stamp, {"id": None}), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import zmq
 
 PROTOCOL_VERSION = "social/1"
 
@@ -186,6 +187,33 @@ _DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 def encode(msg_type: str, lamport: int, body: dict) -> list[bytes]:
     return [msg_type.encode(), str(lamport).encode(), orjson.dumps(body, option=_DUMP_OPTIONS)]
+
+
+# --- fast multipart I/O ----------------------------------------------------------
+# pyzmq's send_multipart/recv_multipart spend most of their time on enum flag
+# arithmetic and RCVMORE look-ups (measured: 6-19 us to send 4 frames, 1.2 us
+# here). These two call the socket's C methods with plain integer flags.
+_SNDMORE = int(zmq.SNDMORE)
+_raw_send = zmq.backend.Socket.send
+_raw_recv = zmq.backend.Socket.recv
+
+
+def send(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
+    """Send a multipart message; raises zmq.Again with NOBLOCK like send_multipart."""
+    flags = int(flags)
+    for frame in frames[:-1]:
+        _raw_send(sock, frame, flags | _SNDMORE)
+    _raw_send(sock, frames[-1], flags)
+
+
+def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """Receive a whole multipart message as a list of bytes."""
+    part = _raw_recv(sock, int(flags), False)
+    frames = [part.bytes]
+    while part.more:
+        part = _raw_recv(sock, 0, False)
+        frames.append(part.bytes)
+    return frames
 
 
 def decode(frames: list[bytes]) -> Message:

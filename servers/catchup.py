@@ -52,7 +52,7 @@ class PeerLinks:
         stamp = server.lamport.tick()
         mine = server.state.vv()
         after = {origin: mine.get(origin, 0) for origin in origins}
-        self.dealer(peer_id).send_multipart(P.encode(P.FETCH, stamp, {
+        P.send(self.dealer(peer_id), P.encode(P.FETCH, stamp, {
             "from": server.id, "after": after, "limit": server.config.fetch_batch}))
         server.log.send(f"server-{peer_id}", f"FETCH after {after}")
 
@@ -73,7 +73,7 @@ class PeerLinks:
         more = len(events) > limit
         body = {"from": server.id, "events": events[:limit], "vv": server.state.vv(), "more": more}
         stamp = server.lamport.tick()
-        self.router.send_multipart([frames[0]] + P.encode(P.EVENTS, stamp, body))
+        P.send(self.router, [frames[0]] + P.encode(P.EVENTS, stamp, body))
         server.log.line("serve", f"server-{msg.body['from']}",
                         f"EVENTS {min(len(events), limit)} events more={more}")
 

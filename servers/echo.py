@@ -55,7 +55,7 @@ class EchoServer:
     def drain(self) -> None:
         for _ in range(DRAIN):
             try:
-                frames = self.broker.recv_multipart(zmq.NOBLOCK)
+                frames = P.recv(self.broker, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.on_broker(frames)
@@ -84,8 +84,8 @@ class EchoServer:
 
     def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
         try:
-            self.broker.send_multipart([route] + P.encode(msg_type, self.lamport.tick(), body),
-                                       zmq.NOBLOCK)
+            P.send(self.broker, [route] + P.encode(msg_type, self.lamport.tick(), body),
+                   zmq.NOBLOCK)
         except zmq.Again:
             pass                    # broker gone or queue full: the client retries or times out
 

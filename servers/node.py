@@ -123,7 +123,7 @@ class Server:
     def publish(self, msg_type: str, body: dict) -> None:
         """Send on the bus; every bus send but the periodic BEAT gets a log line."""
         stamp = self.lamport.tick()
-        self.pub.send_multipart(P.encode(msg_type, stamp, body))
+        P.send(self.pub, P.encode(msg_type, stamp, body))
         if msg_type == P.EVENT:
             for event in body["events"]:
                 self.log.send("bus", f"EVENT {event_brief(event)}")
@@ -133,7 +133,7 @@ class Server:
     def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
         stamp = self.lamport.tick()
         try:
-            self.broker.send_multipart([route] + P.encode(msg_type, stamp, body), zmq.NOBLOCK)
+            P.send(self.broker, [route] + P.encode(msg_type, stamp, body), zmq.NOBLOCK)
         except zmq.Again:
             self.log.warn(f"broker queue full: dropped {msg_type}")
 
@@ -178,7 +178,7 @@ class Server:
             try:
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     return
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = P.recv(sock, zmq.NOBLOCK)
             except zmq.ZMQError:        # socket closed by a handler in this turn
                 return
             self.check_frozen()                  # a SIGSTOP may land mid-burst
