@@ -76,6 +76,10 @@ class Peers:
     def serving(self, now: float) -> list[Peer]:
         return [p for p in self.live(now) if p.phase == SERVING]
 
+    def holding(self, now: float) -> list[Peer]:
+        """Live peers that hold, or are catching up to hold, every event."""
+        return [p for p in self.live(now) if p.phase in (SERVING, SYNCING)]
+
     def holders(self, origin: int, seq: int, now: float) -> int:
         """Live peers (any phase) that hold event (origin, seq) durably."""
         return sum(1 for p in self.live(now) if p.holds(origin, seq))

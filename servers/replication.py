@@ -9,7 +9,7 @@ dropped). Pulls start from the server's own version vector, so a server that
 comes back fetches only what it missed, and a new one fetches everything: the
 snapshot of the Clone pattern is the same pull from an empty vector.
 
-A write is acknowledged when ``min(replicas, serving servers)`` servers hold
+A write is acknowledged when ``min(replicas, serving or syncing servers)`` hold
 it durably, counted from the version vectors peers publish in ACK and BEAT.
 """
 from __future__ import annotations
@@ -151,7 +151,11 @@ class Replication:
         return mine + self.peers.holders(origin, seq, now)
 
     def required(self, now: float) -> int:
-        return min(self.replicas, 1 + len(self.peers.serving(now)))
+        """Copies to wait for: ``replicas``, or every server that is serving or
+        catching up to serve when fewer are alive (a syncing server will hold the
+        write as soon as it has caught up; counting only serving ones would ack
+        with too few copies in the moment two servers become serving together)."""
+        return min(self.replicas, 1 + len(self.peers.holding(now)))
 
     def wait(self, route: bytes, rid: str, event: dict) -> None:
         self.waiters.append(Waiter(route, rid, event["id"], event["origin"], event["seq"],

@@ -386,7 +386,8 @@ def test_garbage_fetch_requests_on_a_peer_port_are_dropped(own):
         for frames in PEER_GARBAGE:
             sock.send_multipart(frames)
         # the first answer must be the one to this valid FETCH: the garbage got none
-        probe = c.raw_request(sock, [_FETCH, _ONE, _fetch()])
+        everything = {str(i): 0 for i in SERVERS}     # every origin, from the start
+        probe = c.raw_request(sock, [_FETCH, _ONE, _fetch(after=everything)])
         assert probe is not None and probe.type == P.EVENTS
         assert len(probe.body["events"]) == total and probe.body["more"] is False
         # odd but well-formed requests get a well-formed answer
