@@ -14,6 +14,7 @@ servers. The broker does not read bus traffic.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import signal
 import threading
@@ -199,7 +200,7 @@ class Broker:
     def route(self, client: bytes, peer: str, body: dict, raw_body: bytes) -> None:
         now = time.monotonic()
         while True:
-            entry = self.pick_server(body["server"], now)
+            entry = self.pick_server(body["server"], now, body)
             if entry is None:
                 what = (f"server {body['server']} is not serving" if body["server"]
                         else "no server is serving; retry")
@@ -218,13 +219,18 @@ class Broker:
                           f"{body['op']} rid={body['rid']}")
             return
 
-    def pick_server(self, pinned: int | None, now: float) -> ServerEntry | None:
+    def pick_server(self, pinned: int | None, now: float,
+                    body: dict | None = None) -> ServerEntry | None:
         if pinned is not None:
             entry = self.servers.get(pinned)
             return entry if entry and entry.alive(now) and entry.phase == "serving" else None
         pool = [e for e in self.servers.values() if e.alive(now) and e.phase == "serving"]
         if not pool:
             return None
+        if body is not None and body["op"] in P.SEEN_OPS:
+            # one server decides what a user has seen: two listens of one user
+            # parked on two servers would each mark (and push) the same items
+            return max(pool, key=lambda e: _home_rank(body["user"], e.id))
         return pool[next(self._rr) % len(pool)]
 
     def reply(self, client: bytes, rid: str, result: dict) -> None:
@@ -355,6 +361,12 @@ class Broker:
                 "coordinator": best.get("coordinator") if best else None,
                 "epoch": best.get("epoch") if best else None,
                 "broker": {"lamport": self.lamport.value, "requests": self.requests}}
+
+
+def _home_rank(user: str, server_id: int) -> int:
+    """Rendezvous hashing: a user's home is the serving server that ranks highest."""
+    digest = hashlib.blake2b(f"{user}/{server_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _is_int(value) -> bool:

@@ -169,6 +169,41 @@ def status(ctx: typer.Context, json: JsonFlag = False) -> None:
     run(ctx, protocol.OP_STATUS, {}, render.status, json)
 
 
+LISTEN_WAIT = 10.0
+"""Seconds one listen request may stay parked on a server before it is asked again."""
+
+
+class ListenLoop:
+    """The client side of ``listen``: one long poll after another.
+
+    A listen parked on a server takes the items that arrive while it waits and
+    marks them shown. If the user stops while one is parked, ``cancel`` sends it
+    again with the same request id and no wait: the server drops the parked one
+    and answers at once, so nothing is marked shown that was not printed."""
+
+    def __init__(self, session, since: int, show) -> None:
+        self.session, self.since, self.show = session, since, show
+        self.in_flight: dict | None = None
+
+    def poll(self, wait: float) -> None:
+        conn = self.session.connection
+        self.in_flight = conn.build(protocol.OP_LISTEN, {"wait": round(wait, 3), "since": self.since})
+        self.show(conn.exchange(self.in_flight))
+        self.in_flight = None
+        self.session.log.flush()
+
+    def cancel(self) -> None:
+        from clients.connection import ClientError
+        if self.in_flight is None:
+            return
+        conn = self.session.connection
+        conn.config = dataclasses.replace(conn.config, request_deadline=1.0)
+        try:
+            self.show(conn.exchange({**self.in_flight, "args": {**self.in_flight["args"], "wait": 0}}))
+        except (ClientError, KeyboardInterrupt):
+            pass
+
+
 @app.command()
 def listen(ctx: typer.Context,
            seconds: Annotated[float | None, typer.Option(
@@ -187,6 +222,11 @@ def listen(ctx: typer.Context,
     options: GlobalOptions = ctx.obj
     as_json = json or options.json
     stop_at = None if seconds is None else time.monotonic() + seconds
+
+    def show(result: dict) -> None:
+        for item in result.get("items", []):
+            typer.echo(protocol.dumps(item).decode() if as_json else render.push(item))
+
     try:
         with UserSession(options.config(), options.user, options.clock_offset,
                          options.clock_chaos) as session:
@@ -194,12 +234,13 @@ def listen(ctx: typer.Context,
             since = session.lamport.value
             if not as_json:
                 typer.echo(f"listening as {options.user} (Ctrl-C to stop)")
-            while stop_at is None or time.monotonic() < stop_at:
-                wait = 10.0 if stop_at is None else max(0.0, min(10.0, stop_at - time.monotonic()))
-                result = session.call(protocol.OP_LISTEN, {"wait": round(wait, 3), "since": since}, None)
-                for item in result.get("items", []):
-                    typer.echo(protocol.dumps(item).decode() if as_json else render.push(item))
-                session.log.flush()
+            listening = ListenLoop(session, since, show)
+            try:
+                while stop_at is None or time.monotonic() < stop_at:
+                    left = LISTEN_WAIT if stop_at is None else stop_at - time.monotonic()
+                    listening.poll(max(0.0, min(LISTEN_WAIT, left)))
+            except KeyboardInterrupt:
+                listening.cancel()
     except KeyboardInterrupt:
         pass
     except (ClientError, ConfigError, OSError) as exc:

@@ -1,4 +1,5 @@
-"""Start, signal and clean up the system's processes (used by run_all.py and the tests).
+"""Start, signal and clean up the system's processes, on ports that are free
+(used by run_all.py, the demo, the benchmark and the tests).
 
 Every process is started with ``python -m broker|servers`` and an environment
 that carries the cluster's port base and folders, so two clusters with
@@ -8,7 +9,9 @@ ever signalled, by pid.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,43 @@ def cluster_env(config: Config, extra: dict | None = None) -> dict:
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{pythonpath}" if pythonpath else str(ROOT)
     env.update(extra or {})
     return env
+
+
+PORT_RANGE = (20000, 32000)
+"""Where free_port_base looks: below the kernel's ephemeral ports (32768-60999 by
+default, /proc/sys/net/ipv4/ip_local_port_range), which outgoing connections take
+at random and so could hold a port of the cluster when it binds."""
+
+
+def ports_free(base: int, servers: int = 20) -> bool:
+    """Whether every port of a cluster on ``base`` can be bound now: base..base+3 and
+    the peer ports of servers 1..``servers`` (base+101..base+100+servers)."""
+    ports = [base + i for i in range(4)] + [base + 100 + i for i in range(1, servers + 1)]
+    return all(_can_bind(port) for port in ports)
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(servers: int = 20) -> int:
+    """A base whose ports (see ``ports_free``) are all free now, from PORT_RANGE."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(*PORT_RANGE)
+        if ports_free(base, servers):
+            return base
+    raise OSError("no free port base found")
+
+
+def usable_port_base(preferred: int, servers: int = 20) -> int:
+    """``preferred`` if its ports are free now, else a free base (``free_port_base``)."""
+    return preferred if ports_free(preferred, servers) else free_port_base(servers)
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition"):
@@ -51,7 +91,8 @@ class ProcessGroup:
         self.quiet = quiet
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        """Start ``python -m ARGS`` as ``name`` (refused while one by that name runs)."""
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
@@ -62,13 +103,18 @@ class ProcessGroup:
                                     stdout=subprocess.DEVNULL if self.quiet else None,
                                     stderr=err, start_new_session=True)
         self.procs[name] = proc
+        self.on_started(name, proc)
         return proc
 
+    def on_started(self, name: str, proc: subprocess.Popen) -> None:
+        """Called by ``start`` for each process it started; a subclass may record it
+        (the demo writes every pid to a file). Does nothing here."""
+
     def start_broker(self) -> subprocess.Popen:
-        return self._start("broker", ["broker"])
+        return self.start("broker", ["broker"])
 
     def start_server(self, server_id: int, *extra: str) -> subprocess.Popen:
-        return self._start(f"server-{server_id}", ["servers", "--id", str(server_id), *extra])
+        return self.start(f"server-{server_id}", ["servers", "--id", str(server_id), *extra])
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid

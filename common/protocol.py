@@ -113,6 +113,8 @@ WRITE_OPS = frozenset({OP_REGISTER, OP_POST, OP_FOLLOW, OP_UNFOLLOW, OP_DM,
 READ_OPS = frozenset({OP_FEED, OP_FOLLOWING, OP_USERS, OP_CHAT})
 BROKER_OPS = frozenset({OP_STATUS})
 MAX_LISTEN_WAIT = 30.0
+SEEN_OPS = frozenset({OP_LISTEN, OP_NOTIFICATIONS})
+"""Operations that mark items seen: the broker sends each user's to one server."""
 ALL_OPS = WRITE_OPS | READ_OPS | BROKER_OPS
 
 # Arguments each operation takes: name -> type (all required).

@@ -27,6 +27,10 @@ class Listeners:
     def park(self, route: bytes, rid: str, user: str, args: dict, deadline: float) -> None:
         self.parked.append(Parked(route, rid, user, args, deadline))
 
+    def drop(self, rid: str) -> None:
+        """Forget the parked listen ``rid``: it was re-sent (a retry, or a cancel)."""
+        self.parked = [p for p in self.parked if p.rid != rid]
+
     def take_all(self) -> list[Parked]:
         """Every parked request (to be re-planned after new events); the caller re-parks."""
         parked, self.parked = self.parked, []

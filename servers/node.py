@@ -401,6 +401,8 @@ class Server:
             self.log.note(f"retry of {rid}: already applied as {existing['origin']}:{existing['seq']}")
             self.repl.wait(route, rid, existing)
             return
+        if op == P.OP_LISTEN:
+            self.listeners.drop(rid)
         plan = self.requests.plan(op, user, args)
         if isinstance(plan, dict):               # nothing to write
             if op == P.OP_LISTEN and args["wait"] > 0:

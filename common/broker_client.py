@@ -1,0 +1,61 @@
+"""A bare client of the broker's frontend, for the tools that load or watch a
+cluster (the benchmark's load workers and clusters, the demo's status).
+
+A user's client is ``clients/connection.py``: Lazy Pirate retries, clock
+correction, a log. These tools want the opposite: one try per request, which
+either answers within its timeout or counts as lost, and nothing else on the way.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import zmq
+
+from common import protocol as P
+from common.clock import LamportClock
+
+
+class BrokerClient:
+    """One raw DEALER on the broker's frontend, sending requests as ``user``."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, user: str | None = None) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.user = user
+        self.lamport = LamportClock()
+        self.prefix = uuid.uuid4().hex[:10]
+        self.sent = 0
+        self.sock = self._open()
+
+    def _open(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(self.endpoint)
+        return sock
+
+    def request(self, op: str, args: dict, timeout: float) -> tuple[str, dict | None]:
+        """(rid, the reply's body); the body is None when no reply came within ``timeout``."""
+        self.sent += 1
+        rid = f"{self.prefix}-{self.sent}"
+        body = {"rid": rid, "op": op, "user": self.user, "args": args, "server": None,
+                "time": time.time()}
+        self.sock.send_multipart(P.encode(P.REQUEST, self.lamport.tick(), body))
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0 \
+                and self.sock.poll(max(1, int(remaining * 1000))):
+            msg = P.decode(self.sock.recv_multipart())
+            self.lamport.merge(msg.lamport)
+            if msg.body["rid"] == rid:
+                return rid, msg.body
+        self.sock.close(0)                   # a late reply must not answer the next request
+        self.sock = self._open()
+        return rid, None
+
+    def status(self, timeout: float) -> dict | None:
+        """The broker's ``status`` answer, or None if none comes in time."""
+        _, reply = self.request(P.OP_STATUS, {}, timeout)
+        return reply["result"] if reply is not None and reply["ok"] else None
+
+    def close(self) -> None:
+        self.sock.close(0)
