@@ -15,44 +15,32 @@ What it measures, in three fresh clusters (tmp folder, free ports, 127.0.0.1):
    SIGKILL of the coordinator to a new one, and how long the killed server stays
    in the broker's pool.
 
-How: load comes from spawned worker processes, never from this interpreter. Each
-worker is a synchronous client (one raw DEALER, frames from ``common.protocol``);
-all of them count only replies that arrive inside one shared window on the
-system-wide monotonic clock. A paced worker sends on a fixed schedule and measures
-latency from the *scheduled* send time, so a stall is not hidden by the sends it
-delays (coordinated omission). Stored posts are seeded by writing the same
-write-ahead log segment into each server's folder before it starts, and no rate
-is taken until every server has folded that segment into TinyDB.
+Where: this module runs the phases and reports them (progress lines, the table,
+the JSON); the load comes from ``clients/load.py``, the clusters and their stored
+posts from ``clients/bench_cluster.py``, the replication lag from
+``clients/bus_watch.py``.
 """
 from __future__ import annotations
 
 import json
-import math
-import multiprocessing as mp
 import os
 import platform
-import queue
-import random
 import shutil
-import signal
-import socket
 import tempfile
-import threading
 import time
-import uuid
-from bisect import bisect_left
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
 import zmq
 
+from clients.bench_cluster import TEXT, BenchCluster, bench_user
+from clients.bus_watch import BusWatch
+from clients.load import BenchError, Load, LoadResult, LoadWorkers, percentile
 from common import protocol as P
-from common.clock import LamportClock
+from common.cluster_status import rows_by_id
 from common.config import Config, load_config
-from common.processes import ProcessGroup, wait_until
+from common.processes import wait_until
 
 
 @dataclass(frozen=True)
@@ -68,461 +56,15 @@ class Plan:
 FULL = Plan(phase_s=5.0, stored_small=1_000, stored_large=100_000, start_timeout=120.0)
 QUICK = Plan(phase_s=1.0, stored_small=1_000, stored_large=10_000, start_timeout=30.0)
 
-REPLY_TIMEOUT = 5.0
-"""Seconds a load worker waits for one reply before it counts the request lost."""
-START_LEAD = 0.1
-"""Seconds between "go" and the window's start, so every worker is there at the start."""
 HALF_LOAD = 0.5
 """Paced phases run at this fraction of the measured 8-client write rate."""
 LAG_DRAIN_S = 3.0
 """After a replication-lag phase, how long to wait for the last ACKs."""
-AUTHORS = 100
-"""Seeded posts are spread over this many authors."""
-SEED_MESSAGES = 50
-"""Seeded direct messages per pair of bench users (what the chat phase reads)."""
-TEXT = "benchmark post: " + "lorem ipsum dolor sit amet " * 4
 
 TARGETS = {  # issue 6, shown next to the figures; tests assert none of them
     "ratio": "≥ 0.5", "posts_per_s": "≥ 5,000", "p99_half_load_ms": "≤ 10 ms",
     "growth_ratio": "≥ 0.8", "feed_p99_ms": "≤ 20 ms", "catchup_s": "≤ 10 s",
     "failover_s": "≤ 3 s"}
-
-
-class BenchError(RuntimeError):
-    """A phase that could not be measured."""
-
-
-def bench_user(worker: int) -> str:
-    return f"bench{worker}"
-
-
-# --- load workers (separate processes) ------------------------------------------------
-@dataclass(frozen=True)
-class Load:
-    """What one worker does in one phase."""
-    endpoint: str
-    user: str
-    op: str
-    args: dict
-    rate: float | None = None        # requests/s on a fixed schedule; None: flat out
-    record_acks: bool = False        # return (rid, ack time) of every ok reply
-    setup: tuple = ()                # (op, args) requests before the window, not counted
-    tag: int = 0                     # which run() this Load belongs to
-
-
-class Requester:
-    """A synchronous client on one raw DEALER, as the real client talks to the broker."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str, user: str) -> None:
-        self.ctx = ctx
-        self.endpoint = endpoint
-        self.user = user
-        self.lamport = LamportClock()
-        self.prefix = uuid.uuid4().hex[:10]
-        self.sent = 0
-        self.sock = self._open()
-
-    def _open(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(self.endpoint)
-        return sock
-
-    def call(self, op: str, args: dict) -> tuple[str, bool | None, str | None]:
-        """(rid, ok, error code); ok is None when no reply came within REPLY_TIMEOUT."""
-        self.sent += 1
-        rid = f"{self.prefix}-{self.sent}"
-        body = {"rid": rid, "op": op, "user": self.user, "args": args, "server": None,
-                "time": time.time()}
-        self.sock.send_multipart(P.encode(P.REQUEST, self.lamport.tick(), body))
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(max(1, int(remaining * 1000))):
-                self.sock.close(0)           # a late reply must not answer the next request
-                self.sock = self._open()
-                return rid, None, "timeout"
-            msg = P.decode(self.sock.recv_multipart())
-            self.lamport.merge(msg.lamport)
-            if msg.body["rid"] == rid:
-                ok = msg.body["ok"]
-                return rid, ok, None if ok else msg.body.get("code", "?")
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
-def run_window(req: Requester, load: Load, start: float, end: float, offset: float) -> dict:
-    """Send until ``end``; count the replies that arrive inside [start, end]."""
-    latencies: list[float] = []
-    acks: list[tuple[str, float]] = []
-    errors: Counter = Counter()
-    interval = 1.0 / load.rate if load.rate else 0.0
-    next_at = start + offset * interval
-    while True:
-        now = time.monotonic()
-        if load.rate:
-            if next_at >= end:
-                break
-            if next_at > now:
-                time.sleep(next_at - now)      # pacing, not synchronization
-            sent, next_at = next_at, next_at + interval
-        else:
-            if now >= end:
-                break
-            sent = now
-        rid, ok, code = req.call(load.op, load.args)
-        done = time.monotonic()
-        if done > end:
-            break
-        if ok:
-            latencies.append(done - sent)
-            if load.record_acks:
-                acks.append((rid, done))
-        else:
-            errors[code] += 1
-    return {"latencies": latencies, "acks": acks, "errors": dict(errors)}
-
-
-def worker_main(worker: int, tasks, results) -> None:
-    """A load process: for each Load, set up, report ready, wait for go (or None), run
-    the window, report. Every message carries the Load's tag, so a late message from an
-    aborted phase is never taken for one of the next."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the orchestrator stops us
-    ctx = zmq.Context()
-    ctx.linger = 0
-    try:
-        while (load := tasks.get()) is not None:
-            req = Requester(ctx, load.endpoint, load.user)
-            try:
-                results.put(("ready", load.tag, worker, setup_problem(req, load)))
-                go = tasks.get()
-                if go is not None:
-                    start, end, offset = go
-                    results.put(("done", load.tag, worker,
-                                 run_window(req, load, start, end, offset)))
-            except Exception as exc:  # noqa: BLE001 - report it, never hang the orchestrator
-                results.put(("failed", load.tag, worker, f"{type(exc).__name__}: {exc}"))
-            finally:
-                req.close()
-    finally:
-        ctx.destroy(0)
-
-
-def setup_problem(req: Requester, load: Load) -> str | None:
-    """Send the setup requests; what went wrong, or None."""
-    try:
-        for op, args in load.setup:
-            _, ok, code = req.call(op, args)
-            if not ok:
-                return f"setup {op} as {load.user}: {code}"
-    except Exception as exc:  # noqa: BLE001 - the orchestrator reports it
-        return f"setup {type(exc).__name__}: {exc}"
-    return None
-
-
-@dataclass
-class LoadResult:
-    seconds: float
-    latencies: list[float] = field(default_factory=list)   # seconds, every ok reply
-    acks: list[tuple[str, float]] = field(default_factory=list)
-    errors: Counter = field(default_factory=Counter)
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds
-
-    def ms(self, q: float) -> float:
-        return percentile(self.latencies, q) * 1000
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
-
-
-class LoadWorkers:
-    """Spawned load processes, started once and reused by every phase."""
-
-    def __init__(self, count: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.results = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(count)]
-        self.tag = 0
-        self.procs = [ctx.Process(target=worker_main, args=(i, self.tasks[i], self.results),
-                                  name=f"bench-load-{i}", daemon=True) for i in range(count)]
-        for proc in self.procs:
-            proc.start()
-
-    def run(self, loads: list[Load], seconds: float) -> LoadResult:
-        """Run ``loads`` (one per worker) over one shared window of ``seconds``."""
-        self.tag += 1
-        for i, load in enumerate(loads):
-            self.tasks[i].put(replace(load, tag=self.tag))
-        go = None
-        try:
-            ready = self._collect("ready", len(loads), 60.0)
-            problems = [p for p in ready.values() if p]
-            if problems:
-                raise BenchError("; ".join(problems))
-            start = time.monotonic() + START_LEAD
-            go = (start, start + seconds)
-        finally:                 # every worker that got a Load waits for go or None
-            for i in range(len(loads)):
-                self.tasks[i].put(go and (*go, i / len(loads)))
-        done = self._collect("done", len(loads), seconds + REPLY_TIMEOUT + 30.0)
-        result = LoadResult(seconds)
-        for part in done.values():
-            result.latencies.extend(part["latencies"])
-            result.acks.extend(part["acks"])
-            result.errors.update(part["errors"])
-        return result
-
-    def _collect(self, kind: str, count: int, timeout: float) -> dict:
-        """``count`` messages of ``kind`` for the current tag, by worker."""
-        got: dict[int, object] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < count:
-            if time.monotonic() >= deadline:
-                raise BenchError(f"load workers: {count - len(got)} of {count} not {kind} "
-                                 f"after {timeout:.0f} s")
-            try:
-                what, tag, worker, payload = self.results.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if tag != self.tag:
-                continue                       # left over from an aborted phase
-            if what == "failed":
-                raise BenchError(f"load worker {worker}: {payload}")
-            if what == kind:
-                got[worker] = payload
-        return got
-
-    def stop(self) -> None:
-        for tasks in self.tasks:
-            tasks.put(None)
-        for proc in self.procs:
-            proc.join(2.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(2.0)
-
-
-# --- clusters -----------------------------------------------------------------------------
-def free_port_base(servers: int = 10) -> int:
-    """A base whose ports (base..base+3, base+101..base+100+servers) are all free now."""
-    def can_bind(port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 60000)
-        if all(can_bind(p) for p in [base + i for i in range(4)]
-               + [base + 100 + i for i in range(1, servers + 1)]):
-            return base
-    raise BenchError("no free port base found")
-
-
-class BenchProcesses(ProcessGroup):
-    def start_echo(self, server_id: int):
-        return self._start(f"echo-{server_id}", ["servers.echo", "--id", str(server_id)])
-
-
-class BenchCluster:
-    """A broker and servers in a folder of their own on free ports; ``stop()`` ends them."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.config = load_config(port_base=free_port_base(), host="127.0.0.1",
-                                  data_dir=str(folder / "data"), log_dir=str(folder / "logs"))
-        self.group = BenchProcesses(self.config)
-        self.ctx = zmq.Context()
-        self.ctx.linger = 0
-        self._status_sock: zmq.Socket | None = None
-        self.lamport = LamportClock()
-
-    @property
-    def frontend(self) -> str:
-        return self.config.endpoint(self.config.frontend_port)
-
-    def start(self, servers: int, echo: bool = False, timeout: float = 30.0) -> None:
-        self.group.start_broker()
-        for server_id in range(1, servers + 1):
-            if echo:
-                self.group.start_echo(server_id)
-            else:
-                self.group.start_server(server_id)
-        self.wait_serving(range(1, servers + 1), timeout)
-
-    def seed(self, server_ids, posts: int, clients: int) -> int:
-        """The same log segment in each server's folder; returns the events written."""
-        lines = [orjson.dumps(e) for e in seed_events(posts, clients)]
-        blob = b"\n".join(lines) + b"\n"
-        for server_id in server_ids:
-            folder = self.config.server_data_dir(server_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "wal-000001.jsonl").write_bytes(blob)
-        return len(lines)
-
-    def wait_folded(self, server_ids, timeout: float) -> None:
-        """Every server has folded the seeded segment into TinyDB (it deletes the file),
-        so no checkpoint of the seed runs while a rate is being measured."""
-        paths = [self.config.server_data_dir(i) / "wal-000001.jsonl" for i in server_ids]
-        wait_until(lambda: not any(p.exists() for p in paths), timeout, interval=0.1,
-                   what="seeded log folded into TinyDB")
-
-    def status(self, timeout: float = 1.0) -> dict | None:
-        """The broker's ``status`` answer, or None if none comes in time."""
-        if self._status_sock is None:
-            self._status_sock = self.ctx.socket(zmq.DEALER)
-            self._status_sock.connect(self.frontend)
-        rid = uuid.uuid4().hex[:16]
-        body = {"rid": rid, "op": P.OP_STATUS, "user": None, "args": {}, "server": None,
-                "time": time.time()}
-        self._status_sock.send_multipart(P.encode(P.REQUEST, self.lamport.tick(), body))
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not self._status_sock.poll(max(1, int(remaining * 1000))):
-                break
-            msg = P.decode(self._status_sock.recv_multipart())
-            self.lamport.merge(msg.lamport)
-            if msg.body["rid"] == rid and msg.body["ok"]:
-                return msg.body["result"]
-        self._status_sock.close(0)
-        self._status_sock = None
-        return None
-
-    def rows(self) -> dict[int, dict]:
-        status = self.status() or {"servers": []}
-        return {row["id"]: row for row in status["servers"]}
-
-    def serving(self, server_id: int) -> dict | None:
-        row = self.rows().get(server_id)
-        return row if row and row["alive"] and row["phase"] == "serving" else None
-
-    def wait_serving(self, ids, timeout: float) -> None:
-        ids = list(ids)
-
-        def all_serving():
-            rows = self.rows()
-            return all(rows.get(i, {}).get("alive") and rows[i].get("phase") == "serving"
-                       for i in ids)
-        wait_until(all_serving, timeout, interval=0.1, what=f"servers {ids} serving")
-
-    def stop(self) -> None:
-        try:
-            self.group.stop_all(timeout=1.5)
-        finally:
-            self.ctx.destroy(0)
-
-
-def seed_events(posts: int, clients: int) -> list[dict]:
-    """Users (authors and bench users), follows, messages between bench users, then posts;
-    origin 1, seq and lamport 1..N contiguous, unique ids, timestamps increasing."""
-    authors = [f"author{i:03d}" for i in range(AUTHORS)]
-    users = [bench_user(w) for w in range(clients)]
-    plan: list[tuple[str, str, dict]] = [(P.EV_REGISTER, u, {}) for u in authors + users]
-    for w, user in enumerate(users):
-        plan += [(P.EV_FOLLOW, user, {"target": authors[(w * 7 + k) % AUTHORS]}) for k in range(5)]
-        plan += [(P.EV_DM, user, {"to": users[(w + 1) % clients], "text": f"hello {k}"})
-                 for k in range(SEED_MESSAGES)]
-    plan += [(P.EV_POST, authors[i % AUTHORS], {"text": f"{TEXT}{i}"}) for i in range(posts)]
-    first_ts = time.time() - len(plan) * 0.001
-    return [{"id": f"seed-{n:07d}", "kind": kind, "user": user, "lamport": n,
-             "ts": round(first_ts + n * 0.001, 6), "origin": 1, "seq": n, "data": data}
-            for n, (kind, user, data) in enumerate(plan, start=1)]
-
-
-# --- replication lag: watching the bus ---------------------------------------------------
-class BusWatch:
-    """Subscribes to EVENT and ACK on the bus and notes, per origin, when every server's
-    ACK version vector covered each sequence number (BEAT only proves the subscription).
-
-    A thread of its own owns the SUB socket and stamps each message as it arrives, so
-    the orchestrator's waiting never delays a stamp; a lock guards what it records."""
-
-    def __init__(self, cluster: BenchCluster, server_ids) -> None:
-        self.ctx = cluster.ctx
-        self.endpoint = cluster.config.endpoint(cluster.config.bus_out_port)
-        self.server_ids = list(server_ids)
-        self.where: dict[str, tuple[int, int]] = {}             # event id -> (origin, seq)
-        self.vv: dict[int, dict[int, int]] = {s: {} for s in self.server_ids}
-        self.covered: dict[int, tuple[list[int], list[float]]] = {}   # origin -> seqs, times
-        self.beats: set[int] = set()
-        self.lock = threading.Lock()
-        self.running = True
-        self.thread = threading.Thread(target=self._run, name="bus-watch", daemon=True)
-
-    def start(self, timeout: float = 5.0) -> None:
-        """Subscribe, and wait until a BEAT of every server got through (slow joiner)."""
-        self.thread.start()
-        wait_until(lambda: self.beats >= set(self.server_ids), timeout, interval=0.02,
-                   what="bus subscription live")
-
-    def _run(self) -> None:
-        sock = self.ctx.socket(zmq.SUB)
-        sock.rcvhwm = 0
-        for topic in (P.EVENT, P.ACK, P.BEAT):
-            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        sock.connect(self.endpoint)
-        try:
-            while self.running:
-                if sock.poll(100):
-                    self.on_message(P.decode(sock.recv_multipart()), time.monotonic())
-        finally:
-            sock.close(0)
-
-    def on_message(self, msg: P.Message, now: float) -> None:
-        with self.lock:
-            if msg.type == P.EVENT:
-                for event in msg.body["events"]:
-                    self.where[event["id"]] = (event["origin"], event["seq"])
-            elif msg.type == P.ACK:
-                self.on_ack(msg.body["from"], P.parse_vv(msg.body["vv"]), now)
-            elif msg.type == P.BEAT:
-                self.beats.add(msg.body["from"])
-
-    def on_ack(self, sender: int, vv: dict[int, int], now: float) -> None:
-        if sender not in self.vv:
-            return
-        self.vv[sender] = vv
-        for origin in vv:
-            everywhere = min(self.vv[s].get(origin, 0) for s in self.server_ids)
-            seqs, times = self.covered.setdefault(origin, ([], []))
-            if not seqs or everywhere > seqs[-1]:
-                seqs.append(everywhere)
-                times.append(now)
-
-    def held_everywhere_at(self, event_id: str) -> float | None:
-        if event_id not in self.where:
-            return None
-        origin, seq = self.where[event_id]
-        seqs, times = self.covered.get(origin, ([], []))
-        i = bisect_left(seqs, seq)
-        return times[i] if i < len(seqs) else None
-
-    def lags(self, acks: list[tuple[str, float]]) -> tuple[list[float], int]:
-        """(lag in seconds of each acked write, writes not yet held everywhere)."""
-        lags, missing = [], 0
-        with self.lock:
-            for rid, acked_at in acks:
-                held = self.held_everywhere_at(rid)
-                if held is None:
-                    missing += 1
-                else:
-                    lags.append(max(0.0, held - acked_at))
-        return lags, missing
-
-    def stop(self) -> None:
-        self.running = False
-        self.thread.join(2.0)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -744,8 +286,7 @@ class Bench:
                 return False
             if status["coordinator"] not in (None, victim):
                 seen.setdefault("failover", now)
-            rows = {r["id"]: r for r in status["servers"]}
-            if not rows.get(victim, {}).get("alive", False):
+            if not rows_by_id(status).get(victim, {}).get("alive", False):
                 seen.setdefault("residency", now)
             return len(seen) == 2
         wait_until(recovered, 20.0, interval=0.02, what="a new coordinator and the victim out of the pool")

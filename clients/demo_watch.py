@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from collections import Counter
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
+import zmq
 
-from clients.connection import ClientError, Connection
-from common import protocol as P
-from common.clock import LamportClock, PhysicalClock
+from common.broker_client import BrokerClient
+from common.cluster_status import rows_by_id
 from common.config import Config
 from common.timeline import Entry, FileTail, LogFolder
 
@@ -42,22 +41,18 @@ class Watch:
     """The broker's status, the servers' new log lines, the bots' new records."""
 
     def __init__(self, config: Config, users: list[str]) -> None:
-        quick = dataclasses.replace(config, request_deadline=STATUS_DEADLINE,
-                                    request_timeout=min(1.0, STATUS_DEADLINE)).validate()
-        self.status_conn = Connection(quick, None, LamportClock(), PhysicalClock())
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.broker = BrokerClient(self.ctx, config.endpoint(config.frontend_port))
         self.server_logs = LogFolder(config.log_dir, "server-*.log")
         self.reports = [FileTail(report_path(config.log_dir, user)) for user in users]
 
     def status(self) -> dict | None:
-        try:
-            return self.status_conn.request(P.OP_STATUS, {})
-        except ClientError:
-            return None
+        return self.broker.status(STATUS_DEADLINE)
 
     def rows(self) -> dict[int, dict]:
         """Status rows by server id (empty if the broker does not answer)."""
-        status = self.status() or {"servers": []}
-        return {row["id"]: row for row in status["servers"]}
+        return rows_by_id(self.status())
 
     def server_lines(self) -> list[Entry]:
         return sorted(self.server_logs.read_new())
@@ -73,7 +68,8 @@ class Watch:
         return sorted(out, key=lambda r: r.get("t", 0))
 
     def close(self) -> None:
-        self.status_conn.close()
+        self.broker.close()
+        self.ctx.term()
 
 
 # --- Berkeley rounds, from the coordinator's log ------------------------------------------

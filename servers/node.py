@@ -34,6 +34,11 @@ from servers.requests import ClientRequests, RequestError
 from servers.state import SocialState
 from servers.store import EventStore
 
+LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
+                               P.TIME_REPLY, P.TIME_ADJUST})
+"""Bus messages whose receipt gets a log line here (the others log in their handler;
+BEAT, every heartbeat, only when it changes something)."""
+
 HWM = 200_000
 DRAIN = 1000
 """Messages read from one socket per loop turn: batches fsyncs and ACKs under load."""
@@ -70,6 +75,7 @@ class Server:
         self.started = time.monotonic()
         self.checked_at = self.started           # last time the loop looked at the clock
         self.leave_requested = False
+        self.clock_jumps = 0
         self.phase_since = self.started
         self.target: dict[int, int] = {}
         self.last_write = self.started
@@ -230,6 +236,9 @@ class Server:
         self.check_frozen()                      # before a heartbeat says "serving"
         if self.leave_requested:
             self.leave()
+        if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
+            self.clock_jumps = self.clock.jumps
+            self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
         for p in self.listeners.take_expired(now):
             self.reply(p.route, p.rid, {"user": p.user, "items": [], "replicas": None})
         self.election.tick(now)
@@ -440,6 +449,8 @@ class Server:
             if self.election.is_coordinator:
                 self.berkeley.request_round()
         self.election.saw_peer(sender, now)
+        if msg.type in LOGGED_ON_RECEIPT and msg.body.get("to", self.id) == self.id:
+            self.log.recv(f"server-{sender}", f"{msg.type} {brief(msg.body)}")
         handler = self.bus_handlers.get(msg.type)
         if handler is not None:
             handler(msg.body, now)

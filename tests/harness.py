@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json as jsonlib
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +15,11 @@ from pathlib import Path
 import zmq
 
 from clients.connection import ClientError, Connection
+from common import cluster_status
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, load_config
-from common.processes import ROOT, ProcessGroup, cluster_env, wait_until
+from common.processes import ROOT, ProcessGroup, cluster_env, free_port_base, wait_until
 
 FAST_TIMING = {
     # faster heartbeats so joins, deaths and catch-up happen quickly; every
@@ -36,26 +35,6 @@ FAST_TIMING = {
 """Environment overrides every process of a test cluster gets."""
 
 LOG_TAIL_LINES = 40
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_base(servers: int = 20) -> int:
-    """A base whose ports (base..base+3, base+101..base+100+servers) are all free now."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 60000)
-        ports = [base + i for i in range(4)] + [base + 100 + i for i in range(1, servers + 1)]
-        if all(_can_bind(port) for port in ports):
-            return base
-    raise RuntimeError("no free port base found")
 
 
 class Cluster:
@@ -126,39 +105,32 @@ class Cluster:
             return None
 
     def servers(self) -> dict[int, dict]:
-        status = self.status() or {"servers": []}
-        return {s["id"]: s for s in status["servers"]}
+        return cluster_status.rows_by_id(self.status())
 
     def serving(self) -> dict[int, dict]:
-        return {i: s for i, s in self.servers().items()
-                if s["alive"] and s.get("phase") == "serving"}
+        return cluster_status.serving(self.servers())
 
     def wait_serving(self, ids, timeout: float = 15.0) -> dict[int, dict]:
         """The servers ``ids`` serving, as the broker sees them *and* in their own log
         since they were last started (the broker may still show a killed process's row)."""
-        ids = set(ids)
+        ids = sorted(ids)
 
-        def serving():
-            if not all("-> serving" in self.log_since_start(f"server-{i}") for i in ids):
-                return None
-            rows = self.serving()
-            return rows if ids <= set(rows) else None
-        return wait_until(serving, timeout, interval=0.1, what=f"servers {sorted(ids)} serving")
+        def rows():
+            logs_say = all("-> serving" in self.log_since_start(f"server-{i}") for i in ids)
+            return self.servers() if logs_say else {}
+        return cluster_status.wait_serving(rows, ids, timeout)
 
     def wait_converged(self, timeout: float = 10.0) -> dict[int, dict]:
         """Every live server holds the same events (same digest and count).
 
         ``status`` shows each server as of its last heartbeat, so only rows sent
-        after this call began count: a server's Lamport clock grows with every
-        heartbeat, so a row with a larger one than at the start is a fresh one."""
-        start = {i: s.get("lamport", -1) for i, s in self.servers().items()}
+        after this call began count (see common/cluster_status.py)."""
+        start = cluster_status.lamports(self.servers())
 
         def converged():
             live = {i: s for i, s in self.servers().items() if s["alive"]}
-            if not live or any(s.get("lamport", -1) <= start.get(i, -1) for i, s in live.items()):
-                return None
-            states = {(s.get("digest"), s.get("events")) for s in live.values()}
-            return live if len(states) == 1 else None
+            fresh = cluster_status.all_newer(live, start)
+            return live if live and fresh and cluster_status.same_events(live) else None
         return wait_until(converged, timeout, interval=0.05, what="equal digests")
 
     def digests(self) -> dict[int, str]:
