@@ -28,9 +28,10 @@ from servers.berkeley import BerkeleySync
 from servers.catchup import PeerLinks
 from servers.election import Bully
 from servers.listeners import Listeners
-from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
-from servers.requests import ClientRequests, RequestError
+from servers.client_desk import ClientDesk
+from servers.requests import ClientRequests
 from servers.state import SocialState
 from servers.store import EventStore
 
@@ -57,8 +58,8 @@ class Server:
                                 config.checkpoint_min, config.checkpoint_ratio)
         self.peers = Peers(server_id, config.peer_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
-        self.requests = ClientRequests(self.state)
         self.listeners = Listeners()
+        self.desk = ClientDesk(self, ClientRequests(self.state), self.listeners)
         self.outbox: list[dict] = []             # events made this loop turn, to publish
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
@@ -143,17 +144,6 @@ class Server:
         except zmq.Again:
             self.log.warn(f"broker queue full: dropped {msg_type}")
 
-    def reply(self, route: bytes, rid: str, result: dict | None = None,
-              code: str | None = None, error: str | None = None) -> None:
-        body = {"rid": rid, "ok": code is None, "server": self.id, "time": self.clock.now()}
-        if code is None:
-            body["result"] = result
-        else:
-            body["code"], body["error"] = code, error
-        self.to_broker(route, P.REPLY, body)
-        what = f"ok replicas={result.get('replicas')}" if code is None else f"{code}: {error}"
-        self.log.send(f"client:{route.hex()[:8]}", f"reply rid={rid} {what}")
-
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
         events = self.store.load()
@@ -211,25 +201,8 @@ class Server:
             if self.phase != JOINING:
                 self.publish(P.ACK, {"from": self.id, "vv": self.state.vv()})
         if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
-            self.wake_listeners()
-        for waiter, holders in self.repl.ready(time.monotonic()):
-            event = self.state.events.get(waiter.event_id)
-            if event is None:
-                continue
-            if holders < self.config.replicas:
-                self.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
-                              f"of {self.config.replicas} copies (too few servers alive)")
-            self.reply(waiter.route, waiter.rid, self.requests.result(event, holders))
-
-    def wake_listeners(self) -> None:
-        """New posts or messages: answer the parked listens that now have items."""
-        for p in self.listeners.take_all():
-            try:
-                if self.phase != SERVING:
-                    raise RequestError(P.ERR_UNAVAILABLE, f"{self.name} is {self.phase}")
-                self.on_write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, p.deadline)
-            except RequestError as exc:
-                self.reply(p.route, p.rid, code=exc.code, error=str(exc))
+            self.desk.wake_listeners()
+        self.desk.answer_acked()
 
     def tick(self, now: float) -> None:
         """Idempotent periodic jobs, run on every loop turn."""
@@ -239,8 +212,7 @@ class Server:
         if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
             self.clock_jumps = self.clock.jumps
             self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
-        for p in self.listeners.take_expired(now):
-            self.reply(p.route, p.rid, {"user": p.user, "items": [], "replicas": None})
+        self.desk.expire_listeners(now)
         self.election.tick(now)
         self.berkeley.tick(now)
         if now >= self.heartbeat_at:
@@ -254,14 +226,11 @@ class Server:
 
     def advance_phase(self, now: float) -> None:
         if self.phase == JOINING and now - self.phase_since >= 3 * self.config.heartbeat_interval:
-            self.target = self.state.vv()
-            for peer in self.peers.live(now):
-                for origin, seq in peer.vv.items():
-                    self.target[origin] = max(self.target.get(origin, 0), seq)
+            self.target = self.repl.sync_target(now)
             self.set_phase(SYNCING, f"target {self.target}")
             self.election.start(now)
         elif self.phase == SYNCING:
-            self._lower_unreachable_target(now)
+            self.repl.lower_unreachable(self.target, now)
             clock_set = (self.berkeley.synced      # a coordinator is synced by its own round
                          or now - self.phase_since >= self.config.join_clock_wait)
             if self.repl.caught_up(self.target) and clock_set:
@@ -282,16 +251,8 @@ class Server:
             return
         self.log.warn(f"stalled for {overslept:.1f}s (frozen?): catching up before serving again")
         self.set_phase(JOINING, "resumed after a stall")
-        self.wake_listeners()                    # answered "unavailable": listen elsewhere
+        self.desk.wake_listeners()               # answered "unavailable": listen elsewhere
         self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": self.phase})
-
-    def _lower_unreachable_target(self, now: float) -> None:
-        """If every live holder of an origin's tail is gone, stop waiting for it."""
-        live = self.peers.live(now)
-        for origin, seq in self.target.items():
-            best = max([self.state.seq_of(origin)] + [p.vv.get(origin, 0) for p in live])
-            if best < seq:
-                self.target[origin] = best
 
     def set_phase(self, phase: str, why: str) -> None:
         self.log.note(f"phase {self.phase} -> {phase}: {why}")
@@ -312,8 +273,7 @@ class Server:
         self.set_phase(LEAVING, "SIGTERM")
         self.leave_deadline = time.monotonic() + 1.0
         self.to_broker(b"", P.LEAVE, {"id": self.id})
-        for p in self.listeners.take_all():      # let them listen elsewhere at once
-            self.reply(p.route, p.rid, code=P.ERR_UNAVAILABLE, error=f"{self.name} is leaving")
+        self.desk.wake_listeners()               # "unavailable": they listen elsewhere at once
         self.publish(P.BYE, {"from": self.id})
 
     def close(self) -> None:
@@ -353,9 +313,7 @@ class Server:
             if not self.bus_down:
                 self.log.warn("bus silent (broker down?): holding peers' liveness")
             self.bus_down = True
-            for peer in self.peers.table.values():
-                if peer.phase != GONE:
-                    peer.expiry = max(peer.expiry, now + self.config.peer_timeout)
+            self.peers.hold(now)
             return
         if self.bus_down:
             self.log.note("bus back")
@@ -378,52 +336,7 @@ class Server:
             return
         self.lamport.merge(msg.lamport)
         if msg.type == P.REQUEST and route:
-            self.on_request(route, msg.body)
-
-    def on_request(self, route: bytes, body: dict) -> None:
-        rid = body.get("rid", "?")
-        try:
-            P.check_request(body)
-        except P.ProtocolError as exc:
-            self.log.recv(f"client:{route.hex()[:8]}", f"bad request rid={rid}: {exc}")
-            self.reply(route, str(rid)[:64], code=P.ERR_BAD_REQUEST, error=str(exc))
-            return
-        op, user, args = body["op"], body["user"], body["args"]
-        self.log.recv(user, f"{op} rid={rid} {brief(args)}")
-        if self.phase != SERVING:
-            self.reply(route, rid, code=P.ERR_UNAVAILABLE, error=f"{self.name} is {self.phase}")
-            return
-        try:
-            if op in P.READ_OPS:
-                self.reply(route, rid, self.requests.read(op, user, args))
-            else:
-                self.on_write(route, rid, op, user, args)
-        except RequestError as exc:
-            self.reply(route, rid, code=exc.code, error=str(exc))
-
-    def on_write(self, route: bytes, rid: str, op: str, user: str, args: dict,
-                 listen_until: float | None = None) -> None:
-        existing = self.state.events.get(rid)
-        if existing is not None:                 # a retry: applied once, answered again
-            if existing["user"] != user:
-                raise RequestError(P.ERR_BAD_REQUEST, "request id already used by another user")
-            self.log.note(f"retry of {rid}: already applied as {existing['origin']}:{existing['seq']}")
-            self.repl.wait(route, rid, existing)
-            return
-        if op == P.OP_LISTEN:
-            self.listeners.drop(rid)
-        plan = self.requests.plan(op, user, args)
-        if isinstance(plan, dict):               # nothing to write
-            if op == P.OP_LISTEN and args["wait"] > 0:
-                until = listen_until or time.monotonic() + args["wait"]
-                self.listeners.park(route, rid, user, args, until)
-            else:
-                self.reply(route, rid, plan)
-            return
-        kind, data = plan
-        event = self.repl.create(kind, user, data, rid, self.lamport.tick(), self.clock.stamp())
-        self.outbox.append(event)
-        self.repl.wait(route, rid, event)
+            self.desk.on_request(route, msg.body)
 
     # --- bus ------------------------------------------------------------------------------------
     def on_bus(self, frames: list[bytes]) -> None:

@@ -84,6 +84,12 @@ class Peers:
         """Live peers (any phase) that hold event (origin, seq) durably."""
         return sum(1 for p in self.live(now) if p.holds(origin, seq))
 
+    def hold(self, now: float) -> None:
+        """We cannot hear anyone (the bus is down): keep every known peer alive."""
+        for peer in self.table.values():
+            if peer.phase != GONE:
+                peer.expiry = max(peer.expiry, now + self.timeout)
+
     def expire(self, now: float) -> list[Peer]:
         """Mark silent peers gone; returns the ones that just went."""
         gone = []

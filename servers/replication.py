@@ -141,6 +141,23 @@ class Replication:
         self.fetching.pop(peer_id, None)
         return sum(1 for e in events if self.receive(e))
 
+    def sync_target(self, now: float) -> dict[int, int]:
+        """What a joining server must hold before it serves: the most any live
+        peer holds of each origin (the Clone pattern's snapshot point)."""
+        target = self.state.vv()
+        for peer in self.peers.live(now):
+            for origin, seq in peer.vv.items():
+                target[origin] = max(target.get(origin, 0), seq)
+        return target
+
+    def lower_unreachable(self, target: dict[int, int], now: float) -> None:
+        """If every live holder of an origin's tail is gone, stop waiting for it."""
+        live = self.peers.live(now)
+        for origin, seq in target.items():
+            best = max([self.state.seq_of(origin)] + [p.vv.get(origin, 0) for p in live])
+            if best < seq:
+                target[origin] = best
+
     def caught_up(self, target: dict[int, int]) -> bool:
         mine = self.state.vv()
         return all(mine.get(o, 0) >= seq for o, seq in target.items())
