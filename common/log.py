@@ -98,8 +98,10 @@ class ProcessLog:
         self.line("recv", peer, what)
 
     def note(self, what: str, level: str = "INFO") -> None:
-        """A local interaction (election result, clock adjustment, phase change)."""
+        """A local interaction (election result, clock adjustment, phase change):
+        rare and often what someone tailing the log waits for, so written at once."""
         self.line("local", "-", what, level)
+        self.flush()
 
     def warn(self, what: str) -> None:
         self.line("local", "-", what, "WARNING")

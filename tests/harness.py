@@ -36,6 +36,9 @@ FAST_TIMING = {
 
 LOG_TAIL_LINES = 40
 
+SERVING_LINE = "| local - | phase syncing -> serving"
+"""A server's own log line when it enters the pool (not a peer's phase it heard of)."""
+
 
 class Cluster:
     """Broker + servers of one test, in ``folder``; always call ``stop()``."""
@@ -116,7 +119,7 @@ class Cluster:
         ids = sorted(ids)
 
         def rows():
-            logs_say = all("-> serving" in self.log_since_start(f"server-{i}") for i in ids)
+            logs_say = all(SERVING_LINE in self.log_since_start(f"server-{i}") for i in ids)
             return self.servers() if logs_say else {}
         return cluster_status.wait_serving(rows, ids, timeout)
 

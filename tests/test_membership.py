@@ -19,7 +19,7 @@ from common.processes import wait_until
 from tests.faults import (DEFAULT_TIMING, RELOADED_RE, BusyReaders, Writers, audit, fetched, freeze,
                           log_after, log_mark, read_everything, restart_broker,
                           thaw, wait_log, wait_out_of_pool, write_posts)
-from tests.harness import Cluster
+from tests.harness import SERVING_LINE, Cluster
 
 USERS = ["ann", "ben", "cat"]
 JOIN_EVENTS = 20_000
@@ -68,7 +68,7 @@ def test_a_new_server_catches_up_before_it_serves_and_never_answers_from_partial
         except ClientError as exc:
             refused.append(exc.code)
             return False
-        return "-> serving" in c.log_since_start("server-4")
+        return SERVING_LINE in c.log_since_start("server-4")
     wait_until(serving_and_answering, timeout=30, interval=0.02, what="server-4 answering")
 
     writers.wait_for(10, timeout=20)
@@ -254,7 +254,7 @@ def test_a_frozen_server_leaves_the_pool_and_after_sigcont_rejoins_without_stale
             return False
         if not acked_while_frozen <= ids:
             stale.append(len(acked_while_frozen - ids))
-        return "-> serving" in log_after(c, "server-3", mark)
+        return SERVING_LINE in log_after(c, "server-3", mark)
     wait_until(serving_fresh, timeout=20, interval=0.01, what="server-3 serving again")
     writers.wait_for(20, timeout=30)
     writers.stop()
