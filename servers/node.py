@@ -198,7 +198,9 @@ class Server:
         if fresh:
             self.store.sync()
             self.last_write = time.monotonic()
-            if self.phase != JOINING:
+            # an ACK tells origins that I hold their events; my own writes need none
+            # (peers learn my vector from my BEATs, and the origin counts itself)
+            if self.phase != JOINING and any(e["origin"] != self.id for e in fresh):
                 self.publish(P.ACK, {"from": self.id, "vv": self.state.vv()})
         if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
             self.desk.wake_listeners()
