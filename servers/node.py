@@ -74,7 +74,7 @@ class Server:
         self.phase = JOINING
         self.running = True
         self.started = time.monotonic()
-        self.checked_at = self.started           # last time the loop looked at the clock
+        self.beat_sent_at = self.started         # when peers and broker last heard me
         self.leave_requested = False
         self.clock_jumps = 0
         self.phase_since = self.started
@@ -158,7 +158,7 @@ class Server:
                 now = time.monotonic()
                 wait = max(0.0, min(self.next_deadline(), now + 0.25) - now)
                 ready = self.poller.poll(wait * 1000)
-                self.check_frozen(meant_to_wait=wait)
+                self.check_frozen()
                 for sock, _ in ready:
                     handler = self._handlers.get(sock)
                     if handler is not None:
@@ -242,19 +242,22 @@ class Server:
         elif self.phase == LEAVING and (not self.repl.waiters or now >= self.leave_deadline):
             self.running = False
 
-    def check_frozen(self, meant_to_wait: float = 0.0) -> None:
-        """After SIGSTOP/SIGCONT (or any stall longer than a peer's patience) our
-        state may be stale and the cluster has moved on: leave the pool and catch
-        up again before answering anyone, as a joining server does."""
-        now = time.monotonic()
-        overslept = now - self.checked_at - meant_to_wait
-        self.checked_at = now
-        if overslept < self.config.peer_timeout or self.phase in (JOINING, LEAVING):
+    def check_frozen(self) -> None:
+        """After SIGSTOP/SIGCONT (or any stall) long enough that peers or the broker
+        may have counted us gone, our state may be stale and the cluster has moved
+        on: leave the pool and catch up again before answering anyone, as a joining
+        server does. Measured from our last heartbeat, which is what they judge by."""
+        silent = time.monotonic() - self.beat_sent_at
+        patience = min(self.config.peer_timeout, self.config.server_timeout)
+        if silent < patience - self.config.heartbeat_interval or \
+                self.phase in (JOINING, LEAVING):
             return
-        self.log.warn(f"stalled for {overslept:.1f}s (frozen?): catching up before serving again")
+        self.log.warn(f"stalled for {silent:.1f}s without a heartbeat (frozen?): "
+                      f"catching up before serving again")
         self.set_phase(JOINING, "resumed after a stall")
         self.desk.wake_listeners()               # answered "unavailable": listen elsewhere
         self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": self.phase})
+        self.beat_sent_at = time.monotonic()
 
     def set_phase(self, phase: str, why: str) -> None:
         self.log.note(f"phase {self.phase} -> {phase}: {why}")
@@ -297,6 +300,7 @@ class Server:
                 "peers": sorted(p.id for p in self.peers.live(now))}
 
     def send_heartbeats(self, now: float) -> None:
+        self.beat_sent_at = now
         status = self.status(now)
         self.to_broker(b"", P.HEARTBEAT, status)
         beat = {"from": self.id, "phase": self.phase, "vv": status["vv"],
