@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Optional
+
 import typer
 
 from common import cli_options as O
@@ -106,10 +108,13 @@ def timeline(follow: bool = typer.Option(False, "--follow", "-f",
 
 @app.command()
 def bench(quick: bool = typer.Option(False, "--quick", help="Under 30 s: smaller store, ~1 s per phase (for CI)."),
-          out: str = typer.Option("bench.json", "--out", help="Write the figures here as JSON.")) -> None:
+          out: str = typer.Option("bench.json", "--out", help="Write the figures here as JSON."),
+          stored: Optional[int] = typer.Option(
+              None, "--stored", min=1000,
+              help="Posts stored for the growth, read and recovery phases (default 100,000).")) -> None:
     """Measure throughput, latency, growth, reads, replication lag and recovery; print a table."""
     from clients.bench import run_bench
-    raise typer.Exit(run_bench(quick=quick, out=out))
+    raise typer.Exit(run_bench(quick=quick, out=out, stored=stored))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -337,9 +337,13 @@ def print_table(f: dict) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def run_bench(quick: bool = False, out: Path = Path("bench.json")) -> int:
-    """Run every phase, print the table, write the JSON; 0 if every phase was measured."""
+def run_bench(quick: bool = False, out: Path = Path("bench.json"),
+              stored: int | None = None) -> int:
+    """Run every phase, print the table, write the JSON; 0 if every phase was measured.
+    ``stored`` replaces the plan's large store (posts stored before growth and reads)."""
     plan = QUICK if quick else FULL
+    if stored is not None:
+        plan = replace(plan, stored_large=stored)
     root = Path(tempfile.mkdtemp(prefix="social-bench-"))
     began = time.monotonic()
     bench = Bench(plan, root)
