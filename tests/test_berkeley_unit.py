@@ -18,6 +18,7 @@ from common import protocol
 from common.clock import PhysicalClock
 from common.config import Config
 from servers.berkeley import BerkeleySync, fault_tolerant_average
+from tests.fakes import NoteLog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,16 +33,6 @@ class Term:
     epoch: int = 101
     coordinator: int | None = 1
 
-
-class NoteLog:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def note(self, what: str, level: str = "INFO") -> None:
-        self.lines.append(what)
-
-    def has(self, fragment: str) -> bool:
-        return any(fragment in line for line in self.lines)
 
 
 class SimulatedClock:

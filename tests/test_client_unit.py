@@ -18,6 +18,7 @@ from clients.cli import app
 from clients.connection import ClientError, Connection
 from clients.user_state import UserState
 from common import protocol
+from common.processes import wait_until
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 
@@ -28,12 +29,6 @@ Script = Callable[[protocol.Message, int], list[Frames]]
 """Given the n-th request (from 0), the frames to send back (maybe none)."""
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def reply(rid: str, result: dict | None = None, *, lamport: int = 1, server: int | None = 1,
@@ -177,7 +172,7 @@ def test_silence_until_the_deadline_raises_unavailable(start_broker, connection_
     assert time.monotonic() - started < 2.0
     assert caught.value.code == protocol.ERR_UNAVAILABLE
     assert f"no reply from the broker at tcp://127.0.0.1:{broker.port} after" in str(caught.value)
-    wait_until(lambda: len(broker.requests) >= 3)
+    wait_until(lambda: len(broker.requests) >= 3, 5.0, interval=0.01, what="three requests")
     assert len(broker.rids) == 1
 
 

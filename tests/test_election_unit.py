@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from common import protocol
 from common.config import Config
 from servers.election import Bully
+from tests.fakes import NoteLog
 
 
 def claimed(term: int, sid: int) -> int:
@@ -32,18 +33,6 @@ pytestmark = pytest.mark.timeout(30)
 CONFIG = Config().validate()
 STEP = 0.05
 
-
-class NoteLog:
-    """Stands in for ProcessLog: keeps the notes."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def note(self, what: str, level: str = "INFO") -> None:
-        self.lines.append(what)
-
-    def has(self, fragment: str) -> bool:
-        return any(fragment in line for line in self.lines)
 
 
 class Node:
