@@ -27,13 +27,13 @@ class PeerLinks:
 
     def open(self) -> None:
         cfg = self.server.config
-        self.router = self.server._socket(zmq.ROUTER, self.on_request)
+        self.router = self.server.socket(zmq.ROUTER, self.on_request)
         self.router.bind(cfg.endpoint(cfg.peer_port(self.server.id)))
 
     def dealer(self, peer_id: int) -> zmq.Socket:
         sock = self.dealers.get(peer_id)
         if sock is None:
-            sock = self.server._socket(zmq.DEALER, lambda frames, p=peer_id: self.on_reply(p, frames))
+            sock = self.server.socket(zmq.DEALER, lambda frames, p=peer_id: self.on_reply(p, frames))
             cfg = self.server.config
             sock.connect(cfg.endpoint(cfg.peer_port(peer_id)))
             self.dealers[peer_id] = sock
@@ -43,7 +43,7 @@ class PeerLinks:
         """A peer is gone: forget its socket (and whatever was queued on it)."""
         sock = self.dealers.pop(peer_id, None)
         if sock is not None:
-            self.server._close(sock)
+            self.server.close_socket(sock)
         self.server.repl.fetching.pop(peer_id, None)
 
     def fetch(self, peer_id: int, origins: list[int]) -> None:

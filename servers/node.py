@@ -26,11 +26,11 @@ from common.config import Config
 from common.log import ProcessLog, brief, event_brief
 from servers.berkeley import BerkeleySync
 from servers.catchup import PeerLinks
+from servers.client_desk import ClientDesk
 from servers.election import Bully
 from servers.listeners import Listeners
 from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
-from servers.client_desk import ClientDesk
 from servers.requests import ClientRequests
 from servers.state import SocialState
 from servers.store import EventStore
@@ -92,7 +92,8 @@ class Server:
         self._handlers: dict[zmq.Socket, object] = {}
 
     # --- sockets ------------------------------------------------------------------------
-    def _socket(self, kind: int, handler=None) -> zmq.Socket:
+    def socket(self, kind: int, handler=None) -> zmq.Socket:
+        """A socket of this server's loop; with a handler, polled and drained by it."""
         sock = self.ctx.socket(kind)
         sock.sndhwm = HWM
         sock.rcvhwm = HWM
@@ -101,7 +102,7 @@ class Server:
             self._handlers[sock] = handler
         return sock
 
-    def _close(self, sock: zmq.Socket) -> None:
+    def close_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
             self.poller.unregister(sock)
             del self._handlers[sock]
@@ -110,9 +111,9 @@ class Server:
     def open_sockets(self) -> None:
         cfg = self.config
         self.links.open()
-        self.pub = self._socket(zmq.PUB)
+        self.pub = self.socket(zmq.PUB)
         self.pub.connect(cfg.endpoint(cfg.bus_in_port))
-        self.sub = self._socket(zmq.SUB, self.on_bus)
+        self.sub = self.socket(zmq.SUB, self.on_bus)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(cfg.endpoint(cfg.bus_out_port))
         self.connect_broker()
@@ -120,8 +121,8 @@ class Server:
     def connect_broker(self) -> None:
         """(Re)connect to the broker, as the Paranoid Pirate worker does."""
         if getattr(self, "broker", None) is not None:
-            self._close(self.broker)
-        self.broker = self._socket(zmq.DEALER, self.on_broker)
+            self.close_socket(self.broker)
+        self.broker = self.socket(zmq.DEALER, self.on_broker)
         self.broker.setsockopt(zmq.IDENTITY, self.name.encode())
         self.broker.connect(self.config.endpoint(self.config.backend_port))
         self.broker_seen = time.monotonic()
