@@ -82,6 +82,7 @@ class Server:
         self.last_write = self.started
         self.heartbeat_at = 0.0
         self.broker_seen = self.started
+        self.broker_blocked = False
         self.bus_seen = self.started
         self.bus_down = False
         self.leave_deadline = 0.0
@@ -142,8 +143,11 @@ class Server:
         stamp = self.lamport.tick()
         try:
             P.send(self.broker, [route] + P.encode(msg_type, stamp, body), zmq.NOBLOCK)
-        except zmq.Again:
-            self.log.warn(f"broker queue full: dropped {msg_type}")
+            self.broker_blocked = False
+        except zmq.Again:                        # broker down or far behind: say so once
+            if not self.broker_blocked:
+                self.log.warn(f"cannot send to the broker (down?): dropped {msg_type}")
+            self.broker_blocked = True
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
