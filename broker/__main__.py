@@ -14,11 +14,17 @@ app = typer.Typer(add_completion=False, help="Run the broker: request load balan
 
 @app.command()
 def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
-         data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir) -> None:
+         data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir,
+         clock_offset: float = typer.Option(0.0, "--clock-offset",
+                                            help="Start the broker's clock this many seconds off."),
+         clock_chaos: bool = typer.Option(False, "--clock-chaos", envvar="SOCIAL_CLOCK_CHAOS",
+                                          help="Push the clock randomly by up to ±1 s at random "
+                                               "intervals (it follows the coordinator's clock).")) -> None:
     from broker.broker import serve
+    from common.clock import PhysicalClock
     try:
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
-        serve(config)
+        serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))
     except (ConfigError, zmq.ZMQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1)

@@ -30,6 +30,8 @@ from common.log import ProcessLog
 
 HWM = 200_000
 """High-water marks: deep enough that a burst never drops requests silently."""
+CLOCK_TOLERANCE = 0.005
+"""Seconds the broker's clock may differ from the coordinator's before it is corrected."""
 
 
 @dataclass
@@ -312,9 +314,23 @@ class Broker:
         if isinstance(phase, str) and phase != entry.phase:
             self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
             entry.phase = phase
-        entry.info = {k: v for k, v in body.items() if k not in ("id",)}
+        entry.info = {k: v for k, v in body.items() if k not in ("id", "clock")}
         if not _is_int(entry.info.get("epoch")):      # status() compares epochs
             entry.info.pop("epoch", None)
+        if body.get("coordinator") == entry.id:
+            self.follow_clock(entry.id, body.get("clock"))
+
+    def follow_clock(self, server_id: int, server_time) -> None:
+        """Keep the broker's physical clock on the servers' synchronized time
+        (Cristian's method without the round trip: a heartbeat takes well under a
+        millisecond here), taking the coordinator's clock as the reference."""
+        if isinstance(server_time, bool) or not isinstance(server_time, (int, float)):
+            return
+        delta = server_time - self.clock.now()
+        if abs(delta) > CLOCK_TOLERANCE:
+            self.clock.adjust(delta)
+            self.log.note(f"clock corrected by {delta * 1000:+.3f} ms from server-{server_id} "
+                          f"(the coordinator)")
 
     def on_leave(self, identity: bytes, body: dict) -> None:
         entry = self.servers.get(body["id"])
@@ -383,8 +399,8 @@ def _rid_of(frames: list[bytes]) -> str:
         return "?"
 
 
-def serve(config: Config) -> None:
-    broker = Broker(config)
+def serve(config: Config, clock: PhysicalClock | None = None) -> None:
+    broker = Broker(config, clock)
     signal.signal(signal.SIGTERM, broker.stop)
     signal.signal(signal.SIGINT, broker.stop)
     broker.run()

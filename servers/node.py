@@ -307,7 +307,7 @@ class Server:
     def send_heartbeats(self, now: float) -> None:
         self.beat_sent_at = now
         status = self.status(now)
-        self.to_broker(b"", P.HEARTBEAT, status)
+        self.to_broker(b"", P.HEARTBEAT, {**status, "clock": self.clock.now()})
         beat = {"from": self.id, "phase": self.phase, "vv": status["vv"],
                 "epoch": self.election.epoch, "coordinator": self.election.coordinator,
                 "events": status["events"], "digest": status["digest"]}
