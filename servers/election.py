@@ -115,6 +115,25 @@ class Bully:
         if self._outranks(coordinator, epoch, fill_vacancy=False):
             self._follow(coordinator, epoch, sender, now)
 
+    def leave(self) -> None:
+        """I am leaving (SIGTERM): stop taking part, so the election my BYE sets off
+        is not won by me again; as coordinator I step down at once."""
+        if self._state == COORDINATOR:
+            self._note(f"stepping down: leaving (epoch {self._epoch})")
+            self._coordinator = None
+        self._state = FOLLOWER
+        self._started = False
+
+    def peer_left(self, sender: int, now: float) -> None:
+        """A peer said BYE. If it was my coordinator, waiting ``election_timeout``
+        for its silence would only waste time: call the election now."""
+        if sender != self._coordinator or sender == self.my_id:
+            return
+        self._note(f"coordinator s{sender} left: election at once")
+        self._coordinator = None
+        if self._started and self._state != CANDIDATE:
+            self._call_election(now)
+
     def on_election(self, body: dict, now: float) -> None:
         """Bully: ELECTION from a lower id gets an ANSWER, and I hold my own election."""
         sender, epoch = body["from"], body["epoch"]

@@ -284,6 +284,7 @@ class Server:
         self.leave_deadline = time.monotonic() + 1.0
         self.to_broker(b"", P.LEAVE, {"id": self.id})
         self.desk.wake_listeners()               # "unavailable": they listen elsewhere at once
+        self.election.leave()
         self.publish(P.BYE, {"from": self.id})
 
     def close(self) -> None:
@@ -401,3 +402,4 @@ class Server:
     def on_bye(self, body: dict, now: float) -> None:
         self.peers.left(body["from"])
         self.log.recv(f"server-{body['from']}", "BYE: peer leaves")
+        self.election.peer_left(body["from"], now)

@@ -179,6 +179,23 @@ def test_killing_coordinator_lets_highest_remaining_win_after_election_timeout()
     assert cluster.nodes[1].log.has("coordinator s5 silent")
 
 
+def test_a_coordinator_that_says_bye_is_replaced_without_waiting_for_its_silence():
+    cluster = settled_cluster([1, 2, 3, 4, 5])
+    epoch = cluster.nodes[5].bully.epoch
+    cluster.nodes[5].bully.leave()                    # SIGTERM: it stops taking part...
+    for node in cluster.nodes.values():
+        if node.id != 5:
+            node.bully.peer_left(5, cluster.now)      # ...and its BYE reaches the others
+    cluster.deliver()
+    took = cluster.run_until(lambda: cluster.nodes[4].bully.is_coordinator, limit=5)
+    assert not cluster.nodes[5].bully.is_coordinator     # still up, but not elected again
+    cluster.kill(5)
+    cluster.run_until(lambda: cluster.settled_on(4), limit=5)
+    assert took < CONFIG.election_timeout
+    assert cluster.nodes[4].bully.epoch > epoch
+    assert cluster.nodes[1].log.has("coordinator s5 left: election at once")
+
+
 def test_higher_id_joining_takes_over_with_a_higher_epoch():
     cluster = settled_cluster([1, 2, 3])
     epoch = cluster.nodes[3].bully.epoch
