@@ -255,8 +255,10 @@ class Demo:
             f"holding {rows[sid].get('events')} events")
         say(f"server-{sid} has the highest id: it calls an election at start and, "
             f"by the bully rule, takes over")
-        status = self.narrator.wait(lambda: (lambda s: s if s.get("coordinator") == sid else None)(
-            self.watch.status() or {}), 10, f"server-{sid} coordinator")
+        def coordinated_by_newcomer():
+            status = self.watch.status() or {}
+            return status if status.get("coordinator") == sid else None
+        status = self.narrator.wait(coordinated_by_newcomer, 10, f"server-{sid} coordinator")
         say(f"server-{sid} is coordinator (epoch {status['epoch']})")
 
     def bring_back(self) -> None:

@@ -178,6 +178,12 @@ class Writer:
         self.conn.close()
 
 
+def bob_follows_alice(c: Cluster) -> None:
+    """The setting of most tests here: alice and bob exist, bob follows alice."""
+    register(c, "alice", "bob")
+    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+
+
 def assert_each_once(items: list[dict]) -> None:
     twice = [i for i, n in Counter(item["id"] for item in items).items() if n > 1]
     assert not twice, f"pushed more than once: {twice} in {items}"
@@ -192,8 +198,7 @@ def assert_logical_order(items: list[dict]) -> None:
 @pytest.mark.timeout(120)
 def test_listen_pushes_followed_posts_and_messages_once_in_logical_order(running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice")
     try:
         with Listener(c, "bob") as bob:
@@ -227,8 +232,7 @@ def test_listen_pushes_followed_posts_and_messages_once_in_logical_order(running
 def test_a_long_poll_answers_as_soon_as_an_item_arrives_and_empty_after_its_wait(
         running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
 
     started = time.monotonic()
     empty = c.request("bob", P.OP_LISTEN, {"wait": 1.0, "since": 0})
@@ -258,8 +262,7 @@ def test_a_long_poll_answers_as_soon_as_an_item_arrives_and_empty_after_its_wait
 @pytest.mark.timeout(150)
 def test_listen_sessions_one_after_another_push_each_item_once(running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice")
     try:
         # the first session stops by itself (--seconds): nothing of it stays parked
@@ -290,8 +293,7 @@ def test_listen_sessions_one_after_another_push_each_item_once(running: Cluster)
 @pytest.mark.timeout(150)
 def test_two_listeners_of_one_user_at_once_push_each_item_once(running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice")
     sent: list[dict] = []
     try:
@@ -321,8 +323,7 @@ def test_two_listeners_of_one_user_at_once_push_each_item_once(running: Cluster)
 def test_offline_user_finds_items_in_notifications_and_chat_and_is_not_pushed_them_again(
         running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice")
     try:
         posts = [alice.post("while you were out"), alice.post("still out?")]
@@ -347,8 +348,7 @@ def test_a_post_made_after_the_listener_stops_is_in_notifications(running: Clust
     """Ctrl-C ends the listener while its long poll is parked on a server; a post
     made afterwards must not be marked shown on behalf of a listener that is gone."""
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice")
     try:
         with Listener(c, "bob") as bob:
@@ -366,8 +366,7 @@ def test_a_post_made_after_the_listener_stops_is_in_notifications(running: Clust
 @pytest.mark.timeout(150)
 def test_listen_survives_sigkill_of_the_server_holding_it(running: Cluster):
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice", deadline=60.0)
     try:
         with Listener(c, "bob") as bob:
@@ -393,8 +392,7 @@ def test_listen_retried_past_a_frozen_server_pushes_each_item_once(running: Clus
     """The server holding the long poll stalls (SIGSTOP) and comes back after the
     listener retried elsewhere: it must not push the same items a second time."""
     c = running
-    register(c, "alice", "bob")
-    c.request("bob", P.OP_FOLLOW, {"target": "alice"})
+    bob_follows_alice(c)
     alice = Writer(c, "alice", deadline=60.0)
     try:
         with Listener(c, "bob") as bob:
