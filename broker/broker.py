@@ -26,7 +26,8 @@ import zmq
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
-from common.log import ProcessLog
+from common.gc_pacer import GcPacer
+from common.log import ProcessLog, client_peer
 
 HWM = 200_000
 """High-water marks: deep enough that a burst never drops requests silently."""
@@ -119,6 +120,7 @@ class Broker:
         self._heartbeat_at = 0.0
         self.running = True
         self.requests = 0
+        self.gc = GcPacer()
 
     def _bind(self, kind: int, port: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -137,6 +139,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        self.gc.settle()
         try:
             while self.running:
                 wake = min(self._heartbeat_at, self.log.flush_if_due() or self._heartbeat_at)
@@ -148,12 +151,13 @@ class Broker:
                     self._drain(self.frontend, self.on_frontend)
                 self.send_heartbeats()
                 self.log.flush_if_due()
+                self.gc.tick(time.monotonic())
         finally:
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler, limit: int = 500) -> None:
         for _ in range(limit):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not P.readable(sock):
                 return
             frames = P.recv(sock, zmq.NOBLOCK)
             try:
@@ -186,7 +190,7 @@ class Broker:
         except P.ProtocolError as exc:
             rid = _rid_of(frames)
             self.lamport.tick()
-            self.log.recv(f"client:{client.hex()[:8]}", f"bad request rid={rid}: {exc}")
+            self.log.recv(client_peer(client), f"bad request rid={rid}: {exc}")
             self.reply_error(client, rid, P.ERR_BAD_REQUEST, str(exc))
             return
         self.lamport.merge(msg.lamport)
@@ -248,7 +252,7 @@ class Broker:
     def _send_front(self, client: bytes, body: dict, what: str) -> None:
         stamp = self.lamport.tick()
         P.send(self.frontend, [client] + P.encode(P.REPLY, stamp, body))
-        self.log.send(f"client:{client.hex()[:8]}", what)
+        self.log.send(client_peer(client), what)
 
     # --- servers ---------------------------------------------------------------
     def on_backend(self, frames: list[bytes]) -> None:
@@ -283,7 +287,7 @@ class Broker:
         except zmq.ZMQError:
             return
         server = self._by_identity.get(identity, "?")
-        self.log.line("reply", f"server-{server}->client:{route.hex()[:8]}",
+        self.log.line("reply", f"server-{server}->{client_peer(route)}",
                       f"{msg.type} rid={msg.body.get('rid', '-')} ok={msg.body.get('ok', '-')}")
 
     def _register(self, identity: bytes, server_id: int) -> ServerEntry:

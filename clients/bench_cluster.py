@@ -17,6 +17,7 @@ from common import cluster_status
 from common import protocol as P
 from common.broker_client import BrokerClient
 from common.config import load_config
+from common.histogram import Histogram
 from common.processes import ProcessGroup, free_port_base, wait_until
 
 AUTHORS = 100
@@ -84,6 +85,18 @@ class BenchCluster:
 
     def wait_serving(self, ids, timeout: float) -> None:
         cluster_status.wait_serving(self.rows, ids, timeout)
+
+    def lag_histogram(self, ids) -> Histogram | None:
+        """The sum of the replication-lag histograms of servers ``ids`` (None if a
+        server's row is missing)."""
+        rows = self.rows()
+        total = Histogram()
+        for server_id in ids:
+            hist = Histogram.parse(rows.get(server_id, {}).get("repl_lag_hist"))
+            if hist is None:
+                return None
+            total = total.plus(hist)
+        return total
 
     def stop(self) -> None:
         try:

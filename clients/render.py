@@ -11,6 +11,8 @@ import time
 
 import orjson
 
+from common.histogram import Histogram
+
 STATUS_COLUMNS = ("id", "alive", "phase", "events", "digest", "lamport")
 DIGEST_CHARS = 12
 UNIX_TIME_FLOOR = 1e9
@@ -117,6 +119,8 @@ def cell(column: str, value: object) -> str:
         return "-"
     if column == "digest" and isinstance(value, str):
         return value[:DIGEST_CHARS]
+    if column == "repl_lag_hist" and (hist := Histogram.parse(value)) is not None:
+        return hist.summary()
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (dict, list)):

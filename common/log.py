@@ -111,6 +111,12 @@ class ProcessLog:
         logger.remove()
 
 
+def client_peer(route: bytes) -> str:
+    """A user's connection as a log peer: its ROUTER identity in hex (5 bytes that
+    differ in the last ones, so never cut from the end)."""
+    return f"client:{route.hex()[-16:]}"
+
+
 def brief(body: dict, width: int = 120) -> str:
     """``key=value`` pairs of a message body, cut to ``width`` characters."""
     text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"

@@ -41,8 +41,7 @@ READY = "READY"            # server -> broker: I am caught up, route to me
 HEARTBEAT = "HB"           # both ways: I am alive (+ server status for `status`)
 LEAVE = "LEAVE"            # server -> broker: stop routing to me, I am going
 # bus (every server publishes, every server subscribes)
-EVENT = "EVENT"            # new writes of one origin, replicated to every server
-ACK = "ACK"                # my version vector: the events I now hold durably
+EVENT = "EVENT"            # new writes of one origin, replicated to every server, + its vv
 BEAT = "BEAT"              # server heartbeat on the bus: phase, vv, coordinator
 BYE = "BYE"                # I am leaving the cluster
 ELECTION = "ELECTION"      # bully: I call an election (to higher ids)
@@ -54,6 +53,7 @@ TIME_ADJUST = "TIME_ADJ"   # Berkeley: each server's own correction
 # server <-> server request/reply (peer ROUTER)
 FETCH = "FETCH"            # give me events after these sequence numbers
 EVENTS = "EVENTS"          # a chunk of events answering FETCH
+ACK = "ACK"                # to an origin: my version vector, the events I now hold durably
 # push to listening users (server -> broker -> user)
 PUSH = "PUSH"
 
@@ -74,7 +74,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     READY: {"id": _INT},
     HEARTBEAT: {"id": _OPT_INT},
     LEAVE: {"id": _INT},
-    EVENT: {"from": _INT, "events": _LIST},
+    EVENT: {"from": _INT, "events": _LIST, "vv": _DICT},
     ACK: {"from": _INT, "vv": _DICT},
     BEAT: {"from": _INT, "phase": _STR, "vv": _DICT, "epoch": _INT,
            "coordinator": _OPT_INT},
@@ -90,7 +90,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     PUSH: {"user": _STR, "item": _DICT},
 }
 
-BUS_TYPES = (EVENT, ACK, BEAT, BYE, ELECTION, ANSWER, COORDINATOR,
+BUS_TYPES = (EVENT, BEAT, BYE, ELECTION, ANSWER, COORDINATOR,
              TIME_QUERY, TIME_REPLY, TIME_ADJUST)
 
 # --- client operations -------------------------------------------------------
@@ -206,6 +206,16 @@ def send(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
     for frame in frames[:-1]:
         _raw_send(sock, frame, flags | _SNDMORE)
     _raw_send(sock, frames[-1], flags)
+
+
+_raw_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """A message is waiting (``getsockopt(EVENTS) & POLLIN`` without the enum wrapping)."""
+    return bool(_raw_get(sock, _EVENTS) & _POLLIN)
 
 
 def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:

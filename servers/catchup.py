@@ -1,11 +1,13 @@
-"""Request/reply between servers: pulling missing events (FETCH -> EVENTS).
+"""Point to point between servers: pulling missing events (FETCH -> EVENTS), and
+acknowledging a peer's events to it (ACK).
 
 Each server binds a ROUTER on ``peer_port(id)`` and answers FETCH with the
 events it holds beyond the asker's version vector, ``fetch_batch`` at a time;
 the asker keeps one DEALER per peer it pulls from and asks again while the
 answer says ``more``. This is the snapshot-and-catch-up of the ZeroMQ Guide's
 Clone pattern: a new server pulls from an empty vector, a returning one only
-what it missed.
+what it missed. The same DEALER carries ACKs to the origin of the events a
+server applied: only the origin counts their copies, so they need no bus.
 """
 from __future__ import annotations
 
@@ -56,13 +58,30 @@ class PeerLinks:
             "from": server.id, "after": after, "limit": server.config.fetch_batch}))
         server.log.send(f"server-{peer_id}", f"FETCH after {after}")
 
+    def ack(self, origins: set[int], vv: dict[int, int]) -> None:
+        """Tell each origin what I now hold (its events among them). An ACK that
+        cannot be queued is dropped: the next ACK or BEAT says the same and more."""
+        server = self.server
+        for origin in sorted(origins):
+            stamp = server.lamport.tick()
+            try:
+                P.send(self.dealer(origin), P.encode(P.ACK, stamp, {"from": server.id, "vv": vv}),
+                       zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            server.log.send(f"server-{origin}", f"ACK vv={vv}")
+
     def on_request(self, frames: list[bytes]) -> None:
-        """A peer's FETCH: answer with what I hold beyond its version vector."""
+        """A peer's FETCH (answer with what I hold beyond its version vector) or ACK."""
         server = self.server
         try:
             msg = P.decode(frames[1:])
+            if msg.type == P.ACK:
+                server.lamport.merge(msg.lamport)
+                server.on_ack(msg.body, time.monotonic())
+                return
             if msg.type != P.FETCH:
-                raise P.ProtocolError(f"expected FETCH, got {msg.type}")
+                raise P.ProtocolError(f"expected FETCH or ACK, got {msg.type}")
             after = P.parse_vv(msg.body["after"])
         except P.ProtocolError as exc:
             server.log.warn(f"dropped bad peer request: {exc}")

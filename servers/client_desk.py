@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from common import protocol as P
-from common.log import brief
+from common.log import brief, client_peer
 from servers.listeners import Listeners
 from servers.peers import SERVING
 from servers.requests import ClientRequests, RequestError
@@ -31,7 +31,7 @@ class ClientDesk:
             body["code"], body["error"] = code, error
         server.to_broker(route, P.REPLY, body)
         what = f"ok replicas={result.get('replicas')}" if code is None else f"{code}: {error}"
-        server.log.send(f"client:{route.hex()[:8]}", f"reply rid={rid} {what}")
+        server.log.send(client_peer(route), f"reply rid={rid} {what}")
 
     def on_request(self, route: bytes, body: dict) -> None:
         """A client's REQ from the broker: validate, then read or write."""
@@ -40,7 +40,7 @@ class ClientDesk:
         try:
             P.check_request(body)
         except P.ProtocolError as exc:
-            server.log.recv(f"client:{route.hex()[:8]}", f"bad request rid={rid}: {exc}")
+            server.log.recv(client_peer(route), f"bad request rid={rid}: {exc}")
             self.reply(route, str(rid)[:64], code=P.ERR_BAD_REQUEST, error=str(exc))
             return
         op, user, args = body["op"], body["user"], body["args"]
@@ -106,6 +106,7 @@ class ClientDesk:
                 server.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
                                 f"of {server.config.replicas} copies (too few servers alive)")
             self.reply(waiter.route, waiter.rid, self.requests.result(event, holders))
+            server.lag.answered(event, time.monotonic())
 
     def expire_listeners(self, now: float) -> None:
         """Listens that waited ``wait`` seconds in vain are answered empty."""

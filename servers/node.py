@@ -23,6 +23,7 @@ import zmq
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
+from common.gc_pacer import GcPacer
 from common.log import ProcessLog, brief, event_brief
 from servers.berkeley import BerkeleySync
 from servers.catchup import PeerLinks
@@ -31,6 +32,7 @@ from servers.election import Bully
 from servers.listeners import Listeners
 from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
+from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
 from servers.state import SocialState
 from servers.store import EventStore
@@ -43,6 +45,10 @@ BEAT, every heartbeat, only when it changes something)."""
 HWM = 200_000
 DRAIN = 1000
 """Messages read from one socket per loop turn: batches fsyncs and ACKs under load."""
+TICK_EVERY = 0.002
+"""Seconds between runs of the periodic jobs (``tick``): under load a turn takes well
+under a millisecond, and no job needs a finer clock (the finest, a Berkeley probe
+gap, is 20 ms)."""
 
 
 class Server:
@@ -65,7 +71,7 @@ class Server:
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
         self.bus_handlers = {
-            P.EVENT: self.on_event, P.ACK: self.on_ack, P.BEAT: self.on_beat, P.BYE: self.on_bye,
+            P.EVENT: self.on_event, P.BEAT: self.on_beat, P.BYE: self.on_bye,
             P.ELECTION: self.election.on_election, P.ANSWER: self.election.on_answer,
             P.COORDINATOR: self.election.on_coordinator,
             P.TIME_QUERY: self.berkeley.on_time_query, P.TIME_REPLY: self.berkeley.on_time_reply,
@@ -87,6 +93,9 @@ class Server:
         self.bus_down = False
         self.leave_deadline = 0.0
         self.rng = random.Random()
+        self.gc = GcPacer()
+        self.tick_at = 0.0                       # when the periodic jobs run next
+        self.lag = ReplicationLag(server_id)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.poller = zmq.Poller()
@@ -134,8 +143,10 @@ class Server:
         stamp = self.lamport.tick()
         P.send(self.pub, P.encode(msg_type, stamp, body))
         if msg_type == P.EVENT:
-            for event in body["events"]:
-                self.log.send("bus", f"EVENT {event_brief(event)}")
+            last = len(body["events"]) - 1
+            for i, event in enumerate(body["events"]):
+                vv = f" vv={body['vv']}" if i == last else ""
+                self.log.send("bus", f"EVENT {event_brief(event)}{vv}")
         elif msg_type != P.BEAT:
             self.log.send("bus", f"{msg_type} {brief(body)}")
 
@@ -156,20 +167,24 @@ class Server:
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e["lamport"] for e in events), default=0))
         self.open_sockets()
+        self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
                       f"digest {self.state.digest()[:12]}; joining")
         try:
             while self.running:
                 now = time.monotonic()
-                wait = max(0.0, min(self.next_deadline(), now + 0.25) - now)
-                ready = self.poller.poll(wait * 1000)
+                wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
+                ready = self.poller.poll(max(0.0, wake - now) * 1000)
                 self.check_frozen()
                 for sock, _ in ready:
                     handler = self._handlers.get(sock)
                     if handler is not None:
                         self._drain(sock, handler)
                 self.after_batch()
-                self.tick(time.monotonic())
+                now = time.monotonic()
+                if now >= self.tick_at:
+                    self.tick_at = now + TICK_EVERY
+                    self.tick(now)
                 self.log.flush_if_due()
         finally:
             self.close()
@@ -177,7 +192,7 @@ class Server:
     def _drain(self, sock: zmq.Socket, handler) -> None:
         for _ in range(DRAIN):
             try:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not P.readable(sock):
                     return
                 frames = P.recv(sock, zmq.NOBLOCK)
             except zmq.ZMQError:        # socket closed by a handler in this turn
@@ -196,23 +211,33 @@ class Server:
 
     def after_batch(self) -> None:
         """Once per loop turn: make new events durable, ACK them, answer waiting clients."""
-        if self.outbox:                          # this turn's new writes: one bus message
-            self.publish(P.EVENT, {"from": self.id, "events": self.outbox})
-            self.outbox = []
         fresh = self.repl.take_fresh()
         if fresh:
-            self.store.sync()
+            self.store.sync()                    # durable before anyone hears of it
             self.last_write = time.monotonic()
-            # an ACK tells origins that I hold their events; my own writes need none
-            # (peers learn my vector from my BEATs, and the origin counts itself)
-            if self.phase != JOINING and any(e["origin"] != self.id for e in fresh):
-                self.publish(P.ACK, {"from": self.id, "vv": self.state.vv()})
+        if self.outbox:
+            # this turn's new writes, one bus message, and my vector with them: it
+            # acknowledges every peer event applied this turn (the ACK rides along)
+            self.publish(P.EVENT, {"from": self.id, "events": self.outbox,
+                                   "vv": self.state.vv()})
+            self.outbox = []
+        elif fresh and self.phase != JOINING:
+            # only peers' events: an ACK straight to each origin says I hold them
+            # (no other server counts copies of them, so not on the bus)
+            origins = {e["origin"] for e in fresh} - {self.id}
+            if origins:
+                self.links.ack(origins, self.state.vv())
         if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
             self.desk.wake_listeners()
         self.desk.answer_acked()
+        if self.lag.pending:
+            now = time.monotonic()
+            everywhere = min([self.state.seq_of(self.id)] +
+                             [p.vv.get(self.id, 0) for p in self.peers.live(now)])
+            self.lag.held_everywhere(everywhere, now)
 
     def tick(self, now: float) -> None:
-        """Idempotent periodic jobs, run on every loop turn."""
+        """Idempotent periodic jobs, run at most every TICK_EVERY."""
         self.check_frozen()                      # before a heartbeat says "serving"
         if self.leave_requested:
             self.leave()
@@ -230,6 +255,10 @@ class Server:
         for peer_id, origins in self.repl.fetches_due(now, eager=self.phase == SYNCING).items():
             self.links.fetch(peer_id, origins)
         self.store.maybe_checkpoint(idle=now - self.last_write > self.config.checkpoint_idle_s)
+        for folded, seconds in self.store.finished():
+            self.log.note(f"checkpoint: {folded} events folded into TinyDB "
+                          f"({self.store.stored} stored) in {seconds * 1000:.0f} ms")
+        self.gc.tick(now)
 
     def advance_phase(self, now: float) -> None:
         if self.phase == JOINING and now - self.phase_since >= 3 * self.config.heartbeat_interval:
@@ -303,6 +332,7 @@ class Server:
                 "clock_skew_ms": round(self.clock.skew() * 1000, 3),
                 "last_sync": self.berkeley.last_sync,
                 "under_replicated": self.repl.under_replicated(now),
+                "repl_lag_hist": self.lag.hist.counts,
                 "peers": sorted(p.id for p in self.peers.live(now))}
 
     def send_heartbeats(self, now: float) -> None:
@@ -363,7 +393,7 @@ class Server:
             return
         if msg.type == P.PUSH:
             return
-        if msg.type in (P.EVENT, P.ACK) and self.config.drop_rate and \
+        if msg.type == P.EVENT and self.config.drop_rate and \
                 self.rng.random() < self.config.drop_rate:
             return                                 # test-only fault: a lost bus message
         self.lamport.merge(msg.lamport)
@@ -382,13 +412,20 @@ class Server:
 
     def on_event(self, body: dict, now: float) -> None:
         events = [P.check_event(e) for e in body["events"]]
-        for event in events:
+        vv = P.parse_vv(body["vv"])              # all checked before anything is applied
+        last = len(events) - 1
+        for i, event in enumerate(events):
             new = self.repl.receive(event)
-            self.log.recv(f"server-{body['from']}",
-                          f"EVENT {event_brief(event)}{'' if new else ' (held or early)'}")
+            held = "" if new else " (held or early)"
+            tail = f" vv={body['vv']}" if i == last else ""    # the ACK riding along
+            self.log.recv(f"server-{body['from']}", f"EVENT {event_brief(event)}{held}{tail}")
+        self.peers.update_vv(body["from"], vv)
 
     def on_ack(self, body: dict, now: float) -> None:
-        self.peers.reset_vv(body["from"], P.parse_vv(body["vv"]))
+        """A peer's version vector, sent straight to me (``PeerLinks``) as the origin."""
+        if self.config.drop_rate and self.rng.random() < self.config.drop_rate:
+            return                                 # test-only fault: a lost ACK
+        self.peers.update_vv(body["from"], P.parse_vv(body["vv"]))
         self.log.recv(f"server-{body['from']}", f"ACK vv={body['vv']}")
 
     def on_beat(self, body: dict, now: float) -> None:
@@ -396,7 +433,11 @@ class Server:
         if peer.phase != body["phase"]:
             self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {body['phase']}")
             peer.phase = body["phase"]
-        self.peers.reset_vv(peer.id, P.parse_vv(body["vv"]))
+        vv = P.parse_vv(body["vv"])
+        if body["phase"] == JOINING:               # (re)starting: it may hold less than before
+            self.peers.reset_vv(peer.id, vv)
+        else:                                      # an ACK may have overtaken this BEAT
+            self.peers.update_vv(peer.id, vv)
         self.election.on_beat(peer.id, body["epoch"], body["coordinator"], now)
 
     def on_bye(self, body: dict, now: float) -> None:

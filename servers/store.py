@@ -3,9 +3,9 @@
 Why not TinyDB alone: its default storage re-reads and rewrites the whole file
 on every insert, so a write costs more the more is stored (measured: 188 acked
 posts/s at 1,000 posts). Here a write costs one appended line, flushed before
-the ack; a checkpointer thread, the only user of TinyDB after start-up, folds
-whole log segments into TinyDB in one ``insert_multiple`` and writes the file
-atomically. Checkpoints come after ``max(checkpoint_min, ratio * stored)`` new
+the ack; a checkpointer process (``checkpointer.py``), the only user of TinyDB
+after start-up, folds whole log segments into TinyDB in one ``insert_multiple``
+and writes the file atomically. Checkpoints come after ``max(checkpoint_min, ratio * stored)`` new
 events, so their total cost stays proportional to the number of writes.
 
 On disk, under ``data/server-<id>/``::
@@ -20,15 +20,19 @@ kill in the middle of a write) is ignored on reload: it was never acked.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
-import queue
-import threading
 from pathlib import Path
 
 import orjson
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
+
+from servers import checkpointer
+
+CLOSE_WAIT = 2.0
+"""Seconds a stopping server waits for a running checkpoint before killing it."""
 
 
 class AtomicJSONStorage(Storage):
@@ -58,6 +62,12 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def open_tinydb(path: Path, fsync: bool) -> TinyDB:
+    db = TinyDB(str(path), storage=CachingMiddleware(AtomicJSONStorage))
+    db.storage.storage.fsync = fsync
+    return db
+
+
 class EventStore:
     """Append events, make them durable, reload them; one instance per server."""
 
@@ -68,34 +78,41 @@ class EventStore:
         self.fsync = fsync
         self.checkpoint_min = checkpoint_min
         self.checkpoint_ratio = checkpoint_ratio
-        self.db = TinyDB(str(self.folder / "db.json"), storage=CachingMiddleware(AtomicJSONStorage))
-        self.db.storage.storage.fsync = fsync
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
         self._segment_no = 0
         self._wal = None
         self._unfolded: list[dict] = []   # events in the current segment
         self._dirty = False
-        self._jobs: queue.Queue = queue.Queue()
-        self._checkpointer: threading.Thread | None = None
+        self._checkpointer: mp.process.BaseProcess | None = None
+        self._pipe = None
         self.checkpoints = 0
 
     # --- start-up -------------------------------------------------------------
     def load(self) -> list[dict]:
         """Every event on disk: TinyDB first, then the log segments in order."""
-        events = [dict(e) for e in self.db.table("events").all()]
+        db = open_tinydb(self.folder / "db.json", self.fsync)
+        events = [dict(e) for e in db.table("events").all()]
+        db.close()                        # from now on TinyDB is the checkpointer's
         self.stored = len(events)
         segments = sorted(self.folder.glob("wal-*.jsonl"))
         self._segment_no = int(segments[-1].stem[4:]) if segments else 0
+        self._start_checkpointer()
         if segments:            # fold them right away, so the new segment starts empty
-            logged = [e for segment in segments for e in _read_segment(segment)]
+            logged = [e for segment in segments for e in read_segment(segment)]
             events.extend(logged)
-            self._jobs.put((segments, logged))
+            self._pipe.send([str(p) for p in segments])
             self.stored += len(logged)
         self._open_segment()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="checkpointer", daemon=True)
-        self._checkpointer.start()
         return events
+
+    def _start_checkpointer(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._pipe, child_end = ctx.Pipe()
+        self._checkpointer = ctx.Process(
+            target=checkpointer.main, name=f"checkpointer-{self.folder.name}", daemon=True,
+            args=(str(self.folder), self.fsync, child_end, os.getpid()))
+        self._checkpointer.start()
+        child_end.close()
 
     def _open_segment(self) -> None:
         self._segment_no += 1
@@ -126,24 +143,24 @@ class EventStore:
             return False
         self.sync()
         self._wal.close()
-        self._jobs.put(([self._wal_path], self._unfolded))
+        try:
+            self._pipe.send([str(self._wal_path)])
+        except (BrokenPipeError, OSError):
+            pass                # checkpointer gone: the segment is folded at the next start
         self.stored += len(self._unfolded)
         self._open_segment()
         return True
 
-    # --- the checkpointer thread (sole user of TinyDB after load) -------------------
-    def _checkpoint_loop(self) -> None:
-        table = self.db.table("events")
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            segments, events = job
-            table.insert_multiple(events)
-            self.db.storage.flush()
-            for segment in segments:
-                segment.unlink(missing_ok=True)
-            self.checkpoints += 1
+    def finished(self) -> list[tuple[int, float]]:
+        """Checkpoints done since the last call: (events folded, seconds)."""
+        done = []
+        try:
+            while self._pipe is not None and self._pipe.poll():
+                done.append(self._pipe.recv())
+        except (EOFError, OSError):
+            self._pipe = None   # checkpointer gone (killed?): segments wait for the next start
+        self.checkpoints += len(done)
+        return done
 
     def close(self) -> None:
         """Flush the log; let a running checkpoint finish briefly, never block long."""
@@ -151,14 +168,26 @@ class EventStore:
             self.sync()
             self._wal.close()
             self._wal = None
-        self._jobs.put(None)
         if self._checkpointer is not None:
-            self._checkpointer.join(0.8)
+            try:
+                self._pipe.send(None)
+            except (AttributeError, BrokenPipeError, OSError):
+                pass
+            self._checkpointer.join(CLOSE_WAIT)
+            if self._checkpointer.is_alive():   # safe at any moment (see checkpointer.py)
+                self._checkpointer.kill()
+                self._checkpointer.join(1.0)
+            self._checkpointer = None
 
 
-def _read_segment(path: Path) -> list[dict]:
+def read_segment(path: Path) -> list[dict]:
+    """The events of one log segment (none if it is gone: already folded)."""
     events = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return events
+    with f:
         for line in f:
             try:
                 events.append(orjson.loads(line))

@@ -16,6 +16,7 @@ import zmq
 
 from clients.connection import ClientError
 from common import protocol as P
+from common.histogram import Histogram
 from common.processes import wait_until
 from tests.harness import Cluster
 
@@ -195,6 +196,22 @@ def test_each_acked_write_is_held_by_all_three_servers(running: Cluster):
         assert c.cli("bob", "following", *pin)["following"] == ["alice"]
         assert [m["id"] for m in c.cli("alice", "chat", "bob", *pin)["messages"]] == \
             [dm["message"]["id"]]
+
+
+def test_origins_measure_when_every_server_holds_each_write(make_cluster):
+    c = make_cluster().start(3)
+    c.wait_serving(SERVERS)
+
+    def measured() -> int:
+        return sum(Histogram.parse(row["repl_lag_hist"]).total
+                   for row in c.servers().values() if row["alive"])
+    for i in range(5):                       # alice's first command registers her: 6 writes
+        assert c.cli("alice", "post", f"lag {i}")["replicas"] == 3
+    # each answered write is counted once, by its origin, when the last server's
+    # version vector covers it (heartbeats carry the counts to the broker)
+    wait_until(lambda: measured() == 6, timeout=5, what="6 lag measurements")
+    table = c.cli("alice", "status", json=False)      # the counts shown summed up
+    assert "repl_lag_hist" in table and "p99<=" in table and "[0, " not in table
 
 
 def test_digests_are_equal_within_a_second_after_writes_stop(running: Cluster):
