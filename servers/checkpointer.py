@@ -12,7 +12,7 @@ only start-up time.
 
 Protocol over a ``multiprocessing`` pipe: the server sends lists of segment
 paths (closed files), ``None`` to stop; the child answers each fold with
-``(events folded, seconds)``. It dies with its server (``PR_SET_PDEATHSIG``),
+``(events folded, seconds, jobs folded)``. It dies with its server (``PR_SET_PDEATHSIG``),
 which is safe at any moment: TinyDB's file is replaced atomically, and a
 segment is deleted only after the file that holds its events is in place.
 """
@@ -57,13 +57,14 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
             return
         if job is None:
             return
-        stop = False
+        stop, jobs = False, 1
         while conn.poll():                  # fold everything already waiting at once
             more = conn.recv()
             if more is None:
                 stop = True
                 break
             job += more
+            jobs += 1
         started = time.monotonic()
         segments = [Path(p) for p in job]
         events = [e for segment in segments for e in read_segment(segment)]
@@ -72,7 +73,7 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
         for segment in segments:
             segment.unlink(missing_ok=True)
         try:
-            conn.send((len(events), time.monotonic() - started))
+            conn.send((len(events), time.monotonic() - started, jobs))
         except (BrokenPipeError, OSError):
             return
         if stop:

@@ -85,6 +85,7 @@ class EventStore:
         self._dirty = False
         self._checkpointer: mp.process.BaseProcess | None = None
         self._pipe = None
+        self._pending = 0                 # jobs sent, not yet answered
         self.checkpoints = 0
 
     # --- start-up -------------------------------------------------------------
@@ -100,7 +101,7 @@ class EventStore:
         if segments:            # fold them right away, so the new segment starts empty
             logged = [e for segment in segments for e in read_segment(segment)]
             events.extend(logged)
-            self._pipe.send([str(p) for p in segments])
+            self._send_job(segments)
             self.stored += len(logged)
         self._open_segment()
         return events
@@ -143,10 +144,7 @@ class EventStore:
             return False
         self.sync()
         self._wal.close()
-        try:
-            self._pipe.send([str(self._wal_path)])
-        except (BrokenPipeError, OSError):
-            pass                # checkpointer gone: the segment is folded at the next start
+        self._send_job([self._wal_path])
         self.stored += len(self._unfolded)
         self._open_segment()
         return True
@@ -155,12 +153,21 @@ class EventStore:
         """Checkpoints done since the last call: (events folded, seconds)."""
         done = []
         try:
-            while self._pipe is not None and self._pipe.poll():
-                done.append(self._pipe.recv())
+            while self._pending and self._pipe.poll():    # (poll is a select: not for nothing)
+                folded, seconds, jobs = self._pipe.recv()
+                self._pending -= jobs
+                done.append((folded, seconds))
         except (EOFError, OSError):
-            self._pipe = None   # checkpointer gone (killed?): segments wait for the next start
+            self._pending = 0   # checkpointer gone (killed?): segments wait for the next start
         self.checkpoints += len(done)
         return done
+
+    def _send_job(self, segments: list[Path]) -> None:
+        try:
+            self._pipe.send([str(p) for p in segments])
+            self._pending += 1
+        except (BrokenPipeError, OSError):
+            pass                # checkpointer gone: the segments are folded at the next start
 
     def close(self) -> None:
         """Flush the log; let a running checkpoint finish briefly, never block long."""

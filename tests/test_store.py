@@ -1,0 +1,110 @@
+"""A server's store: the write-ahead log, and the checkpointer process folding it
+into TinyDB (real child processes, real files, real signals)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.processes import wait_until
+from servers.store import EventStore
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _events(first: int, count: int) -> list[dict]:
+    return [{"id": f"e{n}", "kind": "post", "user": "alice", "lamport": n, "ts": float(n),
+             "origin": 1, "seq": n, "data": {"text": f"post {n}"}} for n in range(first, first + count)]
+
+
+def _write(store: EventStore, events: list[dict]) -> None:
+    for event in events:
+        store.append(event)
+    store.sync()
+
+
+def _tinydb_ids(folder: Path) -> list[str]:
+    raw = (folder / "db.json").read_text() if (folder / "db.json").exists() else "{}"
+    return sorted(doc["id"] for doc in json.loads(raw).get("events", {}).values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_once(tmp_path):
+    store = EventStore(tmp_path, checkpoint_min=10)
+    assert store.load() == []
+    _write(store, _events(1, 12))
+    assert store.maybe_checkpoint()                      # 12 >= 10: the segment is handed over
+    _write(store, _events(13, 3))                        # a new segment, not yet due
+    assert not store.maybe_checkpoint()
+    done = wait_until(store.finished, timeout=10, what="the checkpoint")
+    assert done[0][0] == 12
+    assert _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 13))
+    assert [p.name for p in tmp_path.glob("wal-*.jsonl")] == ["wal-000002.jsonl"]
+    store.close()
+
+    again = EventStore(tmp_path, checkpoint_min=10)
+    try:
+        assert [e["id"] for e in again.load()] == [f"e{n}" for n in range(1, 16)]
+        # what the log still held is folded at start-up, and only that
+        wait_until(lambda: _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 16)),
+                   timeout=10, what="the start-up fold")
+    finally:
+        again.close()
+
+
+def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
+    store = EventStore(tmp_path, checkpoint_min=5)
+    store.load()
+    child = store._checkpointer.pid
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: not _alive(child), timeout=5, what="the checkpointer to die")
+    _write(store, _events(1, 6))
+    assert store.maybe_checkpoint()                      # handed to nobody: stays on disk
+    _write(store, _events(7, 2))
+    assert store.finished() == []
+    store.close()
+    assert _tinydb_ids(tmp_path) == []
+    again = EventStore(tmp_path, checkpoint_min=5)
+    try:
+        assert [e["id"] for e in again.load()] == [f"e{n}" for n in range(1, 9)]
+    finally:
+        again.close()
+
+
+def test_the_checkpointer_dies_with_its_server(tmp_path):
+    """SIGKILL of the process that owns the store takes its checkpointer with it."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from servers.store import EventStore
+        store = EventStore(sys.argv[1])
+        store.load()
+        print(store._checkpointer.pid, flush=True)
+        time.sleep(60)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(owner.stdout.readline())
+        assert _alive(child)
+        owner.kill()
+        owner.wait(5)
+        wait_until(lambda: not _alive(child), timeout=5, what="the checkpointer to follow")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(5)
