@@ -3,18 +3,21 @@ after start-up, folding finished write-ahead-log segments into it.
 
 Why a process and not a thread: folding rebuilds TinyDB's table and rewrites
 its file, CPU work that grows with the store (measured: 120-200 ms at 20k
-events, on all three servers at once since they hold the same events). In a
-thread it holds the server's GIL meanwhile, and every write waited: p99 at
-half load went from 7 ms to 60 ms in the benchmark. As a process at the lowest
-CPU priority it runs in the time the servers leave idle, and never blocks
-them; the log segments stay on disk until folded, so a slow checkpoint costs
-only start-up time.
+events). In a thread it held the server's GIL meanwhile, and every write
+waited. As a process scheduled SCHED_IDLE it only takes CPU time the servers
+leave idle. It still costs the machine something: on this VM a fold's fresh
+memory stalled every process for 20-50 ms (a SCHED_IDLE process that only
+touches new pages does the same), so ``store.py`` folds when the server is
+quiet, and servers holding the same events fold at different sizes. The log
+segments stay on disk until folded, so a late fold costs only start-up time.
 
-Protocol over a ``multiprocessing`` pipe: the server sends lists of segment
-paths (closed files), ``None`` to stop; the child answers each fold with
-``(events folded, seconds, jobs folded)``. It dies with its server (``PR_SET_PDEATHSIG``),
-which is safe at any moment: TinyDB's file is replaced atomically, and a
-segment is deleted only after the file that holds its events is in place.
+Started as ``python -m servers.checkpointer FOLDER FD FSYNC PARENT_PID`` with
+one end of a socket pair as ``FD``, wrapped as a ``multiprocessing``
+connection: the server sends lists of segment paths (closed files), ``None``
+to stop; the child answers each fold with ``(events folded, seconds, jobs
+folded)``. It dies with its server (``PR_SET_PDEATHSIG``), which is safe at
+any moment: TinyDB's file is replaced atomically, and a segment is deleted
+only after the file that holds its events is in place.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 NICE = 19
-"""The child's CPU priority: the lowest, it runs when the servers do not."""
+"""The child's CPU priority where SCHED_IDLE is not available: the lowest."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -38,15 +41,25 @@ def die_with_parent() -> None:
         pass
 
 
+def lowest_priority() -> None:
+    """Linux: SCHED_IDLE, CPU time only when no other process wants it; else nice 19."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+
+
 def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
     die_with_parent()
     if os.getppid() != parent_pid:          # the parent died before prctl took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is for the server; it stops us
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
+    lowest_priority()
     from servers.store import open_tinydb, read_segment
     db = open_tinydb(Path(folder) / "db.json", fsync)
     table = db.table("events")
@@ -78,3 +91,10 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
             return
         if stop:
             return
+
+
+if __name__ == "__main__":
+    import sys
+    from multiprocessing.connection import Connection
+    _folder, _fd, _fsync, _parent = sys.argv[1:5]
+    main(_folder, _fsync == "1", Connection(int(_fd)), int(_parent))

@@ -60,8 +60,10 @@ class Server:
         self.clock = clock or PhysicalClock()
         self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport, self.clock)
         self.state = SocialState()
+        # servers hold the same events: their folds would all come at once
         self.store = EventStore(config.server_data_dir(server_id), config.fsync,
-                                config.checkpoint_min, config.checkpoint_ratio)
+                                config.checkpoint_min, config.checkpoint_ratio,
+                                stagger=1 + 0.25 * ((server_id - 1) % 4))
         self.peers = Peers(server_id, config.peer_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
         self.listeners = Listeners()
@@ -230,11 +232,7 @@ class Server:
         if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
             self.desk.wake_listeners()
         self.desk.answer_acked()
-        if self.lag.pending:
-            now = time.monotonic()
-            everywhere = min([self.state.seq_of(self.id)] +
-                             [p.vv.get(self.id, 0) for p in self.peers.live(now)])
-            self.lag.held_everywhere(everywhere, now)
+        self.lag.update(self.state, self.peers, time.monotonic())
 
     def tick(self, now: float) -> None:
         """Idempotent periodic jobs, run at most every TICK_EVERY."""
@@ -254,7 +252,7 @@ class Server:
         self.advance_phase(now)
         for peer_id, origins in self.repl.fetches_due(now, eager=self.phase == SYNCING).items():
             self.links.fetch(peer_id, origins)
-        self.store.maybe_checkpoint(idle=now - self.last_write > self.config.checkpoint_idle_s)
+        self.store.maybe_checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
         for folded, seconds in self.store.finished():
             self.log.note(f"checkpoint: {folded} events folded into TinyDB "
                           f"({self.store.stored} stored) in {seconds * 1000:.0f} ms")

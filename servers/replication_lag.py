@@ -28,6 +28,12 @@ class ReplicationLag:
             self.last_seq = event["seq"]
             self.pending.append((event["seq"], now))
 
+    def update(self, state, peers, now: float) -> None:
+        """Once per loop turn: count what every live server now holds."""
+        if self.pending:
+            self.held_everywhere(min([state.seq_of(self.my_id)] +
+                                     [p.vv.get(self.my_id, 0) for p in peers.live(now)]), now)
+
     def held_everywhere(self, seq: int, now: float) -> None:
         """Every live server now holds my events up to ``seq``."""
         while self.pending and self.pending[0][0] <= seq:

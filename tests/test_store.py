@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.processes import wait_until
-from servers.store import EventStore
+from servers.store import QUIET_S, EventStore
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +47,9 @@ def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_onc
     store = EventStore(tmp_path, checkpoint_min=10)
     assert store.load() == []
     _write(store, _events(1, 12))
-    assert store.maybe_checkpoint()                      # 12 >= 10: the segment is handed over
+    assert store.maybe_checkpoint(quiet_for=1.0)         # 12 >= 10: the segment is handed over
     _write(store, _events(13, 3))                        # a new segment, not yet due
-    assert not store.maybe_checkpoint()
+    assert not store.maybe_checkpoint(quiet_for=1.0)
     done = wait_until(store.finished, timeout=10, what="the checkpoint")
     assert done[0][0] == 12
     assert _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 13))
@@ -64,6 +64,26 @@ def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_onc
                    timeout=10, what="the start-up fold")
     finally:
         again.close()
+
+
+def test_a_due_checkpoint_waits_for_a_quiet_moment_unless_long_overdue(tmp_path):
+    store = EventStore(tmp_path, checkpoint_min=10)
+    store.load()
+    try:
+        _write(store, _events(1, 12))                    # due (10), but writes keep coming
+        assert not store.maybe_checkpoint(quiet_for=0.0)
+        assert store.maybe_checkpoint(quiet_for=QUIET_S)  # a quiet moment: fold
+        _write(store, _events(13, 39))                   # under 4 x due (40): still waits
+        assert not store.maybe_checkpoint(quiet_for=0.0)
+        _write(store, _events(52, 1))                    # 40: overdue, folded even under load
+        assert store.maybe_checkpoint(quiet_for=0.0)
+        _write(store, _events(53, 2))                    # not due: only a long idle folds it
+        assert not store.maybe_checkpoint(quiet_for=1.0, idle_s=5.0)
+        assert store.maybe_checkpoint(quiet_for=5.0, idle_s=5.0)
+        wait_until(lambda: _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 55)),
+                   timeout=10, what="all three folds")
+    finally:
+        store.close()
 
 
 def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
@@ -88,16 +108,16 @@ def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
 def test_the_checkpointer_dies_with_its_server(tmp_path):
     """SIGKILL of the process that owns the store takes its checkpointer with it."""
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from servers.store import EventStore
+        from servers.store import QUIET_S, EventStore
         store = EventStore(sys.argv[1])
         store.load()
         print(store._checkpointer.pid, flush=True)
-        time.sleep(60)
+        sys.stdin.read()                      # until killed
     """)
     owner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         child = int(owner.stdout.readline())
         assert _alive(child)
