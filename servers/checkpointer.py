@@ -27,6 +27,8 @@ import signal
 import time
 from pathlib import Path
 
+from servers.store import open_tinydb, read_segment
+
 NICE = 19
 """The child's CPU priority where SCHED_IDLE is not available: the lowest."""
 _PR_SET_PDEATHSIG = 1
@@ -60,7 +62,6 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is for the server; it stops us
     lowest_priority()
-    from servers.store import open_tinydb, read_segment
     db = open_tinydb(Path(folder) / "db.json", fsync)
     table = db.table("events")
     while True:

@@ -256,6 +256,9 @@ class Server:
         for folded, seconds in self.store.finished():
             self.log.note(f"checkpoint: {folded} events folded into TinyDB "
                           f"({self.store.stored} stored) in {seconds * 1000:.0f} ms")
+        if self.store.lost:
+            self.log.warn(self.store.lost)
+            self.store.lost = None
         self.gc.tick(now)
 
     def advance_phase(self, now: float) -> None:

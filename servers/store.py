@@ -105,6 +105,7 @@ class EventStore:
         self._checkpointer: subprocess.Popen | None = None
         self._pipe = None
         self._pending = 0                 # jobs sent, not yet answered
+        self.lost: str | None = None      # why checkpoints stopped, for the server to log
         self.checkpoints = 0
 
     # --- start-up -------------------------------------------------------------
@@ -179,21 +180,31 @@ class EventStore:
         """Checkpoints done since the last call: (events folded, seconds)."""
         done = []
         try:
-            while self._pending and self._pipe.poll():    # (poll is a select: not for nothing)
+            while self._pending and self._pipe is not None and self._pipe.poll():  # a select
                 folded, seconds, jobs = self._pipe.recv()
                 self._pending -= jobs
                 done.append((folded, seconds))
         except (EOFError, OSError):
-            self._pending = 0   # checkpointer gone (killed?): segments wait for the next start
+            self._checkpointer_gone()
         self.checkpoints += len(done)
         return done
 
+    def _checkpointer_gone(self) -> None:
+        """Killed, or failed: the segments it did not fold wait for the next start."""
+        if self._pipe is not None:
+            self._pending = 0
+            self._pipe.close()
+            self._pipe = None
+            self.lost = "the checkpointer is gone: log segments are folded at the next start"
+
     def _send_job(self, segments: list[Path]) -> None:
+        if self._pipe is None:
+            return
         try:
             self._pipe.send([str(p) for p in segments])
             self._pending += 1
         except (BrokenPipeError, OSError):
-            pass                # checkpointer gone: the segments are folded at the next start
+            self._checkpointer_gone()
 
     def close(self) -> None:
         """Flush the log; let a running checkpoint finish briefly, never block long."""
@@ -211,7 +222,9 @@ class EventStore:
             except subprocess.TimeoutExpired:   # safe at any moment (see checkpointer.py)
                 self._checkpointer.kill()
                 self._checkpointer.wait(1.0)
-            self._pipe.close()
+            if self._pipe is not None:
+                self._pipe.close()
+                self._pipe = None
             self._checkpointer = None
 
 

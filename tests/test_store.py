@@ -96,6 +96,7 @@ def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
     assert store.maybe_checkpoint()                      # handed to nobody: stays on disk
     _write(store, _events(7, 2))
     assert store.finished() == []
+    assert store.lost is not None and "next start" in store.lost    # for the server's log
     store.close()
     assert _tinydb_ids(tmp_path) == []
     again = EventStore(tmp_path, checkpoint_min=5)
