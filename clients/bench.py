@@ -38,6 +38,7 @@ import zmq
 from clients.bench_cluster import TEXT, BenchCluster, bench_user
 from clients.load import BenchError, Load, LoadResult, LoadWorkers
 from common import protocol as P
+from common.histogram import Histogram
 from common.cluster_status import rows_by_id
 from common.config import Config, load_config
 from common.processes import wait_until
@@ -209,7 +210,8 @@ class Bench:
             raise BenchError("a server's status has no replication-lag histogram")
         result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT}, rate=rate,
                            record_acks=True)
-        measured = lambda: (cluster.lag_histogram(ids) or before).minus(before)  # noqa: E731
+        def measured() -> Histogram:
+            return (cluster.lag_histogram(ids) or before).minus(before)
         try:
             wait_until(lambda: measured().total >= len(result.acks), LAG_DRAIN_S, interval=0.1,
                        what="every acked write on every server")

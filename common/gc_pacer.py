@@ -29,18 +29,13 @@ class GcPacer:
     def __init__(self, every: float = FREEZE_EVERY) -> None:
         self.every = every
         self.next_at = 0.0
-        self.freezes = 0
 
     def settle(self) -> None:
         """After loading state: collect once, then freeze everything that is left."""
         gc.collect()
-        self._freeze()
+        gc.freeze()
 
     def tick(self, now: float) -> None:
         if now >= self.next_at:
             self.next_at = now + self.every
-            self._freeze()
-
-    def _freeze(self) -> None:
-        gc.freeze()
-        self.freezes += 1
+            gc.freeze()

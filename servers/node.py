@@ -394,9 +394,8 @@ class Server:
             return
         if msg.type == P.PUSH:
             return
-        if msg.type == P.EVENT and self.config.drop_rate and \
-                self.rng.random() < self.config.drop_rate:
-            return                                 # test-only fault: a lost bus message
+        if msg.type == P.EVENT and self.fault_drops():
+            return
         self.lamport.merge(msg.lamport)
         now = time.monotonic()
         peer, new = self.peers.saw(sender, now)
@@ -424,10 +423,14 @@ class Server:
 
     def on_ack(self, body: dict, now: float) -> None:
         """A peer's version vector, sent straight to me (``PeerLinks``) as the origin."""
-        if self.config.drop_rate and self.rng.random() < self.config.drop_rate:
-            return                                 # test-only fault: a lost ACK
+        if self.fault_drops():
+            return
         self.peers.update_vv(body["from"], P.parse_vv(body["vv"]))
         self.log.recv(f"server-{body['from']}", f"ACK vv={body['vv']}")
+
+    def fault_drops(self) -> bool:
+        """Test-only fault (``--drop-rate``): lose this replication message."""
+        return bool(self.config.drop_rate) and self.rng.random() < self.config.drop_rate
 
     def on_beat(self, body: dict, now: float) -> None:
         peer = self.peers.table[body["from"]]

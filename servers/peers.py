@@ -1,9 +1,11 @@
 """What a server knows of the other servers: liveness, phase and holdings.
 
 Any bus message from a peer counts as proof of life (the ZeroMQ Guide's
-Paranoid Pirate rule). A peer's version vector, carried by its ACK and BEAT
-messages, says which events it holds durably: ``vv[origin] >= seq`` means it
-holds event ``(origin, seq)``.
+Paranoid Pirate rule). A peer's version vector, carried by its EVENT, ACK and
+BEAT messages, says which events it holds durably: ``vv[origin] >= seq`` means
+it holds event ``(origin, seq)``. The vector only grows (``update_vv``: an ACK,
+sent point to point, may overtake a BEAT), except when the peer says it is
+joining: a restart may have lost its folder (``reset_vv``).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class Peers:
                 peer.vv[origin] = seq
 
     def reset_vv(self, peer_id: int, vv: dict[int, int]) -> None:
-        """A restarted peer may hold less than before (lost folder): believe its BEAT."""
+        """A (re)starting peer may hold less than before (lost folder): believe it."""
         peer = self.table.get(peer_id)
         if peer is not None:
             peer.vv = dict(vv)

@@ -106,7 +106,6 @@ class EventStore:
         self._pipe = None
         self._pending = 0                 # jobs sent, not yet answered
         self.lost: str | None = None      # why checkpoints stopped, for the server to log
-        self.checkpoints = 0
 
     # --- start-up -------------------------------------------------------------
     def load(self) -> list[dict]:
@@ -186,7 +185,6 @@ class EventStore:
                 done.append((folded, seconds))
         except (EOFError, OSError):
             self._checkpointer_gone()
-        self.checkpoints += len(done)
         return done
 
     def _checkpointer_gone(self) -> None:
@@ -213,10 +211,11 @@ class EventStore:
             self._wal.close()
             self._wal = None
         if self._checkpointer is not None:
-            try:
-                self._pipe.send(None)
-            except (AttributeError, BrokenPipeError, OSError):
-                pass
+            if self._pipe is not None:
+                try:
+                    self._pipe.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
             try:
                 self._checkpointer.wait(CLOSE_WAIT)
             except subprocess.TimeoutExpired:   # safe at any moment (see checkpointer.py)

@@ -30,9 +30,15 @@ def _write(store: EventStore, events: list[dict]) -> None:
     store.sync()
 
 
+def _ids(first: int, last: int) -> list[str]:
+    """The ids of events ``first..last``, in seq order."""
+    return [f"e{n}" for n in range(first, last + 1)]
+
+
 def _tinydb_ids(folder: Path) -> list[str]:
     raw = (folder / "db.json").read_text() if (folder / "db.json").exists() else "{}"
-    return sorted(doc["id"] for doc in json.loads(raw).get("events", {}).values())
+    docs = json.loads(raw).get("events", {}).values()
+    return [doc["id"] for doc in sorted(docs, key=lambda doc: doc["seq"])]   # seq order
 
 
 def _alive(pid: int) -> bool:
@@ -52,15 +58,15 @@ def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_onc
     assert not store.maybe_checkpoint(quiet_for=1.0)
     done = wait_until(store.finished, timeout=10, what="the checkpoint")
     assert done[0][0] == 12
-    assert _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 13))
+    assert _tinydb_ids(tmp_path) == _ids(1, 12)
     assert [p.name for p in tmp_path.glob("wal-*.jsonl")] == ["wal-000002.jsonl"]
     store.close()
 
     again = EventStore(tmp_path, checkpoint_min=10)
     try:
-        assert [e["id"] for e in again.load()] == [f"e{n}" for n in range(1, 16)]
+        assert [e["id"] for e in again.load()] == _ids(1, 15)
         # what the log still held is folded at start-up, and only that
-        wait_until(lambda: _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 16)),
+        wait_until(lambda: _tinydb_ids(tmp_path) == _ids(1, 15),
                    timeout=10, what="the start-up fold")
     finally:
         again.close()
@@ -80,7 +86,7 @@ def test_a_due_checkpoint_waits_for_a_quiet_moment_unless_long_overdue(tmp_path)
         _write(store, _events(53, 2))                    # not due: only a long idle folds it
         assert not store.maybe_checkpoint(quiet_for=1.0, idle_s=5.0)
         assert store.maybe_checkpoint(quiet_for=5.0, idle_s=5.0)
-        wait_until(lambda: _tinydb_ids(tmp_path) == sorted(f"e{n}" for n in range(1, 55)),
+        wait_until(lambda: _tinydb_ids(tmp_path) == _ids(1, 54),
                    timeout=10, what="all three folds")
     finally:
         store.close()
@@ -101,7 +107,7 @@ def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
     assert _tinydb_ids(tmp_path) == []
     again = EventStore(tmp_path, checkpoint_min=5)
     try:
-        assert [e["id"] for e in again.load()] == [f"e{n}" for n in range(1, 9)]
+        assert [e["id"] for e in again.load()] == _ids(1, 8)
     finally:
         again.close()
 
