@@ -78,7 +78,7 @@ def demo(seconds: float = typer.Option(45.0, "--seconds", min=15.0,
                                           help="Log folder (default logs/demo-<time>).")) -> None:
     """The whole system at work, narrated: users, a killed coordinator, a join, a removal,
     clock sync; ends with a summary and a check that no acknowledged write was lost."""
-    from clients.demo import run_demo
+    from clients.demo.run import run_demo
     raise typer.Exit(run_demo(seconds, servers, users, port_base, host, data_dir, log_dir))
 
 
@@ -112,8 +112,9 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Under 30 s: smaller
           stored: Optional[int] = typer.Option(
               None, "--stored", min=1000,
               help="Posts stored for the growth, read and recovery phases (default 100,000).")) -> None:
-    """Measure throughput, latency, growth, reads, replication lag and recovery; print a table."""
-    from clients.bench import run_bench
+    """Measure throughput, CPU per request, latency, growth, reads, replication lag and
+    recovery; print a table."""
+    from clients.bench.run import run_bench
     raise typer.Exit(run_bench(quick=quick, out=out, stored=stored))
 
 

@@ -29,12 +29,6 @@ from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
 
-HWM = 200_000
-"""High-water marks: deep enough that a burst never drops requests silently."""
-CLOCK_TOLERANCE = 0.005
-"""Seconds the broker's clock may differ from the coordinator's before it is corrected."""
-
-
 @dataclass
 class ServerEntry:
     """One server as the broker sees it."""
@@ -74,8 +68,8 @@ class Bus:
         control = self._ctx.socket(zmq.PAIR)
         try:
             for sock in (xsub, xpub):
-                sock.sndhwm = HWM
-                sock.rcvhwm = HWM
+                sock.sndhwm = self._config.hwm
+                sock.rcvhwm = self._config.hwm
             xsub.bind(self._config.endpoint(self._config.bus_in_port))
             xpub.bind(self._config.endpoint(self._config.bus_out_port))
             control.connect(self._control_addr)
@@ -106,13 +100,19 @@ class Broker:
         self.config = config
         self.lamport = LamportClock()
         self.clock = clock or PhysicalClock()
-        self.log = ProcessLog("broker", config.log_path("broker"), self.lamport, self.clock)
+        self.log = ProcessLog("broker", config.log_path("broker"), self.lamport, self.clock,
+                              flush_every=config.log_flush_every)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.frontend = self._bind(zmq.ROUTER, config.frontend_port)
-        self.backend = self._bind(zmq.ROUTER, config.backend_port)
-        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # users are strangers: a small queue each (one that stops reading costs at
+        # most client_hwm replies), requests of bounded size, stamps not far ahead
+        frontend = self._bind(config.frontend_port, config.client_hwm, 4 * P.MAX_REQUEST_BYTES)
+        self.frontend = P.Endpoint(frontend, P.CLIENT_TO_BROKER, self.lamport,
+                                   max_lead=P.MAX_CLIENT_LEAD)
+        backend = self._bind(config.backend_port, config.hwm, P.MAX_REPLY_BYTES)
+        backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.backend = P.Endpoint(backend, P.SERVER_TO_BROKER, self.lamport)
         self.bus = Bus(self.ctx, config)
         self.servers: dict[int, ServerEntry] = {}
         self._by_identity: dict[bytes, int] = {}
@@ -122,11 +122,11 @@ class Broker:
         self.requests = 0
         self.gc = GcPacer()
 
-    def _bind(self, kind: int, port: int) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.sndhwm = HWM
-        sock.rcvhwm = HWM
-        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.max_frame_bytes)
+    def _bind(self, port: int, hwm: int, max_message: int) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.sndhwm = hwm
+        sock.rcvhwm = hwm
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         sock.bind(self.config.endpoint(port))
         return sock
 
@@ -137,19 +137,19 @@ class Broker:
                       f":{self.config.backend_port} bus :{self.config.bus_in_port}->"
                       f":{self.config.bus_out_port}")
         poller = zmq.Poller()
-        poller.register(self.frontend, zmq.POLLIN)
-        poller.register(self.backend, zmq.POLLIN)
+        poller.register(self.frontend.sock, zmq.POLLIN)
+        poller.register(self.backend.sock, zmq.POLLIN)
         self.gc.settle()
         try:
             while self.running:
                 wake = min(self._heartbeat_at, self.log.flush_if_due() or self._heartbeat_at)
                 timeout = max(0.0, wake - time.monotonic())
                 events = dict(poller.poll(min(timeout, 0.25) * 1000))
-                if self.backend in events:
-                    self._drain(self.backend, self.on_backend)
-                if self.frontend in events:
-                    self._drain(self.frontend, self.on_frontend)
-                self.send_heartbeats()
+                if self.backend.sock in events:
+                    self._drain(self.backend.sock, self.on_backend)
+                if self.frontend.sock in events:
+                    self._drain(self.frontend.sock, self.on_frontend)
+                self.guard(self.send_heartbeats)
                 self.log.flush_if_due()
                 self.gc.tick(time.monotonic())
         finally:
@@ -159,17 +159,23 @@ class Broker:
         for _ in range(limit):
             if not P.readable(sock):
                 return
-            frames = P.recv(sock, zmq.NOBLOCK)
-            try:
-                handler(frames)
-            except Exception as exc:    # noqa: BLE001 - no input may crash the broker
-                self.log.warn(f"error handling a message: {type(exc).__name__}: {exc}")
+            self.guard(handler, P.recv(sock, zmq.NOBLOCK))
+
+    def guard(self, fn, *args) -> None:
+        """Run a handler or job; an exception is logged with its cause, and the
+        broker goes on (no input may stop it)."""
+        try:
+            fn(*args)
+        except Exception as exc:    # noqa: BLE001 - the one guard of every handler and job
+            cause = " ".join(repr(f[:80]) for f in args[0]) if args else "a periodic job"
+            self.log.warn(f"error in {fn.__name__}: {type(exc).__name__}: {exc} "
+                          f"(while handling {cause})")
 
     def close(self) -> None:
         self.log.note("broker stopping")
         self.bus.stop()
-        self.frontend.close(0)
-        self.backend.close(0)
+        self.frontend.sock.close(0)
+        self.backend.sock.close(0)
         self.ctx.term()
         self.log.close()
 
@@ -178,117 +184,110 @@ class Broker:
 
     # --- clients ---------------------------------------------------------------
     def on_frontend(self, frames: list[bytes]) -> None:
-        client, frames = frames[0], frames[1:]
-        if sum(len(f) for f in frames) > self.config.max_frame_bytes:
+        client = frames[0]
+        if sum(len(f) for f in frames) > P.MAX_REQUEST_BYTES:
             self.reply_error(client, "?", P.ERR_BAD_REQUEST, "request too large")
             return
         try:
-            msg = P.decode(frames)
-            if msg.type != P.REQUEST:
-                raise P.ProtocolError(f"expected {P.REQUEST}, got {msg.type}")
-            P.check_request(msg.body)
+            incoming = self.frontend.receive(frames)
         except P.ProtocolError as exc:
             rid = _rid_of(frames)
-            self.lamport.tick()
             self.log.recv(client_peer(client), f"bad request rid={rid}: {exc}")
             self.reply_error(client, rid, P.ERR_BAD_REQUEST, str(exc))
             return
-        self.lamport.merge(msg.lamport)
-        body = msg.body
-        peer = body["user"] or "anonymous"
+        req = incoming.msg
+        peer = req.user or "anonymous"
         self.requests += 1
-        if body["op"] == P.OP_STATUS:
-            self.log.recv(peer, f"status rid={body['rid']}")
-            self.reply(client, body["rid"], self.status())
+        if req.op == P.OP_STATUS:
+            self.log.recv(peer, f"status rid={req.rid}")
+            self.reply(client, req.rid, self.status())
             return
-        self.route(client, peer, body, frames[2])
+        self.route(client, peer, req, frames[-1])
 
-    def route(self, client: bytes, peer: str, body: dict, raw_body: bytes) -> None:
+    def route(self, client: bytes, peer: str, req: P.Request, raw_body: bytes) -> None:
         now = time.monotonic()
         while True:
-            entry = self.pick_server(body["server"], now, body)
+            entry = self.pick_server(req.server, now, req)
             if entry is None:
-                what = (f"server {body['server']} is not serving" if body["server"]
+                what = (f"server {req.server} is not serving" if req.server
                         else "no server is serving; retry")
-                code = P.ERR_NO_SUCH_SERVER if body["server"] else P.ERR_UNAVAILABLE
-                self.log.recv(peer, f"{body['op']} rid={body['rid']} refused: {what}")
-                self.reply_error(client, body["rid"], code, what)
+                code = P.ERR_NO_SUCH_SERVER if req.server else P.ERR_UNAVAILABLE
+                self.log.recv(peer, f"{req.op} rid={req.rid} refused: {what}")
+                self.reply_error(client, req.rid, code, what)
                 return
-            stamp = self.lamport.tick()
-            try:
-                P.send(self.backend, [entry.identity, client, P.REQUEST.encode(),
-                                      str(stamp).encode(), raw_body], zmq.NOBLOCK)
+            try:                        # the body was validated: relayed as it came
+                self.backend.relay(P.REQUEST, raw_body, entry.identity, client,
+                                   flags=zmq.NOBLOCK)
             except zmq.ZMQError:        # EHOSTUNREACH: it went away; drop it and pick again
                 self.forget(entry, "unreachable")
                 continue
-            self.log.line("route", f"{peer}->server-{entry.id}",
-                          f"{body['op']} rid={body['rid']}")
+            self.log.line("route", f"{peer}->server-{entry.id}", f"{req.op} rid={req.rid}")
             return
 
     def pick_server(self, pinned: int | None, now: float,
-                    body: dict | None = None) -> ServerEntry | None:
+                    req: P.Request | None = None) -> ServerEntry | None:
         if pinned is not None:
             entry = self.servers.get(pinned)
             return entry if entry and entry.alive(now) and entry.phase == "serving" else None
         pool = [e for e in self.servers.values() if e.alive(now) and e.phase == "serving"]
         if not pool:
             return None
-        if body is not None and body["op"] in P.SEEN_OPS:
+        if req is not None and req.op in P.SEEN_OPS:
             # one server decides what a user has seen: two listens of one user
             # parked on two servers would each mark (and push) the same items
-            return max(pool, key=lambda e: _home_rank(body["user"], e.id))
+            return max(pool, key=lambda e: _home_rank(req.user, e.id))
         return pool[next(self._rr) % len(pool)]
 
     def reply(self, client: bytes, rid: str, result: dict) -> None:
-        body = {"rid": rid, "ok": True, "server": None, "time": self.clock.stamp(),
-                "result": result}
-        self._send_front(client, body, f"ok rid={rid}")
+        self._send_front(client, P.Reply(rid=rid, ok=True, server=None, time=self.clock.stamp(),
+                                         result=result), f"ok rid={rid}")
 
     def reply_error(self, client: bytes, rid: str, code: str, error: str) -> None:
-        body = {"rid": rid, "ok": False, "server": None, "time": self.clock.stamp(),
-                "code": code, "error": error}
-        self._send_front(client, body, f"error {code} rid={rid}: {error}")
+        self._send_front(client, P.Reply(rid=rid, ok=False, server=None, time=self.clock.stamp(),
+                                         code=code, error=error),
+                         f"error {code} rid={rid}: {error}")
 
-    def _send_front(self, client: bytes, body: dict, what: str) -> None:
-        stamp = self.lamport.tick()
-        P.send(self.frontend, [client] + P.encode(P.REPLY, stamp, body))
+    def _send_front(self, client: bytes, reply: P.Reply, what: str) -> None:
+        try:
+            self.frontend.send(reply, client, flags=zmq.NOBLOCK)
+        except zmq.Again:               # the user stopped reading: its queue is full
+            return
         self.log.send(client_peer(client), what)
 
     # --- servers ---------------------------------------------------------------
     def on_backend(self, frames: list[bytes]) -> None:
-        if len(frames) != 5:
-            self.log.warn(f"dropped malformed backend message ({len(frames)} frames)")
-            return
-        identity, route, msg_frames = frames[0], frames[1], frames[2:]
         try:
-            msg = P.decode(msg_frames)
+            incoming = self.backend.receive(frames)
         except P.ProtocolError as exc:
-            self.log.warn(f"dropped bad backend message: {exc}")
+            self.log.warn(f"dropped a bad backend message: {exc}")
             return
-        self.lamport.merge(msg.lamport)
+        identity, route = incoming.envelope
+        msg = incoming.msg
         entry_id = self._by_identity.get(identity)
         if entry_id is not None:
             self.servers[entry_id].expiry = time.monotonic() + self.config.server_timeout
         if route:
-            self.forward_reply(identity, route, msg, msg_frames)
-        elif msg.type in (P.READY, P.HEARTBEAT, P.LEAVE):
-            getattr(self, "on_" + msg.type.lower())(identity, msg.body)
+            if isinstance(msg, P.Reply):
+                self.forward_reply(identity, route, msg, frames[-1])
+            else:
+                self.log.warn(f"dropped {msg.TYPE} routed to a client")
+        elif isinstance(msg, P.Ready):
+            self.on_ready(identity, msg)
+        elif isinstance(msg, P.Heartbeat):
+            self.on_hb(identity, msg)
+        elif isinstance(msg, P.Leave):
+            self.on_leave(identity, msg)
         else:
-            self.log.warn(f"dropped unexpected {msg.type} on backend")
+            self.log.warn(f"dropped {msg.TYPE} without a route on the backend")
 
-    def forward_reply(self, identity: bytes, route: bytes, msg: P.Message,
-                      msg_frames: list[bytes]) -> None:
-        if msg.type not in (P.REPLY, P.PUSH):
-            self.log.warn(f"dropped {msg.type} routed to a client")
-            return
-        stamp = self.lamport.tick()
+    def forward_reply(self, identity: bytes, route: bytes, msg: P.Reply, raw_body: bytes) -> None:
         try:
-            P.send(self.frontend, [route, msg_frames[0], str(stamp).encode(), msg_frames[2]])
-        except zmq.ZMQError:
+            self.frontend.relay(P.REPLY, raw_body, route, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:            # the user is gone, or stopped reading
             return
         server = self._by_identity.get(identity, "?")
         self.log.line("reply", f"server-{server}->{client_peer(route)}",
-                      f"{msg.type} rid={msg.body.get('rid', '-')} ok={msg.body.get('ok', '-')}")
+                      f"REP rid={msg.rid} ok={msg.ok}")
 
     def _register(self, identity: bytes, server_id: int) -> ServerEntry:
         entry = self.servers.get(server_id)
@@ -302,42 +301,39 @@ class Broker:
         entry.expiry = time.monotonic() + self.config.server_timeout
         return entry
 
-    def on_ready(self, identity: bytes, body: dict) -> None:
-        entry = self._register(identity, body["id"])
+    def on_ready(self, identity: bytes, msg: P.Ready) -> None:
+        entry = self._register(identity, msg.id)
         entry.left = False                       # only READY brings a leaver back
         entry.phase = "serving"
         self.log.recv(f"server-{entry.id}", "READY: joins the pool")
 
-    def on_hb(self, identity: bytes, body: dict) -> None:
-        if not isinstance(body.get("id"), int):
+    def on_hb(self, identity: bytes, msg: P.Heartbeat) -> None:
+        if msg.id is None or msg.status is None or msg.status.id != msg.id:
+            self.log.warn(f"dropped a heartbeat without a server's status on the backend")
             return
-        entry = self._register(identity, body["id"])
-        phase = body.get("phase")
+        entry = self._register(identity, msg.id)
+        phase = msg.status.phase
         if entry.left and phase in ("joining", "syncing"):
             entry.left = False                   # a new life after a graceful leave
-        if isinstance(phase, str) and phase != entry.phase:
+        if phase != entry.phase:
             self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
             entry.phase = phase
-        entry.info = {k: v for k, v in body.items() if k not in ("id", "clock")}
-        if not _is_int(entry.info.get("epoch")):      # status() compares epochs
-            entry.info.pop("epoch", None)
-        if body.get("coordinator") == entry.id:
-            self.follow_clock(entry.id, body.get("clock"))
+        entry.info = P.to_builtins(msg.status)
+        if msg.status.coordinator == entry.id and msg.clock is not None:
+            self.follow_clock(entry.id, msg.clock)
 
-    def follow_clock(self, server_id: int, server_time) -> None:
+    def follow_clock(self, server_id: int, server_time: float) -> None:
         """Keep the broker's physical clock on the servers' synchronized time
         (Cristian's method without the round trip: a heartbeat takes well under a
         millisecond here), taking the coordinator's clock as the reference."""
-        if isinstance(server_time, bool) or not isinstance(server_time, (int, float)):
-            return
         delta = server_time - self.clock.now()
-        if abs(delta) > CLOCK_TOLERANCE:
+        if abs(delta) > self.config.clock_tolerance:
             self.clock.adjust(delta)
             self.log.note(f"clock corrected by {delta * 1000:+.3f} ms from server-{server_id} "
                           f"(the coordinator)")
 
-    def on_leave(self, identity: bytes, body: dict) -> None:
-        entry = self.servers.get(body["id"])
+    def on_leave(self, identity: bytes, msg: P.Leave) -> None:
+        entry = self.servers.get(msg.id)
         if entry is not None and entry.identity == identity:
             entry.left = True
             entry.phase = "gone"
@@ -356,13 +352,11 @@ class Broker:
         self._heartbeat_at = now + self.config.heartbeat_interval
         for entry in self.servers.values():
             if entry.phase != "gone" and not entry.alive(now):
-                self.forget(entry, f"silent for {self.config.server_timeout:.1f}s")
+                self.forget(entry, f"silent for {self.config.server_timeout * 1000:.0f} ms")
             if entry.phase == "gone":
                 continue
-            stamp = self.lamport.tick()
             try:
-                P.send(self.backend, [entry.identity, b""] + P.encode(
-                    P.HEARTBEAT, stamp, {"id": None}), zmq.NOBLOCK)
+                self.backend.send(P.Heartbeat(), entry.identity, b"", flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 
@@ -371,9 +365,8 @@ class Broker:
         servers = []
         for entry in sorted(self.servers.values(), key=lambda e: e.id):
             alive = entry.alive(now)
-            row = {"id": entry.id, "alive": alive,
+            row = {**entry.info, "id": entry.id, "alive": alive,
                    "phase": entry.phase if alive else "gone"}
-            row.update({k: v for k, v in entry.info.items() if k not in ("phase",)})
             servers.append(row)
         live = [s for s in servers if s["alive"]]
         best = max(live, key=lambda s: s.get("epoch", -1), default=None)
@@ -389,14 +382,10 @@ def _home_rank(user: str, server_id: int) -> int:
     return int.from_bytes(digest, "big")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _rid_of(frames: list[bytes]) -> str:
     """Best effort: the rid of a request we could not accept, for the error reply."""
     try:
-        body = P.loads(frames[2]) if len(frames) == 3 else None
+        body = P.loads(frames[-1]) if len(frames) == 4 else None
         rid = body.get("rid") if isinstance(body, dict) else None
         return rid if isinstance(rid, str) and len(rid) <= 64 else "?"
     except Exception:  # noqa: BLE001 - any garbage: no rid

@@ -183,7 +183,7 @@ class ListenLoop:
 
     def __init__(self, session, since: int, show) -> None:
         self.session, self.since, self.show = session, since, show
-        self.in_flight: dict | None = None
+        self.in_flight = None                # the parked request (protocol.Request)
 
     def poll(self, wait: float) -> None:
         conn = self.session.connection
@@ -199,7 +199,7 @@ class ListenLoop:
         conn = self.session.connection
         conn.config = dataclasses.replace(conn.config, request_deadline=1.0)
         try:
-            self.show(conn.exchange({**self.in_flight, "args": {**self.in_flight["args"], "wait": 0}}))
+            self.show(conn.exchange(protocol.with_args(self.in_flight, wait=0.0)))
         except (ClientError, KeyboardInterrupt):
             pass
 

@@ -20,7 +20,7 @@ import zmq
 from common import protocol
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
-from common.log import ProcessLog
+from common.log import ProcessLog, args_brief
 
 RETRY_FIRST_DELAY = 0.1
 """Seconds to wait before resending after a retryable error reply..."""
@@ -45,16 +45,6 @@ def new_rid() -> str:
 
 def peer_name(server: int | None) -> str:
     return "broker" if server is None else f"server-{server}"
-
-
-def describe_args(args: dict) -> str:
-    """``text='hello, wor…' limit=20`` for a log line."""
-    parts = []
-    for name, value in args.items():
-        if isinstance(value, str) and len(value) > 40:
-            value = value[:40] + "…"
-        parts.append(f"{name}={value!r}")
-    return " ".join(parts)
 
 
 def describe_result(result: dict) -> str:
@@ -86,25 +76,22 @@ class Connection:
         self._socket = self._open_socket()
 
     # --- the public verbs -------------------------------------------------
-    def build(self, op: str, args: dict, server: int | None = None) -> dict:
-        """A validated REQUEST body with a fresh rid; ClientError if it is invalid."""
-        body = {"rid": new_rid(), "op": op, "user": self.user, "args": args,
-                "server": server, "time": self.clock.stamp()}
+    def build(self, op: str, args: dict, server: int | None = None) -> protocol.Request:
+        """A validated request with a fresh rid; ClientError if it is invalid."""
         try:
-            protocol.check_request(body)
+            return protocol.request(new_rid(), op, self.user, args, server, self.clock.stamp())
         except protocol.ProtocolError as exc:
             raise ClientError(protocol.ERR_BAD_REQUEST, str(exc)) from None
-        return body
 
     def request(self, op: str, args: dict, server: int | None = None) -> dict:
         """Run one operation; returns its result with ``server`` (who answered) added."""
         return self.exchange(self.build(op, args, server))
 
-    def exchange(self, body: dict) -> dict:
+    def exchange(self, body: protocol.Request) -> dict:
         """Lazy Pirate: send ``body`` until a final reply or the deadline."""
         # a listen is a long poll: the server may rightly keep it for ``wait`` seconds
         patience = self.config.request_timeout + (
-            body["args"]["wait"] if body["op"] == protocol.OP_LISTEN else 0.0)
+            body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
         deadline = time.monotonic() + self.config.request_deadline + patience
         retry_delay = RETRY_FIRST_DELAY
         tries = 0
@@ -121,7 +108,7 @@ class Connection:
                                       f"after {tries} {'try' if tries == 1 else 'tries'}")
                 continue
             self._synchronize_clock(reply, sent_at)
-            if reply["ok"]:
+            if reply.ok:
                 return self._result_of(reply)
             error = self._error_of(reply)
             if error.code not in protocol.RETRYABLE_ERRORS or \
@@ -139,6 +126,7 @@ class Connection:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
         socket.connect(self.endpoint)
+        self._endpoint = protocol.Endpoint(socket, protocol.BROKER_TO_CLIENT, self.lamport)
         return socket
 
     def _reopen_socket(self, tries: int) -> None:
@@ -148,68 +136,59 @@ class Connection:
         self._note(f"no reply to try {tries} from the broker at {self.endpoint}; "
                    f"reconnected", level="WARNING")
 
-    def _send(self, body: dict, tries: int) -> float:
+    def _send(self, body: protocol.Request, tries: int) -> float:
         """Send ``body`` once; returns the monotonic send time."""
-        frames = protocol.encode(protocol.REQUEST, self.lamport.tick(), body)
-        parts = [body["op"], f"rid={body['rid']}", describe_args(body["args"])]
-        if body["server"] is not None:
-            parts.append(f"server={body['server']}")
+        parts = [body.op, f"rid={body.rid}", args_brief(body.args)]
+        if body.server is not None:
+            parts.append(f"server={body.server}")
         if tries > 1:
             parts.append(f"try={tries}")
-        self._log("send", "broker", " ".join(part for part in parts if part))
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._endpoint.send(body, flags=zmq.NOBLOCK)
         except zmq.Again:
             self._note("send queue full; waiting for the broker", level="WARNING")
+        self._log("send", "broker", " ".join(part for part in parts if part))
         return time.monotonic()
 
-    def _wait_for_reply(self, body: dict, timeout_at: float) -> dict | None:
+    def _wait_for_reply(self, body: protocol.Request, timeout_at: float) -> protocol.Reply | None:
         """The reply to ``body`` (by rid), or None when ``timeout_at`` passes."""
         while True:
             remaining = timeout_at - time.monotonic()
             if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
                 return None
-            frames = self._socket.recv_multipart()
             try:
-                message = protocol.decode(frames)
+                reply = self._endpoint.receive(self._socket.recv_multipart()).msg
             except protocol.ProtocolError as exc:
                 self._note(f"dropped a malformed reply: {exc}", level="WARNING")
                 continue
-            self.lamport.merge(message.lamport)
-            reply = message.body
-            peer = peer_name(reply.get("server") if message.type == protocol.REPLY else None)
-            if message.type != protocol.REPLY or reply["rid"] != body["rid"]:
-                self._log("recv", peer, f"{message.type} rid={reply.get('rid')} "
-                                        f"ignored (not the reply to rid={body['rid']})")
+            peer = peer_name(reply.server)
+            if reply.rid != body.rid:
+                self._log("recv", peer, f"REP rid={reply.rid} "
+                                        f"ignored (not the reply to rid={body.rid})")
                 continue
-            self._log("recv", peer, self._describe_reply(body["op"], reply))
+            self._log("recv", peer, self._describe_reply(body.op, reply))
             return reply
 
     # --- replies ------------------------------------------------------------
     @staticmethod
-    def _describe_reply(op: str, reply: dict) -> str:
-        if reply["ok"]:
-            result = reply.get("result")
-            summary = describe_result(result) if isinstance(result, dict) else ""
-            return f"{op} ok rid={reply['rid']} {summary}".rstrip()
-        return (f"{op} error {reply.get('code', protocol.ERR_INTERNAL)} "
-                f"rid={reply['rid']}: {reply.get('error', '')}")
+    def _describe_reply(op: str, reply: protocol.Reply) -> str:
+        if reply.ok:
+            summary = describe_result(reply.result) if reply.result is not None else ""
+            return f"{op} ok rid={reply.rid} {summary}".rstrip()
+        return f"{op} error {reply.code or protocol.ERR_INTERNAL} rid={reply.rid}: {reply.error or ''}"
 
     @staticmethod
-    def _result_of(reply: dict) -> dict:
-        result = reply.get("result")
-        if not isinstance(result, dict):
+    def _result_of(reply: protocol.Reply) -> dict:
+        if reply.result is None:
             raise ClientError(protocol.ERR_INTERNAL, "the reply carries no result")
-        return {**result, "server": reply["server"]}
+        return {**reply.result, "server": reply.server}
 
     @staticmethod
-    def _error_of(reply: dict) -> ClientError:
-        code = reply.get("code")
-        code = code if isinstance(code, str) and code else protocol.ERR_INTERNAL
-        message = reply.get("error")
-        return ClientError(code, str(message) if message else f"request failed ({code})")
+    def _error_of(reply: protocol.Reply) -> ClientError:
+        code = reply.code or protocol.ERR_INTERNAL
+        return ClientError(code, reply.error or f"request failed ({code})")
 
-    def _synchronize_clock(self, reply: dict, sent_at: float) -> None:
+    def _synchronize_clock(self, reply: protocol.Reply, sent_at: float) -> None:
         """Cristian: the server read its clock as it replied, so the time now
         lies within [time, time + rtt]; take the middle, time + rtt/2.
 
@@ -217,18 +196,18 @@ class Connection:
         better than it. Only servers keep a synchronized clock (Berkeley); a
         reply from the broker itself (``server`` is None) does not correct ours.
         """
-        if reply["server"] is None:
+        if reply.server is None:
             return
         now = self.clock.now()
         rtt = time.monotonic() - sent_at
-        if reply["time"] <= now <= reply["time"] + rtt:
+        if reply.time <= now <= reply.time + rtt:
             return
-        delta = reply["time"] + rtt / 2 - now
+        delta = reply.time + rtt / 2 - now
         self.clock.adjust(delta)
         self.clock_correction += delta
         if abs(delta) > CLOCK_NOTE_THRESHOLD:
             self._note(f"clock corrected by {delta * 1000:+.1f} ms from "
-                       f"{peer_name(reply['server'])} (rtt {rtt * 1000:.1f} ms)")
+                       f"{peer_name(reply.server)} (rtt {rtt * 1000:.1f} ms)")
 
     # --- logging --------------------------------------------------------------
     def _log(self, direction: str, peer: str, what: str) -> None:

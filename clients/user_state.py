@@ -61,6 +61,6 @@ def _is_valid(saved: object) -> bool:
         return False
     lamport, offset = saved.get("lamport"), saved.get("clock_offset")
     return (isinstance(lamport, int) and not isinstance(lamport, bool)
-            and 0 <= lamport <= protocol.MAX_LAMPORT
+            and 0 <= lamport <= protocol.MAX_STAMP - 1
             and isinstance(offset, (int, float)) and not isinstance(offset, bool)
             and isinstance(saved.get("registered"), bool))

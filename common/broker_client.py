@@ -32,22 +32,20 @@ class BrokerClient:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.connect(self.endpoint)
+        self.link = P.Endpoint(sock, P.BROKER_TO_CLIENT, self.lamport)
         return sock
 
     def request(self, op: str, args: dict, timeout: float) -> tuple[str, dict | None]:
         """(rid, the reply's body); the body is None when no reply came within ``timeout``."""
         self.sent += 1
         rid = f"{self.prefix}-{self.sent}"
-        body = {"rid": rid, "op": op, "user": self.user, "args": args, "server": None,
-                "time": time.time()}
-        self.sock.send_multipart(P.encode(P.REQUEST, self.lamport.tick(), body))
+        self.link.send(P.request(rid, op, self.user, args, None, time.time()))
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0 \
                 and self.sock.poll(max(1, int(remaining * 1000))):
-            msg = P.decode(self.sock.recv_multipart())
-            self.lamport.merge(msg.lamport)
-            if msg.body["rid"] == rid:
-                return rid, msg.body
+            reply = self.link.receive(self.sock.recv_multipart()).msg
+            if reply.rid == rid:
+                return rid, P.to_builtins(reply)
         self.sock.close(0)                   # a late reply must not answer the next request
         self.sock = self._open()
         return rid, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -76,16 +76,38 @@ class Config:
     fetch_batch: int = 5000
     """Events per catch-up reply."""
 
-    # --- limits -----------------------------------------------------------
-    max_text: int = 500
-    max_frame_bytes: int = 64 * 1024
-    """Client frames larger than this are refused."""
+    gap_grace: float = 0.3
+    """Seconds a peer may be ahead of us before we pull (its EVENT may be in flight)."""
+    fetch_timeout: float = 2.0
+    """Seconds a pull may go unanswered before it is sent again."""
+    checkpoint_quiet_s: float = 0.25
+    """A due checkpoint waits for this long without writes: a fold under load stalls
+    the machine for 30-80 ms (see servers/checkpointer.py), which users would see."""
+    leave_deadline: float = 1.0
+    """Seconds a leaving server (SIGTERM) waits for its writes' copies before exiting."""
+
+    # --- event loops ----------------------------------------------------------
+    tick_every: float = 0.002
+    """Seconds between runs of a server's periodic jobs: under load a loop turn takes
+    well under a millisecond, and no job needs a finer clock (the finest, a Berkeley
+    probe gap, is 20 ms)."""
+    drain: int = 1000
+    """Messages a server reads from one socket per loop turn: batches its log flushes,
+    EVENTs and ACKs under load, and keeps one socket from starving the others."""
+    log_flush_every: float = 0.05
+    """Seconds a log line may wait before it reaches the file (tail -f sees it that late)."""
+    hwm: int = 200_000
+    """High-water mark of the sockets between the broker and the servers (messages):
+    deep enough that a burst never drops replication or requests silently."""
+    client_hwm: int = 1000
+    """High-water mark of the broker's frontend, per user connection: a user that
+    stops reading its replies costs at most this many queued replies."""
+    clock_tolerance: float = 0.005
+    """Seconds the broker's clock may differ from the coordinator's before it is corrected."""
 
     # --- test-only fault switches ------------------------------------------
     drop_rate: float = 0.0
     """Fraction of incoming replication bus messages a server drops (tests only)."""
-
-    extra: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------------
     @property
@@ -143,6 +165,18 @@ class Config:
             raise ConfigError("drop_rate must lie in [0, 1)")
         if self.request_timeout <= 0 or self.request_deadline < self.request_timeout:
             raise ConfigError("request_deadline must be at least one request_timeout")
+        if self.fetch_timeout <= self.gap_grace:
+            raise ConfigError("fetch_timeout must be longer than gap_grace")
+        if not 0 < self.tick_every <= self.heartbeat_interval / 10:
+            raise ConfigError("tick_every must be positive and at most a tenth of a heartbeat")
+        if self.drain < 1 or self.hwm < self.drain or self.client_hwm < 1:
+            raise ConfigError("drain, hwm and client_hwm must be positive, hwm at least drain")
+        if not 0 < self.log_flush_every <= 1.0:
+            raise ConfigError("log_flush_every must lie in (0, 1] seconds")
+        if self.leave_deadline + self.heartbeat_interval > 2.0:
+            raise ConfigError("a leaving server must be gone within 2 s: leave_deadline too long")
+        if self.clock_tolerance <= 0:
+            raise ConfigError("clock_tolerance must be positive")
         return self
 
 
@@ -160,8 +194,6 @@ def load_config(**overrides) -> Config:
     (``None`` values in overrides are ignored, so CLI options can pass through)."""
     values = {}
     for f in dataclasses.fields(Config):
-        if f.name == "extra":
-            continue
         raw = os.environ.get(f"SOCIAL_{f.name.upper()}")
         if raw is not None:
             try:

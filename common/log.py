@@ -10,7 +10,7 @@ clock after merging it), the process, the direction and the peer involved, and
 what happened. ``run_all.py timeline`` merges every file by ``L=`` exactly.
 
 Lines are formatted at once but handed to loguru together, at most
-``FLUSH_EVERY`` seconds later (``flush_if_due()`` every loop turn): one loguru
+``flush_every`` seconds later (``Config.log_flush_every``) (``flush_if_due()`` every loop turn): one loguru
 call costs ~35 µs, and a busy server writes a dozen lines per client write, so
 per-line calls would cost more than the write itself.
 """
@@ -25,9 +25,6 @@ from pathlib import Path
 from loguru import logger
 
 from common.clock import LamportClock, PhysicalClock
-
-FLUSH_EVERY = 0.05
-"""Seconds a line may wait before it reaches the file (tail -f sees it that late)."""
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
 
@@ -48,8 +45,9 @@ class ProcessLog:
     """The log of one process; every call writes exactly one line."""
 
     def __init__(self, process: str, path: Path | str, lamport: LamportClock,
-                 clock: PhysicalClock, echo: bool = False) -> None:
+                 clock: PhysicalClock, echo: bool = False, flush_every: float = 0.05) -> None:
         self.process = process
+        self.flush_every = flush_every
         self.lamport = lamport
         self.clock = clock
         path = Path(path)
@@ -79,10 +77,10 @@ class ProcessLog:
         if self._pending:
             logger.info("\n".join(self._pending))
             self._pending.clear()
-        self._flush_at = time.monotonic() + FLUSH_EVERY
+        self._flush_at = time.monotonic() + self.flush_every
 
     def flush_if_due(self) -> float | None:
-        """Flush when FLUSH_EVERY has passed since the last flush (call every loop
+        """Flush when ``flush_every`` has passed since the last flush (call every loop
         turn); returns when to call again, or None if nothing is pending."""
         if not self._pending:
             return None
@@ -117,18 +115,49 @@ def client_peer(route: bytes) -> str:
     return f"client:{route.hex()[-16:]}"
 
 
-def brief(body: dict, width: int = 120) -> str:
-    """``key=value`` pairs of a message body, cut to ``width`` characters."""
-    text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                    for k, v in body.items() if k != "from")
+def _value(v) -> str:
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, dict):
+        return vv_brief(v)
+    if isinstance(v, float):
+        return f"{v:.6f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def brief(body, width: int = 120) -> str:
+    """``key=value`` pairs of a message (a Struct) or a dict, cut to ``width``
+    characters; the sender and fields left at their default are left out."""
+    if not isinstance(body, dict):
+        body = {f: getattr(body, f) for f in body.__struct_fields__
+                if f not in ("sender",) and getattr(body, f) is not None}
+    text = " ".join(f"{k}={_value(v)}" for k, v in body.items() if k != "from")
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def event_brief(event: dict) -> str:
+def vv_brief(vv: dict) -> str:
+    """A version vector (or any int-keyed map) as ``{1:3,2:5}``, the same sent and received."""
+    return "{" + ",".join(f"{k}:{_value(v)}" for k, v in sorted(vv.items())) + "}"
+
+
+def args_brief(args) -> str:
+    """A request's arguments, texts cut to 40 characters: ``text='hello, wor…' limit=20``."""
+    parts = []
+    for name in args.__struct_fields__:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if isinstance(value, str) and len(value) > 40:
+            value = value[:40] + "…"
+        parts.append(f"{name.rstrip('_')}={value!r}")
+    return " ".join(parts)
+
+
+def event_brief(event) -> str:
     """An event as one log fragment: kind, id, origin:seq, author, stamp, data."""
-    data = brief(event["data"], 80)
-    return (f"{event['kind']} id={event['id']} {event['origin']}:{event['seq']} "
-            f"by {event['user']} L={event['lamport']} {data}").rstrip()
+    data = brief(event.data, 80)
+    return (f"{event.kind} id={event.id} {event.origin}:{event.seq} "
+            f"by {event.user} L={event.lamport} {data}").rstrip()
 
 
 def parse_line(line: str) -> dict | None:

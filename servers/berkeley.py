@@ -19,7 +19,6 @@ taken when the message arrived.
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,7 +77,7 @@ class BerkeleySync:
     """One server's part in Berkeley: a coordinator's rounds, a follower's replies."""
 
     def __init__(self, my_id: int, config: Config, clock: PhysicalClock,
-                 publish: Callable[[str, dict], None], log: ProcessLog | None,
+                 publish: Callable[[object], None], log: ProcessLog | None,
                  election: Bully) -> None:
         self.my_id = my_id
         self.config = config
@@ -127,16 +126,16 @@ class BerkeleySync:
         if self._open is None and (self._requested or now >= self._next_round):
             self._open_round(now)
 
-    def on_time_reply(self, body: dict, now: float) -> None:
+    def on_TIME_REPLY(self, msg: protocol.TimeReply, now: float) -> None:
         """Record a reading for my open round, with its round trip and my clock."""
         r = self._open
-        if (r is None or body["to"] != self.my_id or body["round"] != r.number
-                or not 0 <= body["probe"] < len(r.probes)):
+        if (r is None or msg.to != self.my_id or msg.round != r.number
+                or not 0 <= msg.probe < len(r.probes)):
             return
-        reading = Reading(body["time"], now - r.probes[body["probe"]], now)
-        best = r.readings.get(body["from"])
+        reading = Reading(msg.time, now - r.probes[msg.probe], now)
+        best = r.readings.get(msg.sender)
         if best is None or reading.rtt < best.rtt:
-            r.readings[body["from"]] = reading
+            r.readings[msg.sender] = reading
 
     def _open_round(self, now: float) -> None:
         self._last_number += 1
@@ -152,8 +151,8 @@ class BerkeleySync:
         return r.sent + len(r.probes) * self.config.berkeley_probe_gap
 
     def _probe(self, r: Round, now: float) -> None:
-        self._publish(protocol.TIME_QUERY, {"from": self.my_id, "epoch": r.epoch,
-                                            "round": r.number, "probe": len(r.probes)})
+        self._publish(protocol.TimeQuery(sender=self.my_id, epoch=r.epoch, round=r.number,
+                                         probe=len(r.probes)))
         r.probes.append(now)
 
     def _close_round(self, r: Round, now: float) -> None:
@@ -164,9 +163,9 @@ class BerkeleySync:
         corrections = {sid: avg.value - off for sid, off in offsets.items()}
         self.rounds += 1
         self._note(self._describe(r, offsets, avg, corrections))
-        others = {str(sid): delta for sid, delta in corrections.items() if sid != self.my_id}
-        self._publish(protocol.TIME_ADJUST, {"from": self.my_id, "epoch": r.epoch,
-                                             "round": r.number, "corrections": others})
+        others = {sid: delta for sid, delta in corrections.items() if sid != self.my_id}
+        self._publish(protocol.TimeAdjust(sender=self.my_id, epoch=r.epoch, round=r.number,
+                                          corrections=others))
         self._apply(corrections[self.my_id], r.number, self.my_id)
 
     def _describe(self, r: Round, offsets: dict[int, float], avg: Average,
@@ -182,32 +181,27 @@ class BerkeleySync:
                 f"{' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids)}")
 
     # --- every server's side ----------------------------------------------------------
-    def on_time_query(self, body: dict, now: float) -> None:
+    def on_TIME_QUERY(self, msg: protocol.TimeQuery, now: float) -> None:
         """Berkeley step 2: answer the coordinator with my clock reading."""
-        if body["from"] == self.my_id or self._stale("TIME_QUERY", body):
+        if msg.sender == self.my_id or self._stale(msg):
             return
-        self._publish(protocol.TIME_REPLY, {"from": self.my_id, "to": body["from"],
-                                            "round": body["round"], "probe": body["probe"],
-                                            "time": self.clock.now()})
+        self._publish(protocol.TimeReply(sender=self.my_id, to=msg.sender, round=msg.round,
+                                         probe=msg.probe, time=self.clock.now()))
 
-    def on_time_adjust(self, body: dict, now: float) -> None:
+    def on_TIME_ADJUST(self, msg: protocol.TimeAdjust, now: float) -> None:
         """Berkeley step 5: apply my own correction from the coordinator."""
-        if body["from"] == self.my_id or self._stale("TIME_ADJUST", body):
+        if msg.sender == self.my_id or self._stale(msg):
             return
-        delta = body["corrections"].get(str(self.my_id))
+        delta = msg.corrections.get(self.my_id)
         if delta is None:
             return                          # my reply missed that round
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) \
-                or not math.isfinite(delta):
-            self._note(f"ignored TIME_ADJUST from s{body['from']}: bad correction {delta!r}")
-            return
-        self._apply(delta, body["round"], body["from"])
+        self._apply(delta, msg.round, msg.sender)
 
-    def _stale(self, what: str, body: dict) -> bool:
+    def _stale(self, msg) -> bool:
         """Fencing: refuse orders from an epoch older than mine."""
-        epoch, mine = body["epoch"], self.election.epoch
+        epoch, mine = msg.epoch, self.election.epoch
         if epoch < mine:
-            self._note(f"ignored stale {what} from s{body['from']}: epoch {epoch} < mine {mine}")
+            self._note(f"ignored stale {msg.TYPE} from s{msg.sender}: epoch {epoch} < mine {mine}")
             return True
         return False
 

@@ -1,116 +1,121 @@
-"""Point to point between servers: pulling missing events (FETCH -> EVENTS), and
-acknowledging a peer's events to it (ACK).
+"""Catch-up: what a server lacks, and from whom to pull it.
 
-Each server binds a ROUTER on ``peer_port(id)`` and answers FETCH with the
-events it holds beyond the asker's version vector, ``fetch_batch`` at a time;
-the asker keeps one DEALER per peer it pulls from and asks again while the
-answer says ``more``. This is the snapshot-and-catch-up of the ZeroMQ Guide's
-Clone pattern: a new server pulls from an empty vector, a returning one only
-what it missed. The same DEALER carries ACKs to the origin of the events a
-server applied: only the origin counts their copies, so they need no bus.
+PUB/SUB drops messages when a queue fills, and a server that was away missed
+what was said meanwhile. Two signs tell what is missing:
+
+* a **gap**: an event arrives whose predecessor never came. It waits here
+  (``park``) until the missing ones are pulled, and the pull goes out at once;
+* a **peer ahead**: a live peer's version vector holds more of an origin than
+  mine for ``gap_grace`` seconds (its EVENT may just be in flight).
+
+Each origin is pulled from one peer only (the origin itself when it can), so a
+catch-up receives each missing event once; one pull per peer is outstanding at a
+time, re-sent after ``fetch_timeout``. A joining server pulls toward a *target*
+(the most any live peer holds of each origin: the Clone pattern's snapshot
+point) before it serves.
+
+Pure logic: no sockets, no clock reads; ``now`` is ``time.monotonic()``.
 """
 from __future__ import annotations
 
-import time
-
-import zmq
-
 from common import protocol as P
-from servers.replication import FETCH_TIMEOUT
+from servers.peers import Peers
+from servers.state import SocialState
 
 
-class PeerLinks:
-    """The sockets a server talks to its peers through; owned by the server's loop."""
+class CatchUp:
+    def __init__(self, state: SocialState, peers: Peers, gap_grace: float,
+                 fetch_timeout: float) -> None:
+        self.state = state
+        self.peers = peers
+        self.gap_grace = gap_grace
+        self.fetch_timeout = fetch_timeout
+        self.early: dict[int, dict[int, P.Event]] = {}   # origin -> seq -> event
+        self.lag_since: dict[int, float] = {}            # origin -> when I saw I lag
+        self.fetching: dict[int, float] = {}             # peer -> deadline of its pull
+        self.gaps_repaired = 0
 
-    def __init__(self, server) -> None:
-        self.server = server
-        self.dealers: dict[int, zmq.Socket] = {}
-        self.router: zmq.Socket | None = None
+    # --- gaps -------------------------------------------------------------------
+    def park(self, event: P.Event) -> None:
+        """An event beyond the next one of its origin: keep it, pull the gap now."""
+        self.early.setdefault(event.origin, {})[event.seq] = event
+        self.lag_since[event.origin] = 0.0
 
-    def open(self) -> None:
-        cfg = self.server.config
-        self.router = self.server.socket(zmq.ROUTER, self.on_request)
-        self.router.bind(cfg.endpoint(cfg.peer_port(self.server.id)))
+    def next_parked(self, origin: int) -> P.Event | None:
+        """The parked event that now comes next for ``origin``, if any."""
+        waiting = self.early.get(origin)
+        if not waiting:
+            return None
+        event = waiting.pop(self.state.seq_of(origin) + 1, None)
+        if not waiting:
+            del self.early[origin]
+        if event is not None:
+            self.gaps_repaired += 1
+        return event
 
-    def dealer(self, peer_id: int) -> zmq.Socket:
-        sock = self.dealers.get(peer_id)
-        if sock is None:
-            sock = self.server.socket(zmq.DEALER, lambda frames, p=peer_id: self.on_reply(p, frames))
-            cfg = self.server.config
-            sock.connect(cfg.endpoint(cfg.peer_port(peer_id)))
-            self.dealers[peer_id] = sock
-        return sock
+    # --- pulls --------------------------------------------------------------------
+    def due(self, now: float, eager: bool = False) -> dict[int, dict[int, int]]:
+        """Pulls to send now: ``{peer: {origin: seq I hold}}``; ``eager`` (a syncing
+        server) skips the grace."""
+        mine = self.state.vv()
+        ahead = self.ahead(mine, now)
+        due: dict[int, dict[int, int]] = {}
+        for origin, best_peer in ahead.items():
+            since = self.lag_since.setdefault(origin, now)
+            if eager or since == 0.0 or now - since >= self.gap_grace:
+                due.setdefault(best_peer, {})[origin] = mine.get(origin, 0)
+        for origin in list(self.lag_since):
+            if origin not in ahead and origin not in self.early:
+                del self.lag_since[origin]
+        for peer_id in list(due):
+            if self.fetching.get(peer_id, 0.0) > now:
+                del due[peer_id]            # one pull per peer at a time
+            else:
+                self.fetching[peer_id] = now + self.fetch_timeout
+        return due
 
-    def drop(self, peer_id: int) -> None:
-        """A peer is gone: forget its socket (and whatever was queued on it)."""
-        sock = self.dealers.pop(peer_id, None)
-        if sock is not None:
-            self.server.close_socket(sock)
-        self.server.repl.fetching.pop(peer_id, None)
+    def ahead(self, mine: dict[int, int], now: float) -> dict[int, int]:
+        """origin -> a live peer holding more of it than I do (the origin itself
+        when it can)."""
+        ahead: dict[int, int] = {}
+        for peer in self.peers.live(now):
+            for origin, seq in peer.vv.items():
+                if seq > mine.get(origin, 0):
+                    best = ahead.get(origin)
+                    if best is None or peer.id == origin or \
+                            self.peers.table[best].vv.get(origin, 0) < seq:
+                        ahead[origin] = peer.id
+        return ahead
 
-    def fetch(self, peer_id: int, origins: list[int]) -> None:
-        """Ask ``peer_id`` for the events of ``origins`` I lack."""
-        server = self.server
-        stamp = server.lamport.tick()
-        mine = server.state.vv()
-        after = {origin: mine.get(origin, 0) for origin in origins}
-        P.send(self.dealer(peer_id), P.encode(P.FETCH, stamp, {
-            "from": server.id, "after": after, "limit": server.config.fetch_batch}))
-        server.log.send(f"server-{peer_id}", f"FETCH after {after}")
+    def answered(self, peer_id: int, more: bool, now: float) -> None:
+        """A peer's EVENTS came: the pull is done, or (``more``) goes on at once."""
+        if more:
+            self.fetching[peer_id] = now + self.fetch_timeout
+        else:
+            self.fetching.pop(peer_id, None)
 
-    def ack(self, origins: set[int], vv: dict[int, int]) -> None:
-        """Tell each origin what I now hold (its events among them). An ACK that
-        cannot be queued is dropped: the next ACK or BEAT says the same and more."""
-        server = self.server
-        for origin in sorted(origins):
-            stamp = server.lamport.tick()
-            try:
-                P.send(self.dealer(origin), P.encode(P.ACK, stamp, {"from": server.id, "vv": vv}),
-                       zmq.NOBLOCK)
-            except zmq.Again:
-                continue
-            server.log.send(f"server-{origin}", f"ACK vv={vv}")
+    def forget(self, peer_id: int) -> None:
+        """A peer is gone: its outstanding pull will never be answered."""
+        self.fetching.pop(peer_id, None)
 
-    def on_request(self, frames: list[bytes]) -> None:
-        """A peer's FETCH (answer with what I hold beyond its version vector) or ACK."""
-        server = self.server
-        try:
-            msg = P.decode(frames[1:])
-            if msg.type == P.ACK:
-                server.lamport.merge(msg.lamport)
-                server.on_ack(msg.body, time.monotonic())
-                return
-            if msg.type != P.FETCH:
-                raise P.ProtocolError(f"expected FETCH or ACK, got {msg.type}")
-            after = P.parse_vv(msg.body["after"])
-        except P.ProtocolError as exc:
-            server.log.warn(f"dropped bad peer request: {exc}")
-            return
-        server.lamport.merge(msg.lamport)
-        limit = max(1, min(msg.body["limit"], server.config.fetch_batch))
-        events = server.state.events_after(after, limit + 1)
-        more = len(events) > limit
-        body = {"from": server.id, "events": events[:limit], "vv": server.state.vv(), "more": more}
-        stamp = server.lamport.tick()
-        P.send(self.router, [frames[0]] + P.encode(P.EVENTS, stamp, body))
-        server.log.line("serve", f"server-{msg.body['from']}",
-                        f"EVENTS {min(len(events), limit)} events more={more}")
+    # --- joining -------------------------------------------------------------------
+    def target(self, now: float) -> dict[int, int]:
+        """What a joining server must hold before it serves: the most any live
+        peer holds of each origin."""
+        target = self.state.vv()
+        for peer in self.peers.live(now):
+            for origin, seq in peer.vv.items():
+                target[origin] = max(target.get(origin, 0), seq)
+        return target
 
-    def on_reply(self, peer_id: int, frames: list[bytes]) -> None:
-        """EVENTS from a peer: apply them; ask again while it has more."""
-        server = self.server
-        try:
-            msg = P.decode(frames)
-            if msg.type != P.EVENTS:
-                raise P.ProtocolError(f"expected EVENTS, got {msg.type}")
-            events = [P.check_event(e) for e in msg.body["events"]]
-        except P.ProtocolError as exc:
-            server.log.warn(f"dropped bad reply from server-{peer_id}: {exc}")
-            return
-        server.lamport.merge(msg.lamport)
-        new = server.repl.fetched(peer_id, events)
-        server.log.recv(f"server-{peer_id}", f"EVENTS {len(events)} events, {new} new, "
-                        f"more={msg.body['more']}")
-        if msg.body["more"]:
-            server.repl.fetching[peer_id] = time.monotonic() + FETCH_TIMEOUT
-            self.fetch(peer_id, sorted({e["origin"] for e in events}))
+    def lower_unreachable(self, target: dict[int, int], now: float) -> None:
+        """If every live holder of an origin's tail is gone, stop waiting for it."""
+        live = self.peers.live(now)
+        for origin, seq in target.items():
+            best = max([self.state.seq_of(origin)] + [p.vv.get(origin, 0) for p in live])
+            if best < seq:
+                target[origin] = best
+
+    def caught_up(self, target: dict[int, int]) -> bool:
+        mine = self.state.vv()
+        return all(mine.get(o, 0) >= seq for o, seq in target.items())

@@ -27,6 +27,7 @@ import signal
 import time
 from pathlib import Path
 
+from common import protocol as P
 from servers.store import open_tinydb, read_segment
 
 NICE = 19
@@ -81,7 +82,7 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
             jobs += 1
         started = time.monotonic()
         segments = [Path(p) for p in job]
-        events = [e for segment in segments for e in read_segment(segment)]
+        events = [P.to_builtins(e) for segment in segments for e in read_segment(segment)]
         table.insert_multiple(events)
         db.storage.flush()
         for segment in segments:

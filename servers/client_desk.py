@@ -1,114 +1,127 @@
-"""The server's desk for client requests: check them, answer reads, turn writes
-into events, park listens, and answer each write once enough servers hold it.
+"""The server's desk for client requests: answer reads, turn writes into events,
+park listens, and answer each write once enough servers hold it.
 
-It uses the server's sockets and state through ``server`` (one owner: the
-server's loop calls it); what each operation means is in ``requests.py``.
+It holds no socket and no reference to the server: replies go out through the
+``reply`` function it is given, events are made by ``Replication``, and what each
+operation means is in ``requests.py``. Requests arrive already decoded and
+validated (``protocol.Request``).
 """
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 from common import protocol as P
-from common.log import brief, client_peer
+from common.clock import LamportClock, PhysicalClock
+from common.log import ProcessLog, args_brief
 from servers.listeners import Listeners
-from servers.peers import SERVING
+from servers.replication import Replication
+from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests, RequestError
 
 
 class ClientDesk:
-    def __init__(self, server, requests: ClientRequests, listeners: Listeners) -> None:
-        self.server = server
+    def __init__(self, my_id: int, requests: ClientRequests, replication: Replication,
+                 listeners: Listeners, lag: ReplicationLag, lamport: LamportClock,
+                 clock: PhysicalClock, log: ProcessLog | None, *, replicas: int,
+                 reply: Callable[[bytes, P.Reply], None],
+                 unavailable: Callable[[], str | None]) -> None:
+        self.my_id = my_id
         self.requests = requests
+        self.replication = replication
         self.listeners = listeners
+        self.lag = lag
+        self.lamport = lamport
+        self.clock = clock
+        self.log = log
+        self.replicas = replicas
+        self._reply = reply
+        self._unavailable = unavailable
+        """None while serving; else why not (``server-2 is syncing``)."""
 
-    def reply(self, route: bytes, rid: str, result: dict | None = None,
+    def reply(self, route: bytes, rid: str, user: str | None, result: dict | None = None,
               code: str | None = None, error: str | None = None) -> None:
-        server = self.server
-        body = {"rid": rid, "ok": code is None, "server": server.id, "time": server.clock.now()}
-        if code is None:
-            body["result"] = result
-        else:
-            body["code"], body["error"] = code, error
-        server.to_broker(route, P.REPLY, body)
-        what = f"ok replicas={result.get('replicas')}" if code is None else f"{code}: {error}"
-        server.log.send(client_peer(route), f"reply rid={rid} {what}")
+        self._reply(route, P.Reply(rid=rid, ok=code is None, server=self.my_id,
+                                   time=self.clock.now(), result=result, code=code,
+                                   error=error))
+        if self.log is not None:
+            what = f"ok replicas={result.get('replicas')}" if code is None else f"{code}: {error}"
+            self.log.send(user or "anonymous", f"reply rid={rid} {what}")
 
-    def on_request(self, route: bytes, body: dict) -> None:
-        """A client's REQ from the broker: validate, then read or write."""
-        server = self.server
-        rid = body.get("rid", "?")
+    # --- requests in ---------------------------------------------------------------
+    def on_REQ(self, route: bytes, msg: P.Request, now: float) -> None:
+        """A client's request from the broker: read, or write."""
+        if self.log is not None:
+            self.log.recv(msg.user or "anonymous", f"{msg.op} rid={msg.rid} {args_brief(msg.args)}")
         try:
-            P.check_request(body)
-        except P.ProtocolError as exc:
-            server.log.recv(client_peer(route), f"bad request rid={rid}: {exc}")
-            self.reply(route, str(rid)[:64], code=P.ERR_BAD_REQUEST, error=str(exc))
-            return
-        op, user, args = body["op"], body["user"], body["args"]
-        server.log.recv(user, f"{op} rid={rid} {brief(args)}")
-        try:
-            if server.phase != SERVING:
-                raise RequestError(P.ERR_UNAVAILABLE, f"{server.name} is {server.phase}")
-            if op in P.READ_OPS:
-                self.reply(route, rid, self.requests.read(op, user, args))
+            why = self._unavailable()
+            if why is not None:
+                raise RequestError(P.ERR_UNAVAILABLE, why)
+            if msg.op in P.READ_OPS:
+                self.reply(route, msg.rid, msg.user, self.requests.read(msg.op, msg.user, msg.args))
+            elif msg.op in P.WRITE_OPS:
+                self.write(route, msg.rid, msg.op, msg.user, msg.args, now)
             else:
-                self.on_write(route, rid, op, user, args)
+                raise RequestError(P.ERR_BAD_REQUEST, f"{msg.op} is answered by the broker")
         except RequestError as exc:
-            self.reply(route, rid, code=exc.code, error=str(exc))
+            self.reply(route, msg.rid, msg.user, code=exc.code, error=str(exc))
 
-    def on_write(self, route: bytes, rid: str, op: str, user: str, args: dict,
-                 listen_until: float | None = None) -> None:
+    def write(self, route: bytes, rid: str, op: str, user: str, args: P.Args, now: float,
+              listen_until: float | None = None) -> None:
         """Make the event of a write (or find it, for a retry) and wait for its copies."""
-        server = self.server
-        existing = server.state.events.get(rid)
+        existing = self.replication.event(rid)
         if existing is not None:                 # a retry: applied once, answered again
-            if existing["user"] != user:
+            if existing.user != user:
                 raise RequestError(P.ERR_BAD_REQUEST, "request id already used by another user")
-            server.log.note(f"retry of {rid}: already applied as "
-                            f"{existing['origin']}:{existing['seq']}")
-            server.repl.wait(route, rid, existing)
+            if self.log is not None:
+                self.log.note(f"retry of {rid}: already applied as "
+                              f"{existing.origin}:{existing.seq}")
+            self.replication.wait(route, rid, existing, now)
             return
         if op == P.OP_LISTEN:
             self.listeners.drop(rid)             # re-sent: a retry, or the user stopping
         plan = self.requests.plan(op, user, args)
         if isinstance(plan, dict):               # nothing to write
-            if op == P.OP_LISTEN and args["wait"] > 0:
-                until = listen_until or time.monotonic() + args["wait"]
-                self.listeners.park(route, rid, user, args, until)
+            if op == P.OP_LISTEN and args.wait > 0:
+                self.listeners.park(route, rid, user, args, listen_until or now + args.wait)
             else:
-                self.reply(route, rid, plan)
+                self.reply(route, rid, user, plan)
             return
         kind, data = plan
-        event = server.repl.create(kind, user, data, rid, server.lamport.tick(),
-                                   server.clock.stamp())
-        server.outbox.append(event)
-        server.repl.wait(route, rid, event)
+        event = self.replication.create(kind, user, data, rid, self.lamport.tick(),
+                                        self.clock.stamp())
+        self.replication.wait(route, rid, event, now)
 
-    def wake_listeners(self) -> None:
-        """New posts or messages: answer the parked listens that now have items
-        (or, when this server stopped serving, send them elsewhere)."""
-        server = self.server
-        for p in self.listeners.take_all():
+    # --- listens ---------------------------------------------------------------------
+    def wake(self, users, now: float) -> None:
+        """New posts or messages for ``users``: answer their parked listens that now
+        have items (or, when this server stopped serving, send them elsewhere)."""
+        for p in self.listeners.take(users):
             try:
-                if server.phase != SERVING:
-                    raise RequestError(P.ERR_UNAVAILABLE, f"{server.name} is {server.phase}")
-                self.on_write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, p.deadline)
+                why = self._unavailable()
+                if why is not None:
+                    raise RequestError(P.ERR_UNAVAILABLE, why)
+                self.write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, now, p.deadline)
             except RequestError as exc:
-                self.reply(p.route, p.rid, code=exc.code, error=str(exc))
+                self.reply(p.route, p.rid, p.user, code=exc.code, error=str(exc))
 
-    def answer_acked(self) -> None:
-        """Answer every write that now has enough copies (once per loop turn)."""
-        server = self.server
-        for waiter, holders in server.repl.ready(time.monotonic()):
-            event = server.state.events.get(waiter.event_id)
-            if event is None:
-                continue
-            if holders < server.config.replicas:
-                server.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
-                                f"of {server.config.replicas} copies (too few servers alive)")
-            self.reply(waiter.route, waiter.rid, self.requests.result(event, holders))
-            server.lag.answered(event, time.monotonic())
+    def wake_all(self, now: float) -> None:
+        """This server stops serving: every parked listen goes elsewhere at once."""
+        self.wake(list(self.listeners.by_user), now)
 
     def expire_listeners(self, now: float) -> None:
         """Listens that waited ``wait`` seconds in vain are answered empty."""
         for p in self.listeners.take_expired(now):
-            self.reply(p.route, p.rid, {"user": p.user, "items": [], "replicas": None})
+            self.reply(p.route, p.rid, p.user, {"user": p.user, "items": [], "replicas": None})
+
+    # --- replies out -------------------------------------------------------------------
+    def answer_acked(self, now: float) -> None:
+        """Answer every write that now has enough copies (once per loop turn)."""
+        for waiter, holders in self.replication.ready(now):
+            event = self.replication.event(waiter.event_id)
+            if event is None:
+                continue
+            if holders < self.replicas and self.log is not None:
+                self.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
+                              f"of {self.replicas} copies (too few servers alive)")
+            self.reply(waiter.route, waiter.rid, event.user, self.requests.result(event, holders))
+            self.lag.answered(event, now)

@@ -44,7 +44,7 @@ class Bully:
     """One server's view of the election: its state, the coordinator and the epoch."""
 
     def __init__(self, my_id: int, config: Config,
-                 publish: Callable[[str, dict], None], log: ProcessLog | None) -> None:
+                 publish: Callable[[object], None], log: ProcessLog | None) -> None:
         if not 1 <= my_id < EPOCH_STRIDE:
             raise ValueError(f"server id {my_id} is not in 1..{EPOCH_STRIDE - 1}")
         self.my_id = my_id
@@ -102,12 +102,13 @@ class Bully:
         if sender == self._coordinator and sender != self.my_id:
             self._coordinator_seen = max(self._coordinator_seen, now)
 
-    def on_beat(self, sender: int, epoch: int, coordinator: int | None, now: float) -> None:
+    def on_BEAT(self, msg: protocol.Beat, now: float) -> None:
         """Adopt the coordinator a peer's BEAT names if it beats mine.
 
         A BEAT never fills a vacancy at my own epoch: it may name a coordinator that
         its sender has not yet found dead, and re-adopting that would stall elections.
         """
+        sender, epoch, coordinator = msg.sender, msg.epoch, msg.coordinator
         self.saw_peer(sender, now)
         self._see_epoch(epoch)
         if coordinator is None or coordinator == self.my_id:
@@ -124,9 +125,10 @@ class Bully:
         self._state = FOLLOWER
         self._started = False
 
-    def peer_left(self, sender: int, now: float) -> None:
+    def on_BYE(self, msg: protocol.Bye, now: float) -> None:
         """A peer said BYE. If it was my coordinator, waiting ``election_timeout``
         for its silence would only waste time: call the election now."""
+        sender = msg.sender
         if sender != self._coordinator or sender == self.my_id:
             return
         self._note(f"coordinator s{sender} left: election at once")
@@ -134,13 +136,13 @@ class Bully:
         if self._started and self._state != CANDIDATE:
             self._call_election(now)
 
-    def on_election(self, body: dict, now: float) -> None:
+    def on_ELECTION(self, msg: protocol.Election, now: float) -> None:
         """Bully: ELECTION from a lower id gets an ANSWER, and I hold my own election."""
-        sender, epoch = body["from"], body["epoch"]
+        sender, epoch = msg.sender, msg.epoch
         self._see_epoch(epoch)
         if not self._started or sender >= self.my_id:
             return
-        self._send(protocol.ANSWER, {"from": self.my_id, "to": sender, "epoch": self._epoch})
+        self._send(protocol.Answer(sender=self.my_id, to=sender, epoch=self._epoch))
         if self._state == COORDINATOR and epoch <= self._epoch:
             self._announce()                # still current: no need for a new epoch
         elif self._state != CANDIDATE:
@@ -149,19 +151,19 @@ class Bully:
                 self._coordinator = None
             self._call_election(now)
 
-    def on_answer(self, body: dict, now: float) -> None:
+    def on_ANSWER(self, msg: protocol.Answer, now: float) -> None:
         """Bully: a candidate answered by a higher id stops trying to win and waits
         ``coordinator_wait`` for that id's COORDINATOR."""
-        self._see_epoch(body["epoch"])
-        if body["to"] != self.my_id or self._state != CANDIDATE or self._answered:
+        self._see_epoch(msg.epoch)
+        if msg.to != self.my_id or self._state != CANDIDATE or self._answered:
             return
         self._answered = True
         self._deadline = now + self.config.coordinator_wait
 
-    def on_coordinator(self, body: dict, now: float) -> None:
+    def on_COORDINATOR(self, msg: protocol.Coordinator, now: float) -> None:
         """Accept a COORDINATOR with a higher epoch than mine, or my epoch and an id
         no lower than my coordinator's; refuse any other."""
-        sender, epoch = body["from"], body["epoch"]
+        sender, epoch = msg.sender, msg.epoch
         self._see_epoch(epoch)
         if sender == self.my_id:
             return
@@ -206,7 +208,7 @@ class Bully:
         self._deadline = now + self.config.answer_timeout
         self.elections += 1
         self._note(f"election called (epoch {self._epoch})")
-        self._send(protocol.ELECTION, {"from": self.my_id, "epoch": self._epoch})
+        self._send(protocol.Election(sender=self.my_id, epoch=self._epoch))
 
     def _become_coordinator(self) -> None:
         self._epoch = (self._max_epoch // EPOCH_STRIDE + 1) * EPOCH_STRIDE + self.my_id
@@ -235,7 +237,7 @@ class Bully:
             self._call_election(now)
 
     def _announce(self) -> None:
-        self._send(protocol.COORDINATOR, {"from": self.my_id, "epoch": self._epoch})
+        self._send(protocol.Coordinator(sender=self.my_id, epoch=self._epoch))
 
     # --- helpers -------------------------------------------------------------------
     def _outranks(self, coordinator: int, epoch: int, *, fill_vacancy: bool) -> bool:
@@ -250,9 +252,9 @@ class Bully:
     def _see_epoch(self, epoch: int) -> None:
         self._max_epoch = max(self._max_epoch, epoch)
 
-    def _send(self, msg_type: str, body: dict) -> None:
+    def _send(self, msg) -> None:
         self.messages_sent += 1
-        self._publish(msg_type, body)
+        self._publish(msg)
 
     def _note(self, what: str) -> None:
         if self._log is not None:

@@ -1,17 +1,22 @@
-"""One server process: its sockets, its event loop, and its phases.
+"""One server process: its sockets, its event loop, and the dispatch to its roles.
 
 Sockets (all owned by the one loop in ``run``):
 
 * ``broker``  DEALER -> broker backend: client requests in, replies out,
-  READY / HEARTBEAT / LEAVE (Paranoid Pirate worker).
-* ``pub``     PUB -> bus: EVENT, ACK, BEAT, BYE, election and clock messages.
+  READY / HB / LEAVE (the Paranoid Pirate worker).
+* ``pub``     PUB -> bus: EVENT, BEAT, BYE, election and clock messages.
 * ``sub``     SUB <- bus: the same from every other server.
-* ``router``  ROUTER on ``peer_port(id)``: answers peers' FETCH.
-* ``dealers`` one DEALER per peer we pull events from.
+* peer links  (``peer_links.py``) ROUTER on ``peer_port(id)`` for FETCH and ACK,
+  and one DEALER per peer it pulls from or acknowledges to.
 
-Phases: ``joining`` (listen to the bus to learn the peers) -> ``syncing``
-(pull what the peers hold, get the clock set) -> ``serving`` (in the broker's
-pool) -> ``leaving`` (SIGTERM: out of the pool, finish, exit).
+The roles, each owning its state, timers and ``on_<TYPE>`` handlers:
+``Membership`` (phases, heartbeats, stall check), ``Replication`` (apply,
+outbox, quorum), ``CatchUp`` (what to pull from whom), ``ClientDesk``
+(requests in, replies out), ``Bully`` (election) and ``BerkeleySync`` (clocks).
+This module only wires them: it decodes each message (``protocol.Endpoint``:
+Lamport merge on receive, tick on send), hands it to the handlers of its type,
+and runs the periodic jobs. Every handler and job runs under one guard: an
+exception is logged with the message that caused it, and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -26,11 +31,13 @@ from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, brief, event_brief
 from servers.berkeley import BerkeleySync
-from servers.catchup import PeerLinks
+from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
 from servers.election import Bully
 from servers.listeners import Listeners
-from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.membership import Membership
+from servers.peer_links import PeerLinks
+from servers.peers import JOINING, SERVING, SYNCING, Peers
 from servers.replication import Replication
 from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
@@ -42,14 +49,6 @@ LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY
 """Bus messages whose receipt gets a log line here (the others log in their handler;
 BEAT, every heartbeat, only when it changes something)."""
 
-HWM = 200_000
-DRAIN = 1000
-"""Messages read from one socket per loop turn: batches fsyncs and ACKs under load."""
-TICK_EVERY = 0.002
-"""Seconds between runs of the periodic jobs (``tick``): under load a turn takes well
-under a millisecond, and no job needs a finer clock (the finest, a Berkeley probe
-gap, is 20 ms)."""
-
 
 class Server:
     def __init__(self, config: Config, server_id: int, clock: PhysicalClock | None = None) -> None:
@@ -58,57 +57,64 @@ class Server:
         self.config = config
         self.lamport = LamportClock()
         self.clock = clock or PhysicalClock()
-        self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport, self.clock)
+        self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport, self.clock,
+                              flush_every=config.log_flush_every)
         self.state = SocialState()
         # servers hold the same events: their folds would all come at once
         self.store = EventStore(config.server_data_dir(server_id), config.fsync,
                                 config.checkpoint_min, config.checkpoint_ratio,
-                                stagger=1 + 0.25 * ((server_id - 1) % 4))
+                                stagger=1 + 0.25 * ((server_id - 1) % 4),
+                                quiet_s=config.checkpoint_quiet_s)
+        now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout)
-        self.repl = Replication(server_id, self.state, self.store, self.peers, config.replicas)
-        self.listeners = Listeners()
-        self.desk = ClientDesk(self, ClientRequests(self.state), self.listeners)
-        self.outbox: list[dict] = []             # events made this loop turn, to publish
+        self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
+        self.repl = Replication(server_id, self.state, self.store, self.peers, self.catchup,
+                                config.replicas, self.log)
+        self.lag = ReplicationLag(server_id)
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
+        self.membership = Membership(
+            server_id, config, self.peers, self.catchup, self.log, now=now,
+            publish=self.publish, to_broker=self.control, status=self.status,
+            wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
+            idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
+            on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker)
+        self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
+                               self.lag, self.lamport, self.clock, self.log,
+                               replicas=config.replicas, reply=self.reply,
+                               unavailable=self.unavailable)
+        self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
+                               self.close_socket, answer_fetch=self.answer_fetch,
+                               on_ack=self.on_ack, on_events=self.on_events)
         self.bus_handlers = {
-            P.EVENT: self.on_event, P.BEAT: self.on_beat, P.BYE: self.on_bye,
-            P.ELECTION: self.election.on_election, P.ANSWER: self.election.on_answer,
-            P.COORDINATOR: self.election.on_coordinator,
-            P.TIME_QUERY: self.berkeley.on_time_query, P.TIME_REPLY: self.berkeley.on_time_reply,
-            P.TIME_ADJUST: self.berkeley.on_time_adjust}
-        self.links = PeerLinks(self)
-        self.phase = JOINING
-        self.running = True
-        self.started = time.monotonic()
-        self.beat_sent_at = self.started         # when peers and broker last heard me
-        self.leave_requested = False
+            P.EVENT: (self.repl.on_EVENT,),
+            P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT),
+            P.BYE: (self.membership.on_BYE, self.election.on_BYE),
+            P.ELECTION: (self.election.on_ELECTION,),
+            P.ANSWER: (self.election.on_ANSWER,),
+            P.COORDINATOR: (self.election.on_COORDINATOR,),
+            P.TIME_QUERY: (self.berkeley.on_TIME_QUERY,),
+            P.TIME_REPLY: (self.berkeley.on_TIME_REPLY,),
+            P.TIME_ADJUST: (self.berkeley.on_TIME_ADJUST,)}
         self.clock_jumps = 0
-        self.phase_since = self.started
-        self.target: dict[int, int] = {}
-        self.last_write = self.started
-        self.heartbeat_at = 0.0
-        self.broker_seen = self.started
-        self.broker_blocked = False
-        self.bus_seen = self.started
-        self.bus_down = False
-        self.leave_deadline = 0.0
+        self.last_write = now
         self.rng = random.Random()
         self.gc = GcPacer()
         self.tick_at = 0.0                       # when the periodic jobs run next
-        self.lag = ReplicationLag(server_id)
+        self.broker_blocked = False
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, object] = {}
+        self.broker: P.Endpoint | None = None
 
     # --- sockets ------------------------------------------------------------------------
     def socket(self, kind: int, handler=None) -> zmq.Socket:
         """A socket of this server's loop; with a handler, polled and drained by it."""
         sock = self.ctx.socket(kind)
-        sock.sndhwm = HWM
-        sock.rcvhwm = HWM
+        sock.sndhwm = self.config.hwm
+        sock.rcvhwm = self.config.hwm
         if handler is not None:
             self.poller.register(sock, zmq.POLLIN)
             self._handlers[sock] = handler
@@ -123,135 +129,143 @@ class Server:
     def open_sockets(self) -> None:
         cfg = self.config
         self.links.open()
-        self.pub = self.socket(zmq.PUB)
-        self.pub.connect(cfg.endpoint(cfg.bus_in_port))
-        self.sub = self.socket(zmq.SUB, self.on_bus)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(cfg.endpoint(cfg.bus_out_port))
+        self.pub = P.Endpoint(self.socket(zmq.PUB), P.BUS, self.lamport)
+        self.pub.sock.connect(cfg.endpoint(cfg.bus_in_port))
+        sub = self.socket(zmq.SUB, self.on_bus)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(cfg.endpoint(cfg.bus_out_port))
+        self.sub = P.Endpoint(sub, P.BUS, self.lamport)
         self.connect_broker()
 
     def connect_broker(self) -> None:
         """(Re)connect to the broker, as the Paranoid Pirate worker does."""
-        if getattr(self, "broker", None) is not None:
-            self.close_socket(self.broker)
-        self.broker = self.socket(zmq.DEALER, self.on_broker)
-        self.broker.setsockopt(zmq.IDENTITY, self.name.encode())
-        self.broker.connect(self.config.endpoint(self.config.backend_port))
-        self.broker_seen = time.monotonic()
+        if self.broker is not None:
+            self.close_socket(self.broker.sock)
+        sock = self.socket(zmq.DEALER, self.on_broker)
+        sock.setsockopt(zmq.IDENTITY, self.name.encode())
+        sock.connect(self.config.endpoint(self.config.backend_port))
+        self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
 
     # --- sending --------------------------------------------------------------------------
-    def publish(self, msg_type: str, body: dict) -> None:
+    def publish(self, msg) -> None:
         """Send on the bus; every bus send but the periodic BEAT gets a log line."""
-        stamp = self.lamport.tick()
-        P.send(self.pub, P.encode(msg_type, stamp, body))
-        if msg_type == P.EVENT:
-            last = len(body["events"]) - 1
-            for i, event in enumerate(body["events"]):
-                vv = f" vv={body['vv']}" if i == last else ""
-                self.log.send("bus", f"EVENT {event_brief(event)}{vv}")
-        elif msg_type != P.BEAT:
-            self.log.send("bus", f"{msg_type} {brief(body)}")
+        self.pub.send(msg)
+        if isinstance(msg, P.EventBatch):
+            for event in msg.events:
+                self.log.send("bus", f"EVENT {event_brief(event)}")
+        elif not isinstance(msg, P.Beat):
+            self.log.send("bus", f"{msg.TYPE} {brief(msg)}")
 
-    def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
-        stamp = self.lamport.tick()
+    def to_broker(self, msg, route: bytes = b"") -> None:
         try:
-            P.send(self.broker, [route] + P.encode(msg_type, stamp, body), zmq.NOBLOCK)
+            self.broker.send(msg, route, flags=zmq.NOBLOCK)
             self.broker_blocked = False
         except zmq.Again:                        # broker down or far behind: say so once
             if not self.broker_blocked:
-                self.log.warn(f"cannot send to the broker (down?): dropped {msg_type}")
+                self.log.warn(f"cannot send to the broker (down?): dropped {msg.TYPE}")
             self.broker_blocked = True
+
+    def control(self, msg) -> None:
+        """READY, HB or LEAVE to the broker (empty route)."""
+        self.to_broker(msg)
+
+    def reply(self, route: bytes, reply: P.Reply) -> None:
+        self.to_broker(reply, route)
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
         events = self.store.load()
+        for problem in self.store.rejected:
+            self.log.warn(f"stored record set aside (invalid): {problem}")
         loaded = self.repl.load(events)
         # Lamport rule on restart: never stamp below what we already hold
-        self.lamport.merge(max((e["lamport"] for e in events), default=0))
+        self.lamport.merge(max((e.lamport for e in events), default=0))
         self.open_sockets()
         self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
                       f"digest {self.state.digest()[:12]}; joining")
         try:
-            while self.running:
+            while self.membership.running:
                 now = time.monotonic()
                 wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
                 ready = self.poller.poll(max(0.0, wake - now) * 1000)
-                self.check_frozen()
+                self.membership.check_frozen(time.monotonic())
                 for sock, _ in ready:
                     handler = self._handlers.get(sock)
                     if handler is not None:
                         self._drain(sock, handler)
-                self.after_batch()
+                self.guard(self.after_batch)
                 now = time.monotonic()
                 if now >= self.tick_at:
-                    self.tick_at = now + TICK_EVERY
-                    self.tick(now)
+                    self.tick_at = now + self.config.tick_every
+                    self.guard(self.tick, now)
                 self.log.flush_if_due()
         finally:
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
-        for _ in range(DRAIN):
+        for _ in range(self.config.drain):
             try:
                 if not P.readable(sock):
                     return
                 frames = P.recv(sock, zmq.NOBLOCK)
             except zmq.ZMQError:        # socket closed by a handler in this turn
                 return
-            self.check_frozen()                  # a SIGSTOP may land mid-burst
-            try:
-                handler(frames)
-            except Exception as exc:    # noqa: BLE001 - no input may crash the server
-                self.log.warn(f"error handling a message: {type(exc).__name__}: {exc}")
+            self.membership.check_frozen(time.monotonic())   # a SIGSTOP may land mid-burst
+            self.guard(handler, frames)
+
+    def guard(self, fn, *args) -> None:
+        """Run a handler or job; an exception is logged with what caused it, and the
+        server goes on (no input may stop it)."""
+        try:
+            fn(*args)
+        except Exception as exc:    # noqa: BLE001 - the one guard of every handler and job
+            cause = _describe_cause(args)
+            self.log.warn(f"error in {getattr(fn, '__name__', fn)}: {type(exc).__name__}: "
+                          f"{exc} (while handling {cause})")
 
     def next_deadline(self) -> float:
-        deadlines = [self.heartbeat_at, self.election.next_deadline(),
-                     self.berkeley.next_deadline(), self.listeners.next_deadline(),
+        deadlines = [self.membership.next_deadline(), self.election.next_deadline(),
+                     self.berkeley.next_deadline(), self.desk.listeners.next_deadline(),
                      self.log.flush_if_due()]
         return min(d for d in deadlines if d is not None)
 
     def after_batch(self) -> None:
-        """Once per loop turn: make new events durable, ACK them, answer waiting clients."""
-        fresh = self.repl.take_fresh()
+        """Once per loop turn: make new events durable, announce or ACK them, answer
+        waiting clients."""
+        fresh, outbox = self.repl.take_turn()
+        now = time.monotonic()
         if fresh:
             self.store.sync()                    # durable before anyone hears of it
-            self.last_write = time.monotonic()
-        if self.outbox:
+            self.last_write = now
+        if outbox:
             # this turn's new writes, one bus message, and my vector with them: it
             # acknowledges every peer event applied this turn (the ACK rides along)
-            self.publish(P.EVENT, {"from": self.id, "events": self.outbox,
-                                   "vv": self.state.vv()})
-            self.outbox = []
-        elif fresh and self.phase != JOINING:
+            self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv()))
+        elif fresh and self.membership.phase != JOINING:
             # only peers' events: an ACK straight to each origin says I hold them
-            # (no other server counts copies of them, so not on the bus)
-            origins = {e["origin"] for e in fresh} - {self.id}
+            origins = {e.origin for e in fresh} - {self.id}
             if origins:
                 self.links.ack(origins, self.state.vv())
-        if any(e["kind"] in (P.EV_POST, P.EV_DM) for e in fresh):
-            self.desk.wake_listeners()
-        self.desk.answer_acked()
-        self.lag.update(self.state, self.peers, time.monotonic())
+        if fresh:
+            concerned = self.state.concerned(fresh)
+            if concerned:
+                self.desk.wake(concerned, now)
+        self.desk.answer_acked(now)
+        self.lag.update(self.state, self.peers, now)
 
     def tick(self, now: float) -> None:
-        """Idempotent periodic jobs, run at most every TICK_EVERY."""
-        self.check_frozen()                      # before a heartbeat says "serving"
-        if self.leave_requested:
-            self.leave()
+        """Idempotent periodic jobs, run at most every ``tick_every``."""
+        self.membership.tick(now)
         if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
             self.clock_jumps = self.clock.jumps
             self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
         self.desk.expire_listeners(now)
         self.election.tick(now)
         self.berkeley.tick(now)
-        if now >= self.heartbeat_at:
-            self.heartbeat_at = now + self.config.heartbeat_interval
-            self.send_heartbeats(now)
-            self.purge_peers(now)
-        self.advance_phase(now)
-        for peer_id, origins in self.repl.fetches_due(now, eager=self.phase == SYNCING).items():
-            self.links.fetch(peer_id, origins)
+        eager = self.membership.phase == SYNCING
+        for peer_id, after in self.catchup.due(now, eager=eager).items():
+            self.links.fetch(peer_id, after)
         self.store.maybe_checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
         for folded, seconds in self.store.finished():
             self.log.note(f"checkpoint: {folded} events folded into TinyDB "
@@ -261,61 +275,58 @@ class Server:
             self.store.lost = None
         self.gc.tick(now)
 
-    def advance_phase(self, now: float) -> None:
-        if self.phase == JOINING and now - self.phase_since >= 3 * self.config.heartbeat_interval:
-            self.target = self.repl.sync_target(now)
-            self.set_phase(SYNCING, f"target {self.target}")
+    # --- what the roles ask of the server --------------------------------------------------
+    def unavailable(self) -> str | None:
+        phase = self.membership.phase
+        return None if phase == SERVING else f"{self.name} is {phase}"
+
+    def on_phase(self, old: str, new: str, now: float) -> None:
+        if new == SYNCING:
             self.election.start(now)
-        elif self.phase == SYNCING:
-            self.repl.lower_unreachable(self.target, now)
-            clock_set = (self.berkeley.synced      # a coordinator is synced by its own round
-                         or now - self.phase_since >= self.config.join_clock_wait)
-            if self.repl.caught_up(self.target) and clock_set:
-                self.set_phase(SERVING, f"caught up: {self.state.count} events, "
-                                        f"digest {self.state.digest()[:12]}")
-                self.to_broker(b"", P.READY, {"id": self.id})
-        elif self.phase == LEAVING and (not self.repl.waiters or now >= self.leave_deadline):
-            self.running = False
-
-    def check_frozen(self) -> None:
-        """After SIGSTOP/SIGCONT (or any stall) long enough that peers or the broker
-        may have counted us gone, our state may be stale and the cluster has moved
-        on: leave the pool and catch up again before answering anyone, as a joining
-        server does. Measured from our last heartbeat, which is what they judge by."""
-        silent = time.monotonic() - self.beat_sent_at
-        patience = min(self.config.peer_timeout, self.config.server_timeout)
-        if silent < patience - self.config.heartbeat_interval or \
-                self.phase in (JOINING, LEAVING):
-            return
-        self.log.warn(f"stalled for {silent:.1f}s without a heartbeat (frozen?): "
-                      f"catching up before serving again")
-        self.set_phase(JOINING, "resumed after a stall")
-        self.desk.wake_listeners()               # answered "unavailable": listen elsewhere
-        self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": self.phase})
-        self.beat_sent_at = time.monotonic()
-
-    def set_phase(self, phase: str, why: str) -> None:
-        self.log.note(f"phase {self.phase} -> {phase}: {why}")
-        self.phase = phase
-        self.phase_since = time.monotonic()
-        if phase == SYNCING:
             self.berkeley.request_round()
+        if old == SERVING:
+            self.desk.wake_all(now)              # answered "unavailable": listen elsewhere
+        if new == "leaving":
+            self.election.leave()
+
+    def on_peer_gone(self, peer_id: int) -> None:
+        self.links.drop(peer_id)
 
     def request_leave(self, *_args) -> None:
         """The SIGTERM handler: only a flag, so no socket is used inside a signal handler."""
-        self.leave_requested = True
+        self.membership.request_leave()
 
-    def leave(self) -> None:
-        """Out of the pool at once, finish what is waiting, exit within 2 s."""
-        self.leave_requested = False
-        if self.phase == LEAVING:
-            return
-        self.set_phase(LEAVING, "SIGTERM")
-        self.leave_deadline = time.monotonic() + 1.0
-        self.to_broker(b"", P.LEAVE, {"id": self.id})
-        self.desk.wake_listeners()               # "unavailable": they listen elsewhere at once
-        self.election.leave()
-        self.publish(P.BYE, {"from": self.id})
+    def status(self, now: float) -> P.ServerStatus:
+        return P.ServerStatus(
+            id=self.id, phase=self.membership.phase, events=self.state.count,
+            digest=self.state.digest(), lamport=self.lamport.value, vv=self.state.vv(),
+            coordinator=self.election.coordinator, epoch=self.election.epoch,
+            clock_offset_ms=self.berkeley.offset_ms,
+            clock_skew_ms=round(self.clock.skew() * 1000, 3),
+            last_sync=self.berkeley.last_sync,
+            under_replicated=self.repl.under_replicated(now),
+            repl_lag_hist=self.lag.hist.counts,
+            peers=sorted(p.id for p in self.peers.live(now)))
+
+    def answer_fetch(self, msg: P.Fetch) -> P.Events:
+        limit = min(msg.limit, self.config.fetch_batch)
+        events = self.state.events_after(msg.after, limit + 1)
+        return P.Events(sender=self.id, events=events[:limit], vv=self.state.vv(),
+                        more=len(events) > limit)
+
+    def on_ack(self, msg: P.Ack, now: float) -> None:
+        if not self.fault_drops():
+            self.repl.on_ACK(msg, now)
+
+    def on_events(self, peer_id: int, msg: P.Events, now: float) -> None:
+        """A pull's answer: apply it, and ask again while the peer has more."""
+        new = self.repl.on_EVENTS(msg, now)
+        self.log.recv(f"server-{peer_id}", f"EVENTS {len(msg.events)} events, {new} new, "
+                      f"more={msg.more}")
+        self.catchup.answered(peer_id, msg.more, now)
+        if msg.more:
+            mine = self.state.vv()
+            self.links.fetch(peer_id, {o: mine.get(o, 0) for o in {e.origin for e in msg.events}})
 
     def close(self) -> None:
         self.store.close()
@@ -323,128 +334,51 @@ class Server:
         self.ctx.destroy(0)
         self.log.close()
 
-    # --- heartbeats and membership ----------------------------------------------------------
-    def status(self, now: float) -> dict:
-        return {"id": self.id, "phase": self.phase, "events": self.state.count,
-                "digest": self.state.digest(), "lamport": self.lamport.value,
-                "vv": {str(k): v for k, v in self.state.vv().items()},
-                "coordinator": self.election.coordinator, "epoch": self.election.epoch,
-                "clock_offset_ms": self.berkeley.offset_ms,
-                "clock_skew_ms": round(self.clock.skew() * 1000, 3),
-                "last_sync": self.berkeley.last_sync,
-                "under_replicated": self.repl.under_replicated(now),
-                "repl_lag_hist": self.lag.hist.counts,
-                "peers": sorted(p.id for p in self.peers.live(now))}
-
-    def send_heartbeats(self, now: float) -> None:
-        self.beat_sent_at = now
-        status = self.status(now)
-        self.to_broker(b"", P.HEARTBEAT, {**status, "clock": self.clock.now()})
-        beat = {"from": self.id, "phase": self.phase, "vv": status["vv"],
-                "epoch": self.election.epoch, "coordinator": self.election.coordinator,
-                "events": status["events"], "digest": status["digest"]}
-        self.publish(P.BEAT, beat)
-        if now - self.broker_seen > self.config.broker_timeout:
-            self.log.warn(f"broker silent for {now - self.broker_seen:.1f}s: reconnecting")
-            self.connect_broker()
-
-    def purge_peers(self, now: float) -> None:
-        """Peers silent for peer_timeout are gone, unless the bus itself is down
-        (we do not hear our own BEATs either): then we know nothing about them,
-        and counting them gone would let writes be acked with too few copies."""
-        if now - self.bus_seen > self.config.peer_timeout / 2:
-            if not self.bus_down:
-                self.log.warn("bus silent (broker down?): holding peers' liveness")
-            self.bus_down = True
-            self.peers.hold(now)
-            return
-        if self.bus_down:
-            self.log.note("bus back")
-            self.bus_down = False
-        for peer in self.peers.expire(now):
-            self.log.note(f"peer server-{peer.id} gone (silent {self.config.peer_timeout}s)")
-            self.links.drop(peer.id)
-
     # --- broker: client requests ---------------------------------------------------------------
     def on_broker(self, frames: list[bytes]) -> None:
-        self.broker_seen = time.monotonic()
-        if len(frames) != 4:
-            self.log.warn(f"dropped malformed message from the broker ({len(frames)} frames)")
-            return
-        route = frames[0]
+        self.membership.heard_broker(time.monotonic())
         try:
-            msg = P.decode(frames[1:])
+            incoming = self.broker.receive(frames)
         except P.ProtocolError as exc:
-            self.log.warn(f"dropped bad message from the broker: {exc}")
+            self.log.warn(f"dropped a bad message from the broker: {exc}")
             return
-        self.lamport.merge(msg.lamport)
-        if msg.type == P.REQUEST and route:
-            self.desk.on_request(route, msg.body)
+        route = incoming.envelope[0]
+        if isinstance(incoming.msg, P.Request) and route:
+            self.desk.on_REQ(route, incoming.msg, time.monotonic())
+        elif isinstance(incoming.msg, P.Request) or route:
+            self.log.warn(f"dropped {incoming.type} from the broker: wrong route")
 
     # --- bus ------------------------------------------------------------------------------------
     def on_bus(self, frames: list[bytes]) -> None:
         try:
-            msg = P.decode(frames)
+            incoming = self.sub.receive(frames)
         except P.ProtocolError as exc:
-            self.log.warn(f"dropped bad bus message: {exc}")
+            self.log.warn(f"dropped a bad bus message: {exc}")
             return
-        sender = msg.body.get("from")
-        if sender == self.id:
-            self.bus_seen = time.monotonic()       # my own echo: the bus works
+        msg, now = incoming.msg, time.monotonic()
+        if msg.sender == self.id:
+            self.membership.heard_bus(now)       # my own echo: the bus works
             return
-        if msg.type == P.PUSH:
+        if isinstance(msg, P.EventBatch) and self.fault_drops():
             return
-        if msg.type == P.EVENT and self.fault_drops():
-            return
-        self.lamport.merge(msg.lamport)
-        now = time.monotonic()
-        peer, new = self.peers.saw(sender, now)
-        if new:
-            self.log.recv(f"server-{sender}", f"peer appeared ({msg.type})")
-            if self.election.is_coordinator:
-                self.berkeley.request_round()
-        self.election.saw_peer(sender, now)
-        if msg.type in LOGGED_ON_RECEIPT and msg.body.get("to", self.id) == self.id:
-            self.log.recv(f"server-{sender}", f"{msg.type} {brief(msg.body)}")
-        handler = self.bus_handlers.get(msg.type)
-        if handler is not None:
-            handler(msg.body, now)
-
-    def on_event(self, body: dict, now: float) -> None:
-        events = [P.check_event(e) for e in body["events"]]
-        vv = P.parse_vv(body["vv"])              # all checked before anything is applied
-        last = len(events) - 1
-        for i, event in enumerate(events):
-            new = self.repl.receive(event)
-            held = "" if new else " (held or early)"
-            tail = f" vv={body['vv']}" if i == last else ""    # the ACK riding along
-            self.log.recv(f"server-{body['from']}", f"EVENT {event_brief(event)}{held}{tail}")
-        self.peers.update_vv(body["from"], vv)
-
-    def on_ack(self, body: dict, now: float) -> None:
-        """A peer's version vector, sent straight to me (``PeerLinks``) as the origin."""
-        if self.fault_drops():
-            return
-        self.peers.update_vv(body["from"], P.parse_vv(body["vv"]))
-        self.log.recv(f"server-{body['from']}", f"ACK vv={body['vv']}")
+        if self.membership.saw_peer(msg.sender, now) and self.election.is_coordinator:
+            self.berkeley.request_round()
+        self.election.saw_peer(msg.sender, now)
+        if msg.TYPE in LOGGED_ON_RECEIPT and getattr(msg, "to", self.id) == self.id:
+            self.log.recv(f"server-{msg.sender}", f"{msg.TYPE} {brief(msg)}")
+        for handler in self.bus_handlers[msg.TYPE]:
+            handler(msg, now)
 
     def fault_drops(self) -> bool:
         """Test-only fault (``--drop-rate``): lose this replication message."""
         return bool(self.config.drop_rate) and self.rng.random() < self.config.drop_rate
 
-    def on_beat(self, body: dict, now: float) -> None:
-        peer = self.peers.table[body["from"]]
-        if peer.phase != body["phase"]:
-            self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {body['phase']}")
-            peer.phase = body["phase"]
-        vv = P.parse_vv(body["vv"])
-        if body["phase"] == JOINING:               # (re)starting: it may hold less than before
-            self.peers.reset_vv(peer.id, vv)
-        else:                                      # an ACK may have overtaken this BEAT
-            self.peers.update_vv(peer.id, vv)
-        self.election.on_beat(peer.id, body["epoch"], body["coordinator"], now)
 
-    def on_bye(self, body: dict, now: float) -> None:
-        self.peers.left(body["from"])
-        self.log.recv(f"server-{body['from']}", "BYE: peer leaves")
-        self.election.peer_left(body["from"], now)
+def _describe_cause(args: tuple) -> str:
+    """What a handler was given, for the guard's log line: frames, or a message."""
+    if not args:
+        return "a periodic job"
+    first = args[0]
+    if isinstance(first, list) and first and isinstance(first[0], bytes):
+        return " ".join(repr(f[:80]) for f in first)
+    return repr(first)[:200]

@@ -22,11 +22,11 @@ class ReplicationLag:
         self.last_seq = 0
         self.hist = Histogram()
 
-    def answered(self, event: dict, now: float) -> None:
+    def answered(self, event, now: float) -> None:
         """A write of mine was answered (a retry's second answer is not a new write)."""
-        if event["origin"] == self.my_id and event["seq"] > self.last_seq:
-            self.last_seq = event["seq"]
-            self.pending.append((event["seq"], now))
+        if event.origin == self.my_id and event.seq > self.last_seq:
+            self.last_seq = event.seq
+            self.pending.append((event.seq, now))
 
     def update(self, state, peers, now: float) -> None:
         """Once per loop turn: count what every live server now holds."""

@@ -28,14 +28,14 @@ class ClientRequests:
         return name
 
     # --- reads --------------------------------------------------------------------
-    def read(self, op: str, user: str, args: dict) -> dict:
+    def read(self, op: str, user: str, args: P.Args) -> dict:
         state = self.state
         if op == P.OP_FEED:
-            return {"user": user, "posts": state.feed(user, args["limit"])}
+            return {"user": user, "posts": state.feed(user, args.limit)}
         if op == P.OP_CHAT:
-            other = self._known(args["with"])
+            other = self._known(args.with_)
             return {"user": user, "with": other,
-                    "messages": state.chat(user, other, args["limit"])}
+                    "messages": state.chat(user, other, args.limit)}
         if op == P.OP_FOLLOWING:
             return {"user": user, "following": state.follows(user)}
         if op == P.OP_USERS:
@@ -43,51 +43,52 @@ class ClientRequests:
         raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a read")
 
     # --- writes -------------------------------------------------------------------
-    def plan(self, op: str, user: str, args: dict) -> tuple[str, dict] | dict:
+    def plan(self, op: str, user: str, args: P.Args) -> tuple[str, P.EventData] | dict:
         """The (kind, data) of the event to write, or a result when nothing is to be written."""
         if op == P.OP_REGISTER:
             if user in self.state.users:
                 return {"user": user, "new": False, "replicas": None}
-            return P.EV_REGISTER, {}
+            return P.EV_REGISTER, P.EventData()
         if op == P.OP_POST:
-            return P.EV_POST, {"text": args["text"]}
+            return P.EV_POST, P.EventData(text=args.text)
         if op == P.OP_FOLLOW:
-            return P.EV_FOLLOW, {"target": self._known(args["target"])}
+            return P.EV_FOLLOW, P.EventData(target=self._known(args.target))
         if op == P.OP_UNFOLLOW:
-            target = self._known(args["target"])
+            target = self._known(args.target)
             if target not in self.state.following.get(user, ()):
                 raise RequestError(P.ERR_BAD_REQUEST, f"you do not follow {target!r}")
-            return P.EV_UNFOLLOW, {"target": target}
+            return P.EV_UNFOLLOW, P.EventData(target=target)
         if op == P.OP_DM:
-            return P.EV_DM, {"to": self._known(args["to"]), "text": args["text"]}
+            return P.EV_DM, P.EventData(to=self._known(args.to), text=args.text)
         if op == P.OP_NOTIFICATIONS:
-            fresh = self.state.notifications(user)
+            fresh = self.state.notifications(user)      # at most MAX_LIMIT: a reply that fits
             if not fresh:
                 return {"user": user, "notifications": [], "replicas": None}
-            return P.EV_SEEN, {"shown": [p["id"] for p in fresh], "delivered": []}
+            return P.EV_SEEN, P.EventData(shown=[p["id"] for p in fresh], delivered=[])
         if op == P.OP_LISTEN:
-            posts, messages = self.state.unseen(user, args["since"])
+            posts, messages = self.state.unseen(user, args.since)
             if not posts and not messages:
                 return {"user": user, "items": [], "replicas": None}
-            return P.EV_SEEN, {"shown": [p["id"] for p in posts],
-                               "delivered": [m["id"] for m in messages]}
+            messages = messages[:P.MAX_LIMIT - len(posts)]  # one reply's worth; the rest next
+            return P.EV_SEEN, P.EventData(shown=[p["id"] for p in posts],
+                                          delivered=[m["id"] for m in messages])
         raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a write")
 
-    def _seen_result(self, event: dict) -> dict:
+    def _seen_result(self, event: P.Event) -> dict:
         """``notifications`` lists the posts; ``items`` (for listen) posts and
         messages together, each tagged with its type, in logical order."""
-        data, events = event["data"], self.state.events
-        posts = sorted((events[i] for i in data["shown"] if i in events), key=P.order_key)
-        messages = [events[i] for i in data["delivered"] if i in events]
+        data, events = event.data, self.state.events
+        posts = sorted((events[i] for i in data.shown if i in events), key=P.order_key)
+        messages = [events[i] for i in data.delivered if i in events]
         items = sorted(posts + messages, key=P.order_key)
-        return {"user": event["user"],
+        return {"user": event.user,
                 "notifications": [post_view(p, True) for p in posts],
-                "items": [dict(post_view(e), type="post") if e["kind"] == P.EV_POST
+                "items": [dict(post_view(e), type="post") if e.kind == P.EV_POST
                           else dict(dm_view(e), type="message") for e in items]}
 
-    def result(self, event: dict, replicas: int) -> dict:
+    def result(self, event: P.Event, replicas: int) -> dict:
         """What the client sees of a write, from the event that holds it."""
-        kind = event["kind"]
+        kind = event.kind
         if kind == P.EV_POST:
             body = {"post": post_view(event)}
         elif kind == P.EV_DM:
@@ -95,7 +96,7 @@ class ClientRequests:
         elif kind in (P.EV_FOLLOW, P.EV_UNFOLLOW):
             body = {"follow": follow_view(event)}
         elif kind == P.EV_REGISTER:
-            body = {"user": event["user"], "new": True}
+            body = {"user": event.user, "new": True}
         else:  # EV_SEEN: what it marked shown, oldest first
             body = self._seen_result(event)
         body["replicas"] = replicas

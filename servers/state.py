@@ -24,8 +24,8 @@ from common import protocol as P
 Key = tuple  # (lamport, id)
 
 
-def _event_hash(event: dict) -> int:
-    raw = P.dumps_sorted(event)
+def _event_hash(event: P.Event) -> int:
+    raw = P.dumps(event)          # a Struct encodes its fields in one fixed order
     return int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
 
 
@@ -37,13 +37,14 @@ def _remove(sorted_list: list, item) -> None:
 
 class SocialState:
     def __init__(self) -> None:
-        self.by_origin: dict[int, list[dict]] = {}   # every event, seq-1 -> event
-        self.events: dict[str, dict] = {}            # id -> the event that counts
+        self.by_origin: dict[int, list[P.Event]] = {}   # every event, seq-1 -> event
+        self.events: dict[str, P.Event] = {}            # id -> the event that counts
         self.users: dict[str, int] = {}              # name -> events by them
         self.posts: list[Key] = []
         self.posts_by: dict[str, list[Key]] = {}
         self.follow_log: dict[tuple[str, str], list[tuple[Key, bool]]] = {}
         self.following: dict[str, set[str]] = {}
+        self.followers: dict[str, set[str]] = {}     # target -> who follows them now
         self.chats: dict[tuple[str, str], list[Key]] = {}
         self.seen_by: dict[str, list[Key]] = {}      # user -> SEEN events that count
         self.shown: dict[str, set[str]] = {}         # posts shown (notifications, listen)
@@ -62,7 +63,7 @@ class SocialState:
     def next_seq(self, origin: int) -> int:
         return self.seq_of(origin) + 1
 
-    def events_after(self, after: dict[int, int], limit: int) -> list[dict]:
+    def events_after(self, after: dict[int, int], limit: int) -> list[P.Event]:
         """Events of the origins named in ``after`` beyond its seqs, oldest seq first."""
         out: list[dict] = []
         for origin, start in after.items():
@@ -73,18 +74,18 @@ class SocialState:
                     break
         return out
 
-    def apply(self, event: dict) -> bool:
+    def apply(self, event: P.Event) -> bool:
         """Add the next event of its origin. Returns False if already held.
 
         The caller guarantees ``event["seq"] == seq_of(origin) + 1``.
         """
-        log = self.by_origin.setdefault(event["origin"], [])
-        if event["seq"] <= len(log):
+        log = self.by_origin.setdefault(event.origin, [])
+        if event.seq <= len(log):
             return False
-        if event["seq"] != len(log) + 1:
-            raise ValueError(f"gap: seq {event['seq']} after {len(log)}")
+        if event.seq != len(log) + 1:
+            raise ValueError(f"gap: seq {event.seq} after {len(log)}")
         log.append(event)
-        current = self.events.get(event["id"])
+        current = self.events.get(event.id)
         if current is None:
             self._count(event, +1)
         elif P.copy_key(event) < P.copy_key(current):
@@ -101,29 +102,29 @@ class SocialState:
         return f"{self._digest:032x}"
 
     # --- derived views ----------------------------------------------------------------
-    def _count(self, event: dict, sign: int) -> None:
+    def _count(self, event: P.Event, sign: int) -> None:
         """Add (sign=+1) or withdraw (sign=-1) an event from every derived view."""
         key = P.order_key(event)
-        user, data, kind = event["user"], event["data"], event["kind"]
+        user, data, kind = event.user, event.data, event.kind
         self._digest ^= _event_hash(event)
         self.users[user] = self.users.get(user, 0) + sign
         if self.users[user] == 0:
             del self.users[user]
         if sign > 0:
-            self.events[event["id"]] = event
+            self.events[event.id] = event
         else:
-            del self.events[event["id"]]
+            del self.events[event.id]
         edit = insort if sign > 0 else _remove
         if kind == P.EV_POST:
             edit(self.posts, key)
             edit(self.posts_by.setdefault(user, []), key)
         elif kind in (P.EV_FOLLOW, P.EV_UNFOLLOW):
-            pair = (user, data["target"])
+            pair = (user, data.target)
             edit(self.follow_log.setdefault(pair, []), (key, kind == P.EV_FOLLOW))
             self._refresh_following(pair)
         elif kind == P.EV_DM:
-            edit(self.chats.setdefault(_pair(user, data["to"]), []), key)
-            edit(self.inbox.setdefault(data["to"], []), key)
+            edit(self.chats.setdefault(_pair(user, data.to), []), key)
+            edit(self.inbox.setdefault(data.to, []), key)
         elif kind == P.EV_SEEN:
             edit(self.seen_by.setdefault(user, []), key)
             self._refresh_shown(user)
@@ -132,24 +133,27 @@ class SocialState:
         user, target = pair
         log = self.follow_log.get(pair)
         targets = self.following.setdefault(user, set())
+        followers = self.followers.setdefault(target, set())
         if log and log[-1][1]:
             targets.add(target)
+            followers.add(user)
         else:
             targets.discard(target)
+            followers.discard(user)
 
     def _refresh_shown(self, user: str) -> None:
         # rebuilt from the SEEN events that count, so withdrawing one is exact
         shown: set[str] = set()
         delivered: set[str] = set()
         for key in self.seen_by.get(user, []):
-            data = self.events[key[1]]["data"]
-            shown.update(data["shown"])
-            delivered.update(data["delivered"])
+            data = self.events[key[1]].data
+            shown.update(data.shown)
+            delivered.update(data.delivered)
         self.shown[user] = shown
         self.delivered[user] = delivered
 
     # --- queries (what users see) --------------------------------------------------------
-    def event_by_key(self, key: Key) -> dict:
+    def event_by_key(self, key: Key) -> P.Event:
         return self.events[key[1]]
 
     def feed(self, user: str, limit: int) -> list[dict]:
@@ -158,7 +162,7 @@ class SocialState:
         mine = (reversed(self.posts_by.get(author, [])) for author in followed)
         first = list(islice(merge(*mine, reverse=True), limit))
         rest = (k for k in reversed(self.posts)
-                if self.events[k[1]]["user"] not in followed)
+                if self.events[k[1]].user not in followed)
         second = list(islice(rest, limit - len(first)))
         return ([post_view(self.event_by_key(k), True) for k in first]
                 + [post_view(self.event_by_key(k), False) for k in second])
@@ -185,6 +189,17 @@ class SocialState:
         found.sort()
         return [post_view(self.event_by_key(k), True) for k in found[:limit]]
 
+
+    def concerned(self, events: list[P.Event]) -> set[str]:
+        """The users for whom these events bring something to push: the followers
+        of each post's author, the recipient of each message."""
+        users: set[str] = set()
+        for event in events:
+            if event.kind == P.EV_POST:
+                users.update(self.followers.get(event.user, ()))
+            elif event.kind == P.EV_DM:
+                users.add(event.data.to)
+        return users
 
     def unseen(self, user: str, since: int) -> tuple[list[dict], list[dict]]:
         """For ``listen``: posts not yet shown, and messages to me stamped after
@@ -214,21 +229,20 @@ def _intervals(log: list[tuple[Key, bool]]):
         yield start, None
 
 
-def post_view(event: dict, followed: bool | None = None) -> dict:
-    view = {"id": event["id"], "author": event["user"], "text": event["data"]["text"],
-            "lamport": event["lamport"], "timestamp": event["ts"]}
+def post_view(event: P.Event, followed: bool | None = None) -> dict:
+    view = {"id": event.id, "author": event.user, "text": event.data.text,
+            "lamport": event.lamport, "timestamp": event.ts}
     if followed is not None:
         view["followed"] = followed
     return view
 
 
-def dm_view(event: dict) -> dict:
-    return {"id": event["id"], "from": event["user"], "to": event["data"]["to"],
-            "text": event["data"]["text"], "lamport": event["lamport"],
-            "timestamp": event["ts"]}
+def dm_view(event: P.Event) -> dict:
+    return {"id": event.id, "from": event.user, "to": event.data.to,
+            "text": event.data.text, "lamport": event.lamport, "timestamp": event.ts}
 
 
-def follow_view(event: dict) -> dict:
-    return {"id": event["id"], "user": event["user"], "target": event["data"]["target"],
-            "following": event["kind"] == P.EV_FOLLOW, "lamport": event["lamport"],
-            "timestamp": event["ts"]}
+def follow_view(event: P.Event) -> dict:
+    return {"id": event.id, "user": event.user, "target": event.data.target,
+            "following": event.kind == P.EV_FOLLOW, "lamport": event.lamport,
+            "timestamp": event.ts}

@@ -17,6 +17,10 @@ What survives what: an acknowledged event is in the OS page cache (flush) or
 on disk (``fsync=True``) before the ack, so it survives a kill of the process
 (SIGKILL) either way, and a power loss only with fsync. A torn last line (a
 kill in the middle of a write) is ignored on reload: it was never acked.
+
+Every event read back, from TinyDB or a log segment, is validated as one from
+the network is (``protocol.Event``); one that fails is set aside, named in
+``rejected`` (file, record, reason) for the server to log, and never applied.
 """
 from __future__ import annotations
 
@@ -32,10 +36,8 @@ from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
-QUIET_S = 0.25
-"""A due checkpoint waits for this long without writes: a fold under load stalls
-the machine here for 30-80 ms (its fresh memory costs the host a page fault
-each; see checkpointer.py), which users would see as latency."""
+from common import protocol as P
+
 OVERDUE = 4
 """...unless the log holds this many times what was due: under endless load."""
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,13 +92,16 @@ class EventStore:
     """Append events, make them durable, reload them; one instance per server."""
 
     def __init__(self, folder: Path, fsync: bool = False, checkpoint_min: int = 5000,
-                 checkpoint_ratio: float = 0.5, stagger: float = 1.0) -> None:
+                 checkpoint_ratio: float = 0.5, stagger: float = 1.0,
+                 quiet_s: float = 0.25) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.checkpoint_min = checkpoint_min
         self.checkpoint_ratio = checkpoint_ratio
         self.stagger = stagger            # servers holding the same events fold apart
+        self.quiet_s = quiet_s            # a due fold waits this long without writes
+        self.rejected: list[str] = []     # stored records set aside at load: file, record, why
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
         self._segment_no = 0
         self._wal = None
@@ -108,17 +113,24 @@ class EventStore:
         self.lost: str | None = None      # why checkpoints stopped, for the server to log
 
     # --- start-up -------------------------------------------------------------
-    def load(self) -> list[dict]:
-        """Every event on disk: TinyDB first, then the log segments in order."""
+    def load(self) -> list[P.Event]:
+        """Every valid event on disk: TinyDB first, then the log segments in order."""
         db = open_tinydb(self.folder / "db.json", self.fsync)
-        events = [dict(e) for e in db.table("events").all()]
+        events = []
+        for doc in db.table("events"):
+            try:
+                events.append(P.convert(dict(doc), P.Event))
+            except P.ProtocolError as exc:
+                self.rejected.append(f"{db.storage.storage.path} document {doc.doc_id}: {exc}")
         db.close()                        # from now on TinyDB is the checkpointer's
         self.stored = len(events)
         segments = sorted(self.folder.glob("wal-*.jsonl"))
         self._segment_no = int(segments[-1].stem[4:]) if segments else 0
         self._start_checkpointer()
         if segments:            # fold them right away, so the new segment starts empty
-            logged = [e for segment in segments for e in read_segment(segment)]
+            logged = []
+            for segment in segments:
+                logged.extend(read_segment(segment, self.rejected))
             events.extend(logged)
             self._send_job(segments)
             self.stored += len(logged)
@@ -145,8 +157,8 @@ class EventStore:
         self._unfolded = []
 
     # --- the write path -----------------------------------------------------------
-    def append(self, event: dict) -> None:
-        self._wal.write(orjson.dumps(event) + b"\n")
+    def append(self, event: P.Event) -> None:
+        self._wal.write(P.dumps(event) + b"\n")
         self._unfolded.append(event)
         self._dirty = True
 
@@ -165,7 +177,7 @@ class EventStore:
         ``OVERDUE`` times due); anything unfolded goes after ``idle_s`` quiet."""
         due = int(max(self.checkpoint_min, self.checkpoint_ratio * self.stored) * self.stagger)
         n = len(self._unfolded)
-        if not n or not (n >= OVERDUE * due or (n >= due and quiet_for >= QUIET_S)
+        if not n or not (n >= OVERDUE * due or (n >= due and quiet_for >= self.quiet_s)
                          or quiet_for >= idle_s):
             return False
         self.sync()
@@ -227,17 +239,24 @@ class EventStore:
             self._checkpointer = None
 
 
-def read_segment(path: Path) -> list[dict]:
-    """The events of one log segment (none if it is gone: already folded)."""
+def read_segment(path: Path, rejected: list[str] | None = None) -> list[P.Event]:
+    """The valid events of one log segment (none if it is gone: already folded).
+
+    A torn last line (a kill in mid-write) was never acknowledged and is skipped
+    silently; any other line that is not a valid event is set aside in ``rejected``."""
     events = []
     try:
-        f = open(path, "rb")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return events
-    with f:
-        for line in f:
-            try:
-                events.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                break           # a torn last line: never acknowledged
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            events.append(P.decode_event(line))
+        except P.ProtocolError as exc:
+            torn = number == len(lines)          # no newline after it: cut mid-write
+            if not torn and rejected is not None:
+                rejected.append(f"{path} line {number}: {exc}")
     return events

@@ -20,6 +20,7 @@ from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, load_config
 from common.processes import ROOT, ProcessGroup, cluster_env, free_port_base, wait_until
+from tests import wire
 
 FAST_TIMING = {
     # faster heartbeats so joins, deaths and catch-up happen quickly; every
@@ -166,12 +167,12 @@ class Cluster:
         return sock
 
     def raw_request(self, sock: zmq.Socket, frames: list[bytes],
-                    timeout: float = 5.0) -> P.Message | None:
+                    timeout: float = 5.0) -> "wire.Raw | None":
         """Send frames on a DEALER; the decoded reply, or None if none comes in time."""
         sock.send_multipart(frames)
         if not sock.poll(int(timeout * 1000)):
             return None
-        return P.decode(sock.recv_multipart())
+        return wire.parse(sock.recv_multipart())
 
     # --- diagnostics -------------------------------------------------------------------
     def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:

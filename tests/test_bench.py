@@ -11,7 +11,8 @@ from common.processes import ROOT
 
 REQUIRED = ["baseline_rps", "posts_per_s", "ratio", "p50_ms", "p99_ms", "p99_half_load_ms",
             "growth_ratio", "feed_rps", "feed_p99_ms", "chat_rps", "chat_p99_ms",
-            "catchup_s", "failover_s", "pool_residency_s", "cpus"]
+            "catchup_s", "failover_s", "pool_residency_s", "cpus",
+            "baseline_cpu_us_per_req", "cpu_us_per_post"]
 
 
 def _is_number(value) -> bool:
@@ -29,5 +30,11 @@ def test_quick_bench_writes_every_figure(tmp_path):
     lag = figures.get("replication_lag_ms")
     assert isinstance(lag, dict) and all(_is_number(lag.get(q)) for q in ("p50", "p99")), lag
     assert figures["failures"] == []
+    for key, names in [("baseline_cpu_us_per_req", ["broker", "echo-1", "echo-2", "echo-3"]),
+                       ("cpu_us_per_post", ["broker", "server-1", "server-2", "server-3"])]:
+        split = figures[f"{key}_by_process"]             # CPU from /proc, by process
+        assert list(split) == names and all(_is_number(us) for us in split.values()), split
+        assert figures[key] > 0 and math.isclose(figures[key], sum(split.values())), figures[key]
     assert figures["python"] and figures["date"]
     assert "posts/s" in done.stdout            # the progress lines and the table are printed
+    assert "CPU per acked post" in done.stdout

@@ -2,10 +2,14 @@
 
 The election is a stub (who coordinates which epoch is the Bully's job, tested
 elsewhere). The bus delivers every message to every node, its sender included,
-after ``latency`` simulated seconds; the coordinator ticks every STEP.
+after ``latency`` simulated seconds; the coordinator ticks every STEP. Messages
+travel as real frames: encoded with the sender's Lamport stamp and decoded as a
+server's SUB socket decodes them (``protocol.BUS``), so every message Berkeley
+sends must be valid on the wire.
 """
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from dataclasses import dataclass
@@ -14,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import protocol
-from common.clock import PhysicalClock
+from common import protocol as P
+from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from servers.berkeley import BerkeleySync, fault_tolerant_average
 from tests.fakes import NoteLog
@@ -54,6 +58,7 @@ class SimulatedClock:
 class ClockNode:
     def __init__(self, sid: int, clock, cluster: "ClockCluster", coordinator: int) -> None:
         self.id, self.clock, self.log = sid, clock, NoteLog()
+        self.lamport = LamportClock()
         self.term = Term(is_coordinator=sid == coordinator, epoch=100 + coordinator,
                          coordinator=coordinator)
         self.sync = BerkeleySync(sid, CONFIG, clock, cluster.publish, self.log, self.term)
@@ -63,8 +68,8 @@ class ClockCluster:
     def __init__(self, offsets: dict[int, float], coordinator: int = 1,
                  latency: float = 0.0, simulated: bool = True) -> None:
         self.now, self.latency = 500.0, latency
-        self.queue: list[tuple[float, int, str, dict]] = []
-        self.sent: list[tuple[str, dict]] = []
+        self.queue: list[tuple[float, int, P.Incoming]] = []
+        self.sent: list = []
         self.nodes = {sid: ClockNode(sid, self._clock(offset, simulated), self, coordinator)
                       for sid, offset in offsets.items()}
         self.coordinator = self.nodes[coordinator]
@@ -72,11 +77,14 @@ class ClockCluster:
     def _clock(self, offset: float, simulated: bool):
         return SimulatedClock(self, offset) if simulated else PhysicalClock(offset=offset)
 
-    def publish(self, msg_type: str, body: dict) -> None:
-        protocol.check_fields(body, protocol.SCHEMAS[msg_type], msg_type)
-        self.sent.append((msg_type, body))
+    def publish(self, msg) -> None:
+        """PUB: stamp and encode once; every node's SUB decodes the same frames."""
+        frames = P.encode(msg, self.nodes[msg.sender].lamport.tick())
+        incoming = P.decode(frames, P.BUS)
+        assert incoming.msg == msg, f"{msg!r} does not survive the wire: {incoming.msg!r}"
+        self.sent.append(incoming.msg)
         for sid in self.nodes:
-            self.queue.append((self.now + self.latency, sid, msg_type, body))
+            self.queue.append((self.now + self.latency, sid, incoming))
 
     def deliver_due(self) -> None:
         while due := [m for m in self.queue if m[0] <= self.now + 1e-9]:
@@ -84,13 +92,24 @@ class ClockCluster:
                 self.queue.remove(message)
                 self.dispatch(*message[1:])
 
-    def dispatch(self, sid: int, msg_type: str, body: dict) -> None:
+    def receive(self, sid: int, frames: list[bytes]) -> None:
+        """Frames from anyone reach node ``sid``'s SUB: a bad message is dropped."""
+        try:
+            incoming = P.decode(frames, P.BUS)
+        except P.ProtocolError as exc:
+            self.nodes[sid].log.note(f"dropped a bad bus message: {exc}")
+            return
+        self.dispatch(sid, incoming)
+
+    def dispatch(self, sid: int, incoming: P.Incoming) -> None:
         """What servers/node.py does with a clock message."""
-        sync = self.nodes[sid].sync
-        handler = {protocol.TIME_QUERY: sync.on_time_query,
-                   protocol.TIME_REPLY: sync.on_time_reply,
-                   protocol.TIME_ADJUST: sync.on_time_adjust}[msg_type]
-        handler(body, self.now)
+        node = self.nodes[sid]
+        node.lamport.merge(incoming.lamport)
+        sync, msg = node.sync, incoming.msg
+        handler = {P.TIME_QUERY: sync.on_TIME_QUERY,
+                   P.TIME_REPLY: sync.on_TIME_REPLY,
+                   P.TIME_ADJUST: sync.on_TIME_ADJUST}[msg.TYPE]
+        handler(msg, self.now)
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -112,13 +131,13 @@ class ClockCluster:
         return max(times) - min(times)
 
 
-def sent_of(cluster: ClockCluster, msg_type: str) -> list[dict]:
-    return [body for t, body in cluster.sent if t == msg_type]
+def sent_of(cluster: ClockCluster, msg_type: str) -> list:
+    return [msg for msg in cluster.sent if msg.TYPE == msg_type]
 
 
-def rounds_opened(cluster: ClockCluster) -> list[dict]:
+def rounds_opened(cluster: ClockCluster) -> list[P.TimeQuery]:
     """The first TIME_QUERY of each round (a round sends berkeley_probes of them)."""
-    return [q for q in sent_of(cluster, protocol.TIME_QUERY) if q["probe"] == 0]
+    return [q for q in sent_of(cluster, P.TIME_QUERY) if q.probe == 0]
 
 
 # --- rounds -----------------------------------------------------------------------------
@@ -159,7 +178,7 @@ def test_a_late_reply_misses_its_round_and_gets_no_correction():
     cluster = ClockCluster({1: 0.0, 2: 0.5}, latency=CONFIG.berkeley_reply_window, simulated=True)
     cluster.one_round()
     assert not cluster.nodes[2].sync.synced
-    assert sent_of(cluster, protocol.TIME_ADJUST)[0]["corrections"] == {}
+    assert sent_of(cluster, P.TIME_ADJUST)[0].corrections == {}
 
 
 def test_rounds_repeat_every_interval_and_on_request():
@@ -179,7 +198,7 @@ def test_a_new_term_starts_a_round_at_once_and_a_deposed_coordinator_drops_its_r
     cluster.run(STEP)
     cluster.coordinator.term.is_coordinator = False        # deposed mid-round
     cluster.one_round()
-    assert sent_of(cluster, protocol.TIME_ADJUST) == []
+    assert sent_of(cluster, P.TIME_ADJUST) == []
     assert cluster.coordinator.sync.next_deadline() is None
     new = cluster.nodes[3]
     for node in cluster.nodes.values():
@@ -187,7 +206,7 @@ def test_a_new_term_starts_a_round_at_once_and_a_deposed_coordinator_drops_its_r
     new.term.is_coordinator = True
     assert new.sync.next_deadline() == 0.0                  # overdue: tick now
     cluster.one_round()
-    assert [q["epoch"] for q in rounds_opened(cluster)] == [101, 203]
+    assert [q.epoch for q in rounds_opened(cluster)] == [101, 203]
     assert cluster.spread() < 0.005
 
 
@@ -197,10 +216,10 @@ def test_stale_epoch_time_query_and_time_adjust_are_ignored():
     follower = cluster.nodes[2]
     follower.term.epoch, follower.term.coordinator = 503, 3
     before = follower.clock.skew()
-    follower.sync.on_time_query({"from": 1, "epoch": 401, "round": 1, "probe": 0}, cluster.now)
-    follower.sync.on_time_adjust({"from": 1, "epoch": 401, "round": 1,
-                                  "corrections": {"2": -0.5}}, cluster.now)
-    assert sent_of(cluster, protocol.TIME_REPLY) == []
+    follower.sync.on_TIME_QUERY(P.TimeQuery(sender=1, epoch=401, round=1, probe=0), cluster.now)
+    follower.sync.on_TIME_ADJUST(P.TimeAdjust(sender=1, epoch=401, round=1,
+                                              corrections={2: -0.5}), cluster.now)
+    assert sent_of(cluster, P.TIME_REPLY) == []
     assert follower.clock.skew() == pytest.approx(before, abs=0.001)
     assert not follower.sync.synced and follower.sync.offset_ms is None
     assert follower.log.has("ignored stale TIME_QUERY from s1: epoch 401 < mine 503")
@@ -211,20 +230,41 @@ def test_orders_from_a_newer_epoch_are_obeyed_before_its_coordinator_is_known():
     cluster = ClockCluster({1: 0.0, 2: 0.5})
     follower = cluster.nodes[2]
     follower.term.epoch, follower.term.coordinator = 503, 3
-    follower.sync.on_time_query({"from": 1, "epoch": 601, "round": 7, "probe": 0}, cluster.now)
-    assert sent_of(cluster, protocol.TIME_REPLY)[0]["round"] == 7
-    follower.sync.on_time_adjust({"from": 1, "epoch": 601, "round": 7,
-                                  "corrections": {"2": -0.5}}, cluster.now)
+    follower.sync.on_TIME_QUERY(P.TimeQuery(sender=1, epoch=601, round=7, probe=0), cluster.now)
+    assert sent_of(cluster, P.TIME_REPLY)[0].round == 7
+    follower.sync.on_TIME_ADJUST(P.TimeAdjust(sender=1, epoch=601, round=7,
+                                              corrections={2: -0.5}), cluster.now)
     assert follower.sync.synced and follower.clock.skew() == pytest.approx(0.0, abs=0.001)
     assert follower.sync.offset_ms == pytest.approx(500.0)
     assert follower.log.has("clock adjusted by -500.000 ms (round 7, coordinator s1)")
 
 
-def test_a_correction_that_is_not_a_number_is_refused():
+def time_adjust_frames(corrections: str) -> list[bytes]:
+    """A TIME_ADJUST from s1 in its own epoch, its ``corrections`` as raw JSON text."""
+    body = '{"from": 1, "epoch": 101, "round": 1, "corrections": %s}' % corrections
+    return [P.TIME_ADJUST.encode(), b"1", body.encode()]
+
+
+@pytest.mark.parametrize("corrections", ['{"2": "soon"}', '{"2": true}', '{"2": null}',
+                                         '{"2": [1]}', '{"2": NaN}', '{"2": Infinity}',
+                                         '{"2": 1e999}', '{"2": 1e7}', '{"two": -0.5}',
+                                         '{"0": -0.5}', '{"100": -0.5}'])
+def test_a_correction_that_is_not_a_number_is_refused(corrections):
+    """Refused on the wire: the handler never runs, the clock does not move."""
     cluster = ClockCluster({1: 0.0, 2: 0.5})
-    cluster.nodes[2].sync.on_time_adjust({"from": 1, "epoch": 101, "round": 1,
-                                          "corrections": {"2": "soon"}}, cluster.now)
-    assert not cluster.nodes[2].sync.synced
+    follower = cluster.nodes[2]
+    before = follower.clock.skew()
+    cluster.receive(2, time_adjust_frames(corrections))
+    assert not follower.sync.synced and follower.sync.offset_ms is None
+    assert follower.clock.skew() == before
+    assert follower.log.has("dropped a bad bus message: TIME_ADJUST")
+
+
+def test_a_correction_that_is_a_number_comes_through_the_same_path():
+    cluster = ClockCluster({1: 0.0, 2: 0.5})
+    cluster.receive(2, time_adjust_frames(json.dumps({"2": -0.5})))
+    assert cluster.nodes[2].sync.synced
+    assert cluster.nodes[2].clock.skew() == pytest.approx(0.0, abs=1e-9)
 
 
 # --- the fault-tolerant average --------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The user side on its own: saved state, the Lazy Pirate connection, the CLI.
 
 The broker here is a fake: a ROUTER on a free port, served by a background
-thread that answers each request with whatever the test scripts.
+thread that decodes each request as the broker's frontend does
+(``protocol.CLIENT_TO_BROKER``) and answers with whatever the test scripts, as
+real frames (``protocol.encode``).
 """
 from __future__ import annotations
 
@@ -25,21 +27,22 @@ from common.config import Config
 pytestmark = pytest.mark.timeout(30)
 
 Frames = list[bytes]
-Script = Callable[[protocol.Message, int], list[Frames]]
+Script = Callable[[protocol.Incoming, int], list[Frames]]
 """Given the n-th request (from 0), the frames to send back (maybe none)."""
-
-
 
 
 def reply(rid: str, result: dict | None = None, *, lamport: int = 1, server: int | None = 1,
           at: float | None = None, code: str | None = None, error: str | None = None) -> Frames:
-    body = {"rid": rid, "ok": code is None, "server": server,
-            "time": time.time() if at is None else at}
+    """A REP as a broker sends it: a success with ``result``, or an error with ``code``."""
+    when = time.time() if at is None else at
     if code is None:
-        body["result"] = result if result is not None else {}
+        msg = protocol.Reply(rid=rid, ok=True, server=server, time=when,
+                             result=result if result is not None else {})
     else:
-        body.update(code=code, error=error or code)
-    return protocol.encode(protocol.REPLY, lamport, body)
+        msg = protocol.Reply(rid=rid, ok=False, server=server, time=when, code=code,
+                             error=error or code)
+    protocol.validate(msg)
+    return protocol.encode(msg, lamport)
 
 
 class FakeBroker:
@@ -47,7 +50,7 @@ class FakeBroker:
 
     def __init__(self, script: Script) -> None:
         self.script = script
-        self.requests: list[protocol.Message] = []
+        self.requests: list[protocol.Incoming] = []
         self.port = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -64,21 +67,20 @@ class FakeBroker:
         while not self._stopping.is_set():
             if not socket.poll(20):
                 continue
-            identity, *frames = socket.recv_multipart()
-            message = protocol.decode(frames)
+            message = protocol.decode(socket.recv_multipart(), protocol.CLIENT_TO_BROKER)
             self.requests.append(message)
             for answer in self.script(message, len(self.requests) - 1):
-                socket.send_multipart([identity, *answer])
+                socket.send_multipart([*message.envelope, *answer])
         socket.close(linger=0)
         context.term()
 
     @property
     def ops(self) -> list[str]:
-        return [message.body["op"] for message in self.requests]
+        return [message.msg.op for message in self.requests]
 
     @property
     def rids(self) -> set[str]:
-        return {message.body["rid"] for message in self.requests}
+        return {message.msg.rid for message in self.requests}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,8 +100,8 @@ def start_broker():
         broker.stop()
 
 
-def ok_to_everything(message: protocol.Message, n: int) -> list[Frames]:
-    return [reply(message.body["rid"], {"echo": message.body["op"]})]
+def ok_to_everything(message: protocol.Incoming, n: int) -> list[Frames]:
+    return [reply(message.msg.rid, {"echo": message.msg.op})]
 
 
 def connect(broker: FakeBroker, tmp_path, lamport: LamportClock | None = None,
@@ -147,11 +149,11 @@ def test_corrupt_state_file_gives_a_fresh_state(tmp_path, content):
 
 # --- Connection ------------------------------------------------------------------
 def test_request_returns_the_result_with_the_answering_server(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"replicas": 3}, server=2)])
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, {"replicas": 3}, server=2)])
     result = connection_to(broker).request(protocol.OP_POST, {"text": "hello"})
     assert result == {"replicas": 3, "server": 2}
-    body = broker.requests[0].body
-    assert (body["op"], body["user"], body["args"], body["server"]) == \
+    req = broker.requests[0].msg
+    assert (req.op, req.user, protocol.to_builtins(req.args), req.server) == \
         ("post", "alice", {"text": "hello"}, None)
 
 
@@ -160,7 +162,7 @@ def test_a_retried_request_keeps_its_rid(start_broker, connection_to):
     result = connection_to(broker).request(protocol.OP_FEED, {"limit": 5}, server=3)
     assert result == {"echo": "feed", "server": 1}
     assert len(broker.requests) == 2 and len(broker.rids) == 1
-    assert broker.requests[1].body["server"] == 3
+    assert broker.requests[1].msg.server == 3
 
 
 def test_silence_until_the_deadline_raises_unavailable(start_broker, connection_to):
@@ -179,14 +181,14 @@ def test_silence_until_the_deadline_raises_unavailable(start_broker, connection_
 def test_a_stale_reply_with_another_rid_is_ignored(start_broker, connection_to):
     broker = start_broker(lambda m, n: [reply("stale-rid", code=protocol.ERR_BAD_REQUEST),
                                         reply("stale-rid", {"wrong": True}),
-                                        reply(m.body["rid"], {"right": True})])
+                                        reply(m.msg.rid, {"right": True})])
     assert connection_to(broker).request(protocol.OP_USERS, {}) == {"right": True, "server": 1}
 
 
 def test_a_retryable_error_is_retried_with_the_same_rid(start_broker, connection_to):
     def unavailable_once(m, n):
         if n == 0:
-            return [reply(m.body["rid"], code=protocol.ERR_UNAVAILABLE, server=None)]
+            return [reply(m.msg.rid, code=protocol.ERR_UNAVAILABLE, server=None)]
         return ok_to_everything(m, n)
 
     broker = start_broker(unavailable_once)
@@ -195,7 +197,7 @@ def test_a_retryable_error_is_retried_with_the_same_rid(start_broker, connection
 
 
 def test_a_final_error_raises_client_error_with_its_message(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], code=protocol.ERR_UNKNOWN_USER,
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, code=protocol.ERR_UNKNOWN_USER,
                                               error="no user named bob")])
     with pytest.raises(ClientError) as caught:
         connection_to(broker).request(protocol.OP_FOLLOW, {"target": "bob"})
@@ -205,14 +207,24 @@ def test_a_final_error_raises_client_error_with_its_message(start_broker, connec
 
 
 def test_garbage_reply_frames_are_ignored(start_broker, connection_to):
-    garbage = [[b"junk"], [b"REP", b"x", b"{}"], [b"REP", b"1", b"not json"],
-               [b"REP", b"1", b'{"rid": 1}'], [b"\xff", b"1", b"{}"], [b"NOPE", b"1", b"{}"]]
-    broker = start_broker(lambda m, n: garbage + ok_to_everything(m, n))
-    assert connection_to(broker).request(protocol.OP_USERS, {})["echo"] == "users"
+    def garbage(m: protocol.Incoming) -> list[Frames]:
+        valid = reply(m.msg.rid, {"wrong": True}, lamport=500)
+        return [[b"junk"], [b"REP", b"x", b"{}"], [b"REP", b"1", b"not json"],
+                [b"REP", b"1", b'{"rid": 1}'], [b"\xff", b"1", b"{}"], [b"NOPE", b"1", b"{}"],
+                [b"REP", b"%d" % protocol.MAX_STAMP, valid[2]],        # stamp out of range
+                [b"REP", b"-1", valid[2]],
+                [b"REP", b"1", valid[2][:-1] + b', "extra": 1}'],      # an unknown field
+                protocol.encode(m.msg, 500),                           # not a reply at all
+                [b"", *valid]]                                         # an envelope too many
+
+    lamport = LamportClock()
+    broker = start_broker(lambda m, n: garbage(m) + ok_to_everything(m, n))
+    assert connection_to(broker, lamport=lamport).request(protocol.OP_USERS, {})["echo"] == "users"
+    assert lamport.value == 2, "no refused message's stamp was merged: max(1, 1) + 1"
 
 
 def test_the_reply_lamport_stamp_is_merged(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], lamport=100)])
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, lamport=100)])
     lamport = LamportClock(5)
     connection_to(broker, lamport=lamport).request(protocol.OP_USERS, {})
     assert broker.requests[0].lamport == 6, "the send ticks first"
@@ -220,7 +232,7 @@ def test_the_reply_lamport_stamp_is_merged(start_broker, connection_to):
 
 
 def test_a_server_reply_corrects_the_clock_by_cristian(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=time.time() + 10.0)])
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, at=time.time() + 10.0)])
     clock = PhysicalClock()
     connection = connection_to(broker, clock=clock)
     connection.request(protocol.OP_USERS, {})
@@ -236,7 +248,7 @@ class FrozenClock(PhysicalClock):
 
 
 def test_a_clock_within_the_round_trip_is_left_alone(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=1_000_000.0)])
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, at=1_000_000.0)])
     clock = FrozenClock()
     connection = connection_to(broker, clock=clock)
     connection.request(protocol.OP_USERS, {})
@@ -244,7 +256,7 @@ def test_a_clock_within_the_round_trip_is_left_alone(start_broker, connection_to
 
 
 def test_a_broker_reply_leaves_the_clock_alone(start_broker, connection_to):
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], at=time.time() + 10.0,
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, at=time.time() + 10.0,
                                               server=None)])
     clock = PhysicalClock()
     connection_to(broker, clock=clock).request(protocol.OP_STATUS, {})
@@ -285,10 +297,12 @@ def saved_state(tmp_path, user: str) -> UserState:
     return UserState.load(tmp_path / "data" / "clients" / f"{user}.json")
 
 
-def test_cli_empty_post_fails_locally_with_exit_code_1(cli, tmp_path):
-    result = cli("--user", "alice", "post", "")
+@pytest.mark.parametrize("text, error", [("", "error: text must not be empty"),
+                                         ("  ", "error: text must not be empty")])
+def test_cli_empty_post_fails_locally_with_exit_code_1(cli, tmp_path, text, error):
+    result = cli("--user", "alice", "post", text)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: text must not be empty"
+    assert result.stderr.strip() == error
     assert result.stdout == ""
     assert not saved_state(tmp_path, "alice").registered
 
@@ -308,7 +322,7 @@ def test_cli_refuses_a_bad_user_name(cli, tmp_path):
 
 def test_cli_registers_once_and_prints_one_json_document(cli, tmp_path, start_broker):
     post = {"id": "p1", "author": "alice", "text": "hi", "lamport": 7, "timestamp": 1.0}
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"post": post, "replicas": 3},
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, {"post": post, "replicas": 3},
                                               lamport=50)])
     first = cli("--user", "alice", "post", "hi", "--json", port=broker.port)
     assert first.exit_code == 0, first.stderr
@@ -329,21 +343,21 @@ def test_cli_feed_shows_one_line_per_post(cli, start_broker):
               "timestamp": time.time(), "followed": True},
              {"id": "b", "author": "carol", "text": "hi", "lamport": 40,
               "timestamp": time.time(), "followed": False}]
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"posts": posts})])
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, {"posts": posts})])
     result = cli("--user", "alice", "feed", "--limit", "5", "--server", "2", port=broker.port)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3
     assert lines[1].startswith("[L=42 ") and lines[1].endswith("] bob: hello, world  (followed)")
     assert lines[2].endswith("] carol: hi")
-    assert broker.requests[-1].body["args"] == {"limit": 5}
-    assert broker.requests[-1].body["server"] == 2
+    assert protocol.to_builtins(broker.requests[-1].msg.args) == {"limit": 5}
+    assert broker.requests[-1].msg.server == 2
 
 
 def test_cli_status_needs_no_user_and_shows_a_table(cli, start_broker):
     servers = [{"id": 1, "alive": True, "phase": "serving", "events": 10,
                 "digest": "0123456789abcdef", "lamport": 33, "lag": 0}]
-    broker = start_broker(lambda m, n: [reply(m.body["rid"], {"servers": servers,
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, {"servers": servers,
                                                               "coordinator": 1, "epoch": 2},
                                               server=None)])
     result = cli("status", port=broker.port)
@@ -352,7 +366,7 @@ def test_cli_status_needs_no_user_and_shows_a_table(cli, start_broker):
     assert header.split() == ["id", "alive", "phase", "events", "digest", "lamport", "lag"]
     assert row.split() == ["1", "yes", "serving", "10", "0123456789ab", "33", "0"]
     assert rest == ["coordinator: 1", "epoch: 2"]
-    assert broker.ops == ["status"] and broker.requests[0].body["user"] is None
+    assert broker.ops == ["status"] and broker.requests[0].msg.user is None
 
 
 def test_cli_reports_an_unreachable_broker(cli):

@@ -18,6 +18,7 @@ from clients.connection import ClientError
 from common import protocol as P
 from common.histogram import Histogram
 from common.processes import wait_until
+from tests import wire
 from tests.harness import Cluster
 
 SERVERS = (1, 2, 3)
@@ -283,7 +284,7 @@ def test_every_server_returns_the_same_feed_and_chat_in_the_same_order(running: 
 
 # --- exactly once ---------------------------------------------------------------------------
 def _raw_write(cluster: Cluster, sock: zmq.Socket, body: dict) -> dict:
-    reply = cluster.raw_request(sock, P.encode(P.REQUEST, 1, body), timeout=10)
+    reply = cluster.raw_request(sock, wire.frames(P.REQUEST, 1, body), timeout=10)
     assert reply is not None, f"no reply to {body}"
     assert reply.type == P.REPLY and reply.body["rid"] == body["rid"]
     assert reply.body["ok"], reply.body
@@ -323,12 +324,12 @@ def test_a_retry_racing_the_original_on_another_server_counts_once(running: Clus
     body = {"rid": "race-00000000001", "op": P.OP_POST, "user": "alice",
             "args": {"text": "raced"}, "server": 1, "time": time.time()}
     # both copies are on their way before either server has heard of the other
-    sock.send_multipart(P.encode(P.REQUEST, 1, body))
-    sock.send_multipart(P.encode(P.REQUEST, 1, {**body, "server": 2}))
+    sock.send_multipart(wire.frames(P.REQUEST, 1, body))
+    sock.send_multipart(wire.frames(P.REQUEST, 1, {**body, "server": 2}))
     replies = []
     for _ in range(2):
         assert sock.poll(10_000), "no reply"
-        replies.append(P.decode(sock.recv_multipart()).body)
+        replies.append(wire.parse(sock.recv_multipart()).body)
     assert all(r["ok"] for r in replies), replies
     assert {r["result"]["post"]["id"] for r in replies} == {body["rid"]}
     live = c.wait_converged()

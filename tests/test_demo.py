@@ -46,7 +46,7 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    ours = any(module in cmdline for module in ("broker", "servers", "clients.bots"))
+    ours = any(module in cmdline for module in ("broker", "servers", "clients.demo.bots"))
     return state != "Z" and ours
 
 

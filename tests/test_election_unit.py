@@ -1,9 +1,11 @@
 """Bully with epochs, driven in one process: a fake bus and a fake monotonic clock.
 
 Every bus message goes to every node, its sender included (the real bus may echo),
-with zero latency. A frozen node (SIGSTOP) neither ticks nor reads; its messages
-queue up. After every single delivery and tick the cluster checks that no two nodes
-act as coordinator in the same epoch.
+with zero latency. It travels as real frames: encoded with the sender's Lamport
+stamp and decoded as a server's SUB socket decodes it (``protocol.BUS``), so every
+message the election sends must be valid on the wire. A frozen node (SIGSTOP)
+neither ticks nor reads; its messages queue up. After every single delivery and
+tick the cluster checks that no two nodes act as coordinator in the same epoch.
 
 Epochs read ``term * 100 + id``: 105 is term 1, claimed by server 5.
 """
@@ -15,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import protocol
+from common import protocol as P
+from common.clock import LamportClock
 from common.config import Config
 from servers.election import Bully
 from tests.fakes import NoteLog
@@ -35,13 +38,25 @@ STEP = 0.05
 
 
 
+def on_the_wire(msg, lamport: int = 1) -> P.Incoming:
+    """``msg`` as a server's SUB receives it: encoded, then decoded and validated."""
+    incoming = P.decode(P.encode(msg, lamport), P.BUS)
+    assert incoming.msg == msg, f"{msg!r} does not survive the wire: {incoming.msg!r}"
+    return incoming
+
+
+def beat(sender: int, epoch: int, coordinator: int | None) -> P.Beat:
+    return P.Beat(sender=sender, phase="serving", vv={}, epoch=epoch, coordinator=coordinator)
+
+
 class Node:
     def __init__(self, sid: int, cluster: "Cluster") -> None:
         self.id = sid
-        self.inbox: deque[tuple[str, dict]] = deque()
+        self.inbox: deque[P.Incoming] = deque()
         self.frozen = False
         self.log = NoteLog()
-        self.bully = Bully(sid, CONFIG, lambda t, body: cluster.publish(t, body), self.log)
+        self.lamport = LamportClock()
+        self.bully = Bully(sid, CONFIG, lambda msg: cluster.publish(self, msg), self.log)
         self.next_beat = cluster.now
 
 
@@ -71,32 +86,30 @@ class Cluster:
         node = self.nodes[sid]
         node.frozen = False
         while node.inbox:
-            self._dispatch(node, *node.inbox.popleft())
+            self._dispatch(node, node.inbox.popleft())
             self.deliver()
 
     # --- the bus -------------------------------------------------------------------
-    def publish(self, msg_type: str, body: dict) -> None:
-        protocol.check_fields(body, protocol.SCHEMAS[msg_type], msg_type)
+    def publish(self, sender: Node, msg) -> None:
+        """PUB: stamp and encode once; every node's SUB decodes the same frames."""
+        assert msg.sender == sender.id, f"s{sender.id} sent {msg!r} as another server"
+        incoming = on_the_wire(msg, sender.lamport.tick())
         for node in self.nodes.values():
-            node.inbox.append((msg_type, body))
+            node.inbox.append(incoming)
 
     def deliver(self) -> None:
         while busy := [n for n in self.nodes.values() if n.inbox and not n.frozen]:
             for node in busy:
-                self._dispatch(node, *node.inbox.popleft())
+                self._dispatch(node, node.inbox.popleft())
 
-    def _dispatch(self, node: Node, msg_type: str, body: dict) -> None:
+    def _dispatch(self, node: Node, incoming: P.Incoming) -> None:
         """What servers/node.py does with an election message."""
-        b, now = node.bully, self.now
-        b.saw_peer(body["from"], now)
-        if msg_type == protocol.BEAT:
-            b.on_beat(body["from"], body["epoch"], body["coordinator"], now)
-        elif msg_type == protocol.ELECTION:
-            b.on_election(body, now)
-        elif msg_type == protocol.ANSWER:
-            b.on_answer(body, now)
-        elif msg_type == protocol.COORDINATOR:
-            b.on_coordinator(body, now)
+        b, now, msg = node.bully, self.now, incoming.msg
+        node.lamport.merge(incoming.lamport)
+        b.saw_peer(msg.sender, now)
+        handler = {P.BEAT: b.on_BEAT, P.BYE: b.on_BYE, P.ELECTION: b.on_ELECTION,
+                   P.ANSWER: b.on_ANSWER, P.COORDINATOR: b.on_COORDINATOR}[msg.TYPE]
+        handler(msg, now)
         self.check_one_coordinator_per_epoch()
 
     # --- time ------------------------------------------------------------------------
@@ -121,9 +134,7 @@ class Cluster:
     def _beat(self, node: Node) -> None:
         if self.now >= node.next_beat:
             node.next_beat = self.now + CONFIG.heartbeat_interval
-            b = node.bully
-            self.publish(protocol.BEAT, {"from": node.id, "phase": "serving", "vv": {},
-                                         "epoch": b.epoch, "coordinator": b.coordinator})
+            self.publish(node, beat(node.id, node.bully.epoch, node.bully.coordinator))
 
     # --- what must always hold --------------------------------------------------------
     def check_one_coordinator_per_epoch(self) -> None:
@@ -183,9 +194,7 @@ def test_a_coordinator_that_says_bye_is_replaced_without_waiting_for_its_silence
     cluster = settled_cluster([1, 2, 3, 4, 5])
     epoch = cluster.nodes[5].bully.epoch
     cluster.nodes[5].bully.leave()                    # SIGTERM: it stops taking part...
-    for node in cluster.nodes.values():
-        if node.id != 5:
-            node.bully.peer_left(5, cluster.now)      # ...and its BYE reaches the others
+    cluster.publish(cluster.nodes[5], P.Bye(sender=5))  # ...and its BYE reaches the others
     cluster.deliver()
     took = cluster.run_until(lambda: cluster.nodes[4].bully.is_coordinator, limit=5)
     assert not cluster.nodes[5].bully.is_coordinator     # still up, but not elected again
@@ -254,26 +263,27 @@ def test_newcomer_that_cannot_learn_the_epoch_still_claims_a_different_one():
 
 def test_server_ids_must_fit_the_epoch_encoding():
     with pytest.raises(ValueError):
-        Bully(100, CONFIG, lambda t, body: None, None)
+        Bully(100, CONFIG, lambda msg: None, None)
 
 
 # --- one node, message by message ------------------------------------------------------
-def lone(sid: int = 2) -> tuple[Bully, list[tuple[str, dict]], NoteLog]:
-    sent: list[tuple[str, dict]] = []
+def lone(sid: int = 2) -> tuple[Bully, list, NoteLog]:
+    """One Bully; ``sent`` holds what it published, as its peers would decode it."""
+    sent: list = []
     log = NoteLog()
-    return Bully(sid, CONFIG, lambda t, body: sent.append((t, body)), log), sent, log
+    return Bully(sid, CONFIG, lambda msg: sent.append(on_the_wire(msg).msg), log), sent, log
 
 
 def test_candidate_without_answer_wins_after_answer_timeout():
     b, sent, _ = lone()
     b.start(10.0)
-    assert sent == [(protocol.ELECTION, {"from": 2, "epoch": 0})]
+    assert sent == [P.Election(sender=2, epoch=0)]
     assert b.next_deadline() == pytest.approx(10.0 + CONFIG.answer_timeout)
     b.tick(10.0 + CONFIG.answer_timeout - 0.01)
     assert b.state == "candidate"
     b.tick(10.0 + CONFIG.answer_timeout)
     assert (b.state, b.coordinator, b.epoch) == ("coordinator", 2, 102)
-    assert sent[-1] == (protocol.COORDINATOR, {"from": 2, "epoch": 102})
+    assert sent[-1] == P.Coordinator(sender=2, epoch=102)
     assert b.next_deadline() is None
     assert b.messages_sent == 2 and b.elections == 1
 
@@ -281,7 +291,7 @@ def test_candidate_without_answer_wins_after_answer_timeout():
 def test_answered_candidate_calls_again_when_no_coordinator_comes():
     b, sent, log = lone()
     b.start(10.0)
-    b.on_answer({"from": 3, "to": 2, "epoch": 0}, 10.1)
+    b.on_ANSWER(P.Answer(sender=3, to=2, epoch=0), 10.1)
     b.tick(10.0 + CONFIG.answer_timeout + 0.01)
     assert b.state == "candidate" and not b.is_coordinator
     assert b.next_deadline() == pytest.approx(10.1 + CONFIG.coordinator_wait)
@@ -291,15 +301,14 @@ def test_answered_candidate_calls_again_when_no_coordinator_comes():
 
 def test_election_from_lower_id_is_answered_and_from_higher_id_ignored():
     b, sent, _ = lone(2)
-    b.on_coordinator({"from": 3, "epoch": 403}, 1.0)
+    b.on_COORDINATOR(P.Coordinator(sender=3, epoch=403), 1.0)
     b.start(1.0)
-    b.on_coordinator({"from": 3, "epoch": 403}, 1.1)            # 3 re-announces
+    b.on_COORDINATOR(P.Coordinator(sender=3, epoch=403), 1.1)            # 3 re-announces
     sent.clear()
-    b.on_election({"from": 3, "epoch": 403}, 1.2)
+    b.on_ELECTION(P.Election(sender=3, epoch=403), 1.2)
     assert sent == []
-    b.on_election({"from": 1, "epoch": 403}, 1.3)
-    assert sent == [(protocol.ANSWER, {"from": 2, "to": 1, "epoch": 403}),
-                    (protocol.ELECTION, {"from": 2, "epoch": 403})]
+    b.on_ELECTION(P.Election(sender=1, epoch=403), 1.3)
+    assert sent == [P.Answer(sender=2, to=1, epoch=403), P.Election(sender=2, epoch=403)]
 
 
 def test_current_coordinator_answers_a_lower_election_by_announcing_again():
@@ -307,16 +316,15 @@ def test_current_coordinator_answers_a_lower_election_by_announcing_again():
     b.start(0.0)
     b.tick(CONFIG.answer_timeout)
     sent.clear()
-    b.on_election({"from": 1, "epoch": 105}, 2.0)
-    assert sent == [(protocol.ANSWER, {"from": 5, "to": 1, "epoch": 105}),
-                    (protocol.COORDINATOR, {"from": 5, "epoch": 105})]
+    b.on_ELECTION(P.Election(sender=1, epoch=105), 2.0)
+    assert sent == [P.Answer(sender=5, to=1, epoch=105), P.Coordinator(sender=5, epoch=105)]
     assert b.is_coordinator and b.epoch == 105
 
 
 def test_coordinator_with_a_lower_epoch_is_rejected():
     b, _, log = lone(2)
-    b.on_coordinator({"from": 3, "epoch": 503}, 1.0)
-    b.on_coordinator({"from": 4, "epoch": 404}, 1.1)
+    b.on_COORDINATOR(P.Coordinator(sender=3, epoch=503), 1.0)
+    b.on_COORDINATOR(P.Coordinator(sender=4, epoch=404), 1.1)
     assert (b.coordinator, b.epoch) == (3, 503)
     assert log.has("rejected COORDINATOR from s4: epoch 404 < mine 503")
 
@@ -326,11 +334,11 @@ def test_coordinator_steps_down_for_a_higher_id_in_its_own_epoch_only():
     b.start(0.0)
     b.tick(CONFIG.answer_timeout)
     assert b.is_coordinator and b.epoch == 102
-    b.on_beat(1, 102, 1, 1.1)                                  # a forged lower rival
+    b.on_BEAT(beat(1, 102, 1), 1.1)                    # a forged lower rival
     assert b.is_coordinator
-    b.on_beat(4, 102, 2, 1.2)                                  # a higher id following me
+    b.on_BEAT(beat(4, 102, 2), 1.2)                    # a higher id following me
     assert b.is_coordinator
-    b.on_beat(3, 102, 3, 1.3)
+    b.on_BEAT(beat(3, 102, 3), 1.3)
     assert (b.state, b.coordinator, b.epoch) == ("follower", 3, 102)
     assert log.has("stepping down: saw epoch 102 from s3")
 
@@ -339,7 +347,7 @@ def test_beat_with_a_higher_epoch_and_a_lower_coordinator_makes_me_take_over():
     b, sent, _ = lone(4)
     b.start(0.0)
     b.tick(CONFIG.answer_timeout)
-    b.on_beat(1, 702, 2, 2.0)
+    b.on_BEAT(beat(1, 702, 2), 2.0)
     assert not b.is_coordinator and b.state == "candidate" and b.coordinator == 2
     b.tick(2.0 + CONFIG.answer_timeout)
     assert b.is_coordinator and b.epoch == 804
@@ -348,20 +356,20 @@ def test_beat_with_a_higher_epoch_and_a_lower_coordinator_makes_me_take_over():
 def test_silent_coordinator_triggers_an_election_after_election_timeout():
     b, sent, log = lone(2)
     b.start(0.0)
-    b.on_coordinator({"from": 3, "epoch": 103}, 0.1)
+    b.on_COORDINATOR(P.Coordinator(sender=3, epoch=103), 0.1)
     b.saw_peer(3, 0.5)
     assert b.next_deadline() == pytest.approx(0.5 + CONFIG.election_timeout)
     b.tick(0.5 + CONFIG.election_timeout - 0.01)
     assert b.state == "follower"
     b.tick(0.5 + CONFIG.election_timeout)
     assert b.state == "candidate" and b.coordinator is None
-    b.on_beat(1, 103, 3, 1.8)          # a peer that has not noticed yet: no re-adoption
+    b.on_BEAT(beat(1, 103, 3), 1.8)    # a peer that has not noticed yet: no re-adoption
     assert b.state == "candidate" and b.coordinator is None
 
 
 def test_a_beat_naming_me_from_before_a_restart_is_not_adopted():
     b, _, _ = lone(3)
-    b.on_beat(1, 603, 3, 0.0)
+    b.on_BEAT(beat(1, 603, 3), 0.0)
     assert b.coordinator is None
     b.start(0.1)
     b.tick(0.1 + CONFIG.answer_timeout)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common import protocol as P
 from common.histogram import BOUNDS_MS, SIZE, Histogram
 from servers.replication_lag import ReplicationLag
 
@@ -72,8 +73,9 @@ def test_a_well_formed_status_field_round_trips():
     assert again.summary() == f"n=2 p50<={hist.percentile(50):g}ms p99<={hist.percentile(99):g}ms"
 
 
-def _event(origin: int, seq: int) -> dict:
-    return {"origin": origin, "seq": seq}
+def _event(origin: int, seq: int) -> P.Event:
+    return P.Event(id=f"e{origin}-{seq}", kind="post", user="alice", lamport=seq, ts=1.0,
+                   origin=origin, seq=seq, data=P.EventData(text="x"))
 
 
 def test_the_lag_of_each_own_write_is_counted_once_when_everyone_holds_it():

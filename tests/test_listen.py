@@ -43,7 +43,7 @@ LISTENER_SECONDS = 300.0
 """``--seconds`` of listeners the test stops itself (it outlives any test)."""
 
 RECV_LISTEN_RE = re.compile(r"\| recv (?P<user>\w+) \| listen rid=(?P<rid>\S+)")
-REPLY_RE = re.compile(r"\| send client:\S+ \| reply rid=(?P<rid>\S+)")
+REPLY_RE = re.compile(r"\| send \S+ \| reply rid=(?P<rid>\S+)")
 
 
 # --- the listener: the CLI as a subprocess ----------------------------------------------------

@@ -1,6 +1,7 @@
 """Property tests of the replicated state: any delivery order gives the same answers."""
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,14 +41,14 @@ def histories(draw):
 
 def _event(rid, kind, user, data, lamport, origin, seqs):
     seqs[origin] += 1
-    return {"id": rid, "kind": kind, "user": user, "lamport": lamport, "ts": 1.0,
-            "origin": origin, "seq": seqs[origin], "data": data}
+    return P.convert({"id": rid, "kind": kind, "user": user, "lamport": lamport, "ts": 1.0,
+                      "origin": origin, "seq": seqs[origin], "data": data}, P.Event)
 
 
 def _deliver(events, order):
     """Apply events in the given interleaving, keeping each origin's seq order."""
     state = SocialState()
-    queues = {o: [e for e in events if e["origin"] == o] for o in (1, 2, 3)}
+    queues = {o: [e for e in events if e.origin == o] for o in (1, 2, 3)}
     for origin in order:
         if queues[origin]:
             state.apply(queues[origin].pop(0))
@@ -78,7 +79,7 @@ def test_a_request_made_twice_counts_once_and_the_smaller_stamp_wins(events):
     state = _deliver(events, [])
     by_id: dict[str, list[dict]] = {}
     for e in events:
-        by_id.setdefault(e["id"], []).append(e)
+        by_id.setdefault(e.id, []).append(e)
     assert state.count == len(by_id)
     for rid, copies in by_id.items():
         assert state.events[rid] is min(copies, key=P.copy_key)
@@ -119,10 +120,10 @@ def test_notifications_only_cover_posts_made_while_following():
 
 def test_apply_refuses_a_gap_and_ignores_a_duplicate():
     state = SocialState()
-    first = {"id": "a", "kind": "register", "user": "alice", "lamport": 1, "ts": 1.0,
-             "origin": 1, "seq": 1, "data": {}}
+    first = P.Event(id="a", kind="register", user="alice", lamport=1, ts=1.0, origin=1, seq=1,
+                    data=P.EventData())
     assert state.apply(first) is True
-    assert state.apply(dict(first)) is False
+    assert state.apply(P.Event(**P.to_builtins(first) | {"data": P.EventData()})) is False
     with pytest.raises(ValueError):
-        state.apply(dict(first, id="b", seq=3))
+        state.apply(msgspec.structs.replace(first, id="b", seq=3))
     assert state.count == 1

@@ -13,18 +13,23 @@ from pathlib import Path
 import pytest
 
 from common.processes import wait_until
-from servers.store import QUIET_S, EventStore
+from common import protocol as P
+from servers.store import EventStore
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _events(first: int, count: int) -> list[dict]:
-    return [{"id": f"e{n}", "kind": "post", "user": "alice", "lamport": n, "ts": float(n),
-             "origin": 1, "seq": n, "data": {"text": f"post {n}"}} for n in range(first, first + count)]
+QUIET_S = 0.25
+"""The store's quiet_s (Config.checkpoint_quiet_s) in these tests."""
 
 
-def _write(store: EventStore, events: list[dict]) -> None:
+def _events(first: int, count: int) -> list[P.Event]:
+    return [P.Event(id=f"e{n}", kind="post", user="alice", lamport=n, ts=float(n), origin=1,
+                    seq=n, data=P.EventData(text=f"post {n}")) for n in range(first, first + count)]
+
+
+def _write(store: EventStore, events: list[P.Event]) -> None:
     for event in events:
         store.append(event)
     store.sync()
@@ -64,7 +69,7 @@ def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_onc
 
     again = EventStore(tmp_path, checkpoint_min=10)
     try:
-        assert [e["id"] for e in again.load()] == _ids(1, 15)
+        assert [e.id for e in again.load()] == _ids(1, 15)
         # what the log still held is folded at start-up, and only that
         wait_until(lambda: _tinydb_ids(tmp_path) == _ids(1, 15),
                    timeout=10, what="the start-up fold")
@@ -73,7 +78,7 @@ def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_onc
 
 
 def test_a_due_checkpoint_waits_for_a_quiet_moment_unless_long_overdue(tmp_path):
-    store = EventStore(tmp_path, checkpoint_min=10)
+    store = EventStore(tmp_path, checkpoint_min=10, quiet_s=QUIET_S)
     store.load()
     try:
         _write(store, _events(1, 12))                    # due (10), but writes keep coming
@@ -107,7 +112,7 @@ def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
     assert _tinydb_ids(tmp_path) == []
     again = EventStore(tmp_path, checkpoint_min=5)
     try:
-        assert [e["id"] for e in again.load()] == _ids(1, 8)
+        assert [e.id for e in again.load()] == _ids(1, 8)
     finally:
         again.close()
 
@@ -117,7 +122,7 @@ def test_the_checkpointer_dies_with_its_server(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from servers.store import QUIET_S, EventStore
+        from servers.store import EventStore
         store = EventStore(sys.argv[1])
         store.load()
         print(store._checkpointer.pid, flush=True)

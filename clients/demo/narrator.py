@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from clients.demo_watch import Activity, BerkeleyRound, Watch, clock_spread, skew_line
+from clients.demo.watch import Activity, BerkeleyRound, Watch, clock_spread, skew_line
 from common.config import Config
 from common.processes import wait_until
 from common.timeline import Entry

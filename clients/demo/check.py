@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from clients.connection import Connection
-from clients.demo_narrator import Narrator, shown
-from clients.demo_watch import BerkeleyRound, clock_spread
+from clients.demo.narrator import Narrator, shown
+from clients.demo.watch import BerkeleyRound, clock_spread
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.cluster_status import all_newer, lamports, same_events, serving

@@ -1,7 +1,7 @@
 """``python run_all.py demo``: the whole system at work, narrated, in under a minute.
 
 The demo starts a broker and servers with clock chaos on, in folders of its
-own, and bot users (``clients/bots.py``, one process each) that act on their
+own, and bot users (``clients/demo/bots.py``, one process each) that act on their
 own. While they follow, post, listen and talk, it puts the cluster through
 what it is built to survive, one step at a time, saying what happens and why:
 
@@ -19,8 +19,8 @@ Berkeley rounds are told as the coordinator logs them throughout. Every
 process the demo starts is stopped before it returns (``try``/``finally``),
 and its pid is written to ``demo-pids.txt`` in the log folder first.
 
-This module runs the scenario; ``clients/demo_narrator.py`` tells it (with what
-``clients/demo_watch.py`` sees), and ``clients/demo_check.py`` checks and sums it up.
+This module runs the scenario; ``clients/demo/narrator.py`` tells it (with what
+``clients/demo/watch.py`` sees), and ``clients/demo/check.py`` checks and sums it up.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import TextIO
 
 from clients.connection import ClientError
-from clients.demo_check import READ_LIMIT, Verification
-from clients.demo_narrator import PUMP, Narrator, shown
-from clients.demo_watch import report_path
+from clients.demo.check import READ_LIMIT, Verification
+from clients.demo.narrator import PUMP, Narrator, shown
+from clients.demo.watch import report_path
 from common.cluster_status import rows_by_id, serving, wait_serving
 from common.config import Config, load_config
 from common.processes import ProcessGroup, usable_port_base
@@ -78,7 +78,7 @@ class DemoProcesses(ProcessGroup):
             f.write(f"{name} {proc.pid}\n")
 
     def start_bot(self, user: str, *args: str) -> subprocess.Popen:
-        return self.start(f"bot-{user}", ["clients.bots", "--user", user, *args])
+        return self.start(f"bot-{user}", ["clients.demo.bots", "--user", user, *args])
 
 
 class Demo:

@@ -1,4 +1,5 @@
-"""``python -m servers.echo --id N``: a server that does nothing, for the benchmark's baseline.
+"""``python -m clients.bench.echo --id N``: a server that does nothing, for the
+benchmark's baseline.
 
 It joins the broker's pool exactly as a real server does (a DEALER named
 ``server-N`` that says READY, then HEARTBEAT with phase ``serving`` every
@@ -21,10 +22,6 @@ from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, ConfigError, load_config
 
-DRAIN = 1000
-"""Requests read per loop turn before the heartbeat check."""
-
-
 class EchoServer:
     def __init__(self, config: Config, server_id: int) -> None:
         self.id = server_id
@@ -33,46 +30,44 @@ class EchoServer:
         self.clock = PhysicalClock()
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.broker = self.ctx.socket(zmq.DEALER)
-        self.broker.setsockopt(zmq.IDENTITY, f"server-{server_id}".encode())
-        self.broker.sndhwm = self.broker.rcvhwm = 200_000
-        self.broker.connect(config.endpoint(config.backend_port))
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"server-{server_id}".encode())
+        sock.sndhwm = sock.rcvhwm = config.hwm
+        sock.connect(config.endpoint(config.backend_port))
+        self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
         self.heartbeat_at = 0.0
         self.running = True
 
     def run(self) -> None:
-        self.to_broker(b"", P.READY, {"id": self.id})
+        self.to_broker(b"", P.Ready(id=self.id))
         try:
             while self.running:
                 wait = max(0.0, self.heartbeat_at - time.monotonic())
-                if self.broker.poll(wait * 1000):
+                if self.broker.sock.poll(wait * 1000):
                     self.drain()
                 self.send_heartbeats()
-            self.to_broker(b"", P.LEAVE, {"id": self.id})
+            self.to_broker(b"", P.Leave(id=self.id))
         finally:
             self.ctx.destroy(0)
 
     def drain(self) -> None:
-        for _ in range(DRAIN):
+        for _ in range(self.config.drain):
             try:
-                frames = P.recv(self.broker, zmq.NOBLOCK)
+                frames = P.recv(self.broker.sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.on_broker(frames)
 
     def on_broker(self, frames: list[bytes]) -> None:
         """A request (non-empty route) gets ok at once; the broker's heartbeats need nothing."""
-        if len(frames) != 4 or not frames[0]:
-            return
         try:
-            msg = P.decode(frames[1:])
+            incoming = self.broker.receive(frames)
         except P.ProtocolError:
             return
-        self.lamport.merge(msg.lamport)
-        if msg.type == P.REQUEST:
-            self.to_broker(frames[0], P.REPLY, {"rid": msg.body["rid"], "ok": True,
-                                               "server": self.id, "time": self.clock.now(),
-                                               "result": {}})
+        route = incoming.envelope[0]
+        if route and isinstance(incoming.msg, P.Request):
+            self.to_broker(route, P.Reply(rid=incoming.msg.rid, ok=True, server=self.id,
+                                          time=self.clock.now(), result={}))
 
     def send_heartbeats(self) -> None:
         """Idempotent periodic job: tell the broker we are alive and serving."""
@@ -80,12 +75,14 @@ class EchoServer:
         if now < self.heartbeat_at:
             return
         self.heartbeat_at = now + self.config.heartbeat_interval
-        self.to_broker(b"", P.HEARTBEAT, {"id": self.id, "phase": "serving", "echo": True})
+        self.to_broker(b"", P.Heartbeat(id=self.id, status=P.ServerStatus(
+            id=self.id, phase="serving", events=0, digest="", lamport=self.lamport.value, vv={},
+            coordinator=None, epoch=0, clock_offset_ms=None, clock_skew_ms=0.0, last_sync=None,
+            under_replicated=0, repl_lag_hist=[], peers=[])))
 
-    def to_broker(self, route: bytes, msg_type: str, body: dict) -> None:
+    def to_broker(self, route: bytes, msg) -> None:
         try:
-            P.send(self.broker, [route] + P.encode(msg_type, self.lamport.tick(), body),
-                   zmq.NOBLOCK)
+            self.broker.send(msg, route, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass                    # broker gone or queue full: the client retries or times out
 

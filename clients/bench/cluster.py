@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import zmq
 
+from clients.bench.cpu import cpu_seconds
 from common import cluster_status
 from common import protocol as P
 from common.broker_client import BrokerClient
@@ -51,7 +52,8 @@ class BenchCluster:
         self.group.start_broker()
         for server_id in range(1, servers + 1):
             if echo:
-                self.group.start(f"echo-{server_id}", ["servers.echo", "--id", str(server_id)])
+                self.group.start(f"echo-{server_id}",
+                                 ["clients.bench.echo", "--id", str(server_id)])
             else:
                 self.group.start_server(server_id)
         self.wait_serving(range(1, servers + 1), timeout)
@@ -97,6 +99,13 @@ class BenchCluster:
                 return None
             total = total.plus(hist)
         return total
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each live process of the cluster has used so far, by name
+        (``broker``, ``server-N``, ``echo-N``; threads and children included)."""
+        pids = {name: proc.pid for name, proc in self.group.procs.items() if proc.poll() is None}
+        used = cpu_seconds(pids.values())
+        return {name: used[pid] for name, pid in pids.items() if pid in used}
 
     def stop(self) -> None:
         try:

@@ -1,6 +1,6 @@
 """Bot users for the demo: each bot is a process of its own that acts on its own.
 
-    python -m clients.bots --user alice --peers bob,carol,dave,erin --report FILE
+    python -m clients.demo.bots --user alice --peers bob,carol,dave,erin --report FILE
 
 A bot registers, waits until its peers have registered too, then until SIGTERM
 (or ``--seconds``) it follows and unfollows peers, posts, sends messages and

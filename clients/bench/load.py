@@ -144,6 +144,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)   # seconds, every ok reply
     acks: list[tuple[str, float]] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    probed: tuple | None = None      # run(probe=...): its answers at the window's start and end
 
     @property
     def rate(self) -> float:
@@ -175,8 +176,10 @@ class LoadWorkers:
         for proc in self.procs:
             proc.start()
 
-    def run(self, loads: list[Load], seconds: float) -> LoadResult:
-        """Run ``loads`` (one per worker) over one shared window of ``seconds``."""
+    def run(self, loads: list[Load], seconds: float, probe=None) -> LoadResult:
+        """Run ``loads`` (one per worker) over one shared window of ``seconds``. A
+        ``probe`` is called at the window's start and at its end; the result's
+        ``probed`` holds its two answers."""
         self.tag += 1
         for i, load in enumerate(loads):
             self.tasks[i].put(replace(load, tag=self.tag))
@@ -191,13 +194,20 @@ class LoadWorkers:
         finally:                 # every worker that got a Load waits for go or None
             for i in range(len(loads)):
                 self.tasks[i].put(go and (*go, i / len(loads)))
+        probed = tuple(self._at(moment, probe) for moment in go) if probe else None
         done = self._collect("done", len(loads), seconds + REPLY_TIMEOUT + 30.0)
-        result = LoadResult(seconds)
+        result = LoadResult(seconds, probed=probed)
         for part in done.values():
             result.latencies.extend(part["latencies"])
             result.acks.extend(part["acks"])
             result.errors.update(part["errors"])
         return result
+
+    @staticmethod
+    def _at(moment: float, probe):
+        """``probe()`` at ``moment`` on the monotonic clock (at once if it is past)."""
+        time.sleep(max(0.0, moment - time.monotonic()))
+        return probe()
 
     def _collect(self, kind: str, count: int, timeout: float) -> dict:
         """``count`` messages of ``kind`` for the current tag, by worker."""

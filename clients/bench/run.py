@@ -2,10 +2,12 @@
 
 What it measures, in three fresh clusters (tmp folder, free ports, 127.0.0.1):
 
-1. **Baseline**: broker + 3 echo servers (``servers.echo``), 8 clients flat out.
-2. **Writes** (3 servers, 1,000 posts stored): acked posts/s with 8 clients and
-   with 1, messages/s with 8, latency percentiles, then p99 with the clients paced
-   to half of the 8-client rate.
+1. **Baseline**: broker + 3 echo servers (``clients/bench/echo.py``), 8 clients
+   flat out: requests/s and the CPU time per request of broker and echo servers.
+2. **Writes** (3 servers, 1,000 posts stored): acked posts/s with 8 clients (and
+   the CPU time per acked post of broker and servers) and with 1, messages/s with
+   8, latency percentiles, then p99 with the clients paced to half of the
+   8-client rate.
 3. **Replication lag**: a 4th server joins the same cluster (replicas stay 3, so an
    ack no longer means every server holds the write); each origin measures, from
    its peers' ACKs, when every server holds each of its writes, and the phase
@@ -17,9 +19,10 @@ What it measures, in three fresh clusters (tmp folder, free ports, 127.0.0.1):
    in the broker's pool.
 
 Where: this module runs the phases and reports them (progress lines, the table,
-the JSON); the load comes from ``clients/load.py``, the clusters and their stored
-posts from ``clients/bench_cluster.py``, the replication lag from the servers
-(``servers/replication_lag.py``).
+the JSON); the load comes from ``clients/bench/load.py``, the clusters and their
+stored posts from ``clients/bench/cluster.py``, the replication lag from the
+servers (``servers/replication_lag.py``), the CPU time of the broker and servers
+from ``/proc`` (``clients/bench/cpu.py``).
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from pathlib import Path
 
 import zmq
 
-from clients.bench_cluster import TEXT, BenchCluster, bench_user
-from clients.load import BenchError, Load, LoadResult, LoadWorkers
+from clients.bench.cluster import TEXT, BenchCluster, bench_user
+from clients.bench.load import BenchError, Load, LoadResult, LoadWorkers
 from common import protocol as P
 from common.histogram import Histogram
 from common.cluster_status import rows_by_id
@@ -114,13 +117,16 @@ class Bench:
                   f"serving after {time.monotonic() - began:.1f} s")
 
     def load(self, cluster: BenchCluster, op: str, args_of, clients: int | None = None,
-             rate: float | None = None, record_acks: bool = False, setup=()) -> LoadResult:
-        """Run ``op`` from ``clients`` workers (``args_of(worker)`` gives its args)."""
+             rate: float | None = None, record_acks: bool = False, setup=(),
+             cpu: bool = False) -> LoadResult:
+        """Run ``op`` from ``clients`` workers (``args_of(worker)`` gives its args);
+        ``cpu``: read the cluster's CPU time at the window's start and end."""
         clients = clients or self.plan.clients
         per_worker = rate / clients if rate else None
         loads = [Load(cluster.frontend, bench_user(w), op, args_of(w), per_worker, record_acks,
                       tuple(setup) + ((op, args_of(w)),)) for w in range(clients)]
-        result = self.workers.run(loads, self.plan.phase_s)
+        result = self.workers.run(loads, self.plan.phase_s,
+                                  probe=cluster.cpu_seconds if cpu else None)
         if result.errors:
             self.note(f"errors: {dict(result.errors)}")
         self.figures.setdefault("errors", {}).update(
@@ -128,6 +134,19 @@ class Bench:
         if not result.latencies:
             raise BenchError(f"no {op} request succeeded ({dict(result.errors)})")
         return result
+
+    def cpu_per_request(self, result: LoadResult, prefix: str, per: str) -> str:
+        """The cluster's CPU time in the window, in µs per ok reply: figures
+        ``{prefix}cpu_us_per_{per}`` (the sum), ``..._by_process`` and, in CPUs,
+        ``{prefix}cpu_cores_busy``. Returns the text for the progress line."""
+        before, after = result.probed
+        seconds = {name: after[name] - before[name] for name in after if name in before}
+        key = f"{prefix}cpu_us_per_{per}"
+        self.figures[f"{key}_by_process"] = {
+            name: s / len(result.latencies) * 1e6 for name, s in seconds.items()}
+        self.figures[key] = sum(self.figures[f"{key}_by_process"].values())
+        self.figures[f"{prefix}cpu_cores_busy"] = sum(seconds.values()) / result.seconds
+        return f"CPU {self.figures[key]:,.0f} µs/{per}"
 
     def attempt(self, name: str, block) -> None:
         """Run one cluster's phases; a failure skips the rest of that cluster."""
@@ -152,10 +171,11 @@ class Bench:
         try:
             self.start_cluster(cluster, 3, echo=True)
             self.step("baseline: broker + 3 echo servers, 8 clients")
-            result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT})
+            result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT}, cpu=True)
             self.figures["baseline_rps"] = result.rate
             self.figures["baseline_p99_ms"] = result.ms(99)
-            self.done(f"{result.rate:,.0f} req/s, p99 {result.ms(99):.2f} ms")
+            cpu = self.cpu_per_request(result, "baseline_", "req")
+            self.done(f"{result.rate:,.0f} req/s, p99 {result.ms(99):.2f} ms, {cpu}")
         finally:
             cluster.stop()
 
@@ -166,13 +186,14 @@ class Bench:
             f = self.figures
             post = lambda w: {"text": TEXT}  # noqa: E731
             self.step(f"writes, 8 clients, {self.plan.stored_small:,} stored")
-            result = self.load(cluster, P.OP_POST, post)
+            result = self.load(cluster, P.OP_POST, post, cpu=True)
             f["posts_per_s"] = f["rate_small_store"] = result.rate
             f["p50_ms"], f["p95_ms"], f["p99_ms"] = result.ms(50), result.ms(95), result.ms(99)
             if f.get("baseline_rps"):
                 f["ratio"] = result.rate / f["baseline_rps"]
+            cpu = self.cpu_per_request(result, "", "post")
             self.done(f"{result.rate:,.0f} posts/s, p50 {f['p50_ms']:.2f} ms, "
-                      f"p95 {f['p95_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms")
+                      f"p95 {f['p95_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, {cpu}")
 
             self.step("writes, 1 client")
             result = self.load(cluster, P.OP_POST, post, clients=1)
@@ -309,11 +330,23 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
     def num(key, fmt="{:,.0f}", unit=""):
         value = f.get(key)
         return "—" if value is None else fmt.format(value) + unit
+    def cpu(prefix, per, label):
+        """CPU per request: the sum (and CPUs busy), then a row split by process."""
+        key = f"{prefix}cpu_us_per_{per}"
+        split = f.get(f"{key}_by_process")
+        if not split:
+            return [(f"CPU per {label}", "—", "")]
+        return [(f"CPU per {label}", f"{f[key]:,.0f} µs ({f[prefix + 'cpu_cores_busy']:.2f} "
+                                     f"CPUs busy)", ""),
+                ("  " + " / ".join(split), " / ".join(f"{us:,.0f}" for us in split.values())
+                 + " µs", "")]
     lag = f.get("replication_lag_ms") or {}
     lag_text = (f"<= {lag['p50']:g} / <= {lag['p99']:g} ms" if lag else "—")
     return [
         ("baseline: echo servers, 8 clients", num("baseline_rps", unit=" req/s"), ""),
+        *cpu("baseline_", "req", "request, broker + echo servers"),
         ("acked posts, 8 clients", num("posts_per_s", unit=" /s"), TARGETS["posts_per_s"]),
+        *cpu("", "post", "acked post, broker + servers"),
         ("ratio to baseline", num("ratio", "{:.2f}"), TARGETS["ratio"]),
         ("latency p50 / p95 / p99",
          f"{num('p50_ms', '{:.2f}')} / {num('p95_ms', '{:.2f}')} / {num('p99_ms', '{:.2f}')} ms", ""),

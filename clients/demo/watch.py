@@ -1,7 +1,7 @@
 """What the demo sees of the system, and how it tells it.
 
 * ``Watch``: the broker's ``status``, new lines of the servers' logs, and new
-  records of the bots' reports (clients/bots.py), all read without blocking.
+  records of the bots' reports (clients/demo/bots.py), all read without blocking.
 * ``Activity``: what the bots did, from their reports -- every acknowledged
   write (for the final check), counts, and a narrated sample of it: the first
   follows, posts and the notifications they caused, messages and answers.

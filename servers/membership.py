@@ -1,0 +1,212 @@
+"""Membership: this server's phase, its heartbeats, and what it knows of its peers' lives.
+
+Phases: ``joining`` (listen to the bus for ``3 * heartbeat_interval`` to learn
+the peers) -> ``syncing`` (pull what the peers hold, get the clock set) ->
+``serving`` (in the broker's pool) -> ``leaving`` (SIGTERM: out of the pool,
+finish what waits for copies, exit).
+
+* Every ``heartbeat_interval`` the server sends HB (with its status row) to the
+  broker and BEAT (phase, vector, coordinator) on the bus, and counts peers
+  silent for ``peer_timeout`` as gone -- unless the bus itself is silent (not
+  even its own BEATs come back): then it knows nothing of them, and counting
+  them gone would let writes be acked with too few copies.
+* **Stall check**: after a pause long enough that the broker or the peers may
+  have counted it gone (SIGSTOP, a stalled VM), its state may be stale and the
+  cluster has moved on, so it leaves the pool and catches up again as a joining
+  server does, before it answers anyone.
+* A peer's BEAT updates its phase and vector; a BYE marks it gone at once.
+
+Pure logic apart from the callbacks it is given: no sockets, no clock reads;
+``now`` is ``time.monotonic()``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from common import protocol as P
+from common.config import Config
+from common.log import ProcessLog
+from servers.catchup import CatchUp
+from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
+
+
+class Membership:
+    def __init__(self, my_id: int, config: Config, peers: Peers, catchup: CatchUp,
+                 log: ProcessLog | None, *, now: float,
+                 publish: Callable[[object], None],
+                 to_broker: Callable[[object], None],
+                 status: Callable[[float], P.ServerStatus],
+                 wall_clock: Callable[[], float],
+                 clock_synced: Callable[[], bool],
+                 idle: Callable[[], bool],
+                 on_phase: Callable[[str, str, float], None],
+                 on_peer_gone: Callable[[int], None],
+                 reconnect_broker: Callable[[], None]) -> None:
+        self.my_id = my_id
+        self.config = config
+        self.peers = peers
+        self.catchup = catchup
+        self.log = log
+        self._publish = publish
+        self._to_broker = to_broker
+        self._status = status
+        self._wall_clock = wall_clock
+        self._clock_synced = clock_synced
+        self._idle = idle
+        self._on_phase = on_phase
+        self._on_peer_gone = on_peer_gone
+        self._reconnect_broker = reconnect_broker
+        self.phase = JOINING
+        self.phase_since = now
+        self.target: dict[int, int] = {}
+        self.running = True
+        self.leave_requested = False
+        self.leave_deadline = 0.0
+        self.beat_sent_at = now            # when peers and the broker last heard me
+        self.heartbeat_at = 0.0
+        self.broker_seen = now
+        self.bus_seen = now
+        self.bus_down = False
+
+    @property
+    def serving(self) -> bool:
+        return self.phase == SERVING
+
+    # --- what the server's loop calls ---------------------------------------------
+    def tick(self, now: float) -> None:
+        """The periodic job: stall check, leave, heartbeats and purge, next phase."""
+        self.check_frozen(now)                   # before a heartbeat says "serving"
+        if self.leave_requested:
+            self.leave(now)
+        if now >= self.heartbeat_at:
+            self.heartbeat_at = now + self.config.heartbeat_interval
+            self.send_heartbeats(now)
+            self.purge_peers(now)
+        self.advance(now)
+
+    def next_deadline(self) -> float:
+        return self.heartbeat_at
+
+    def heard_bus(self, now: float) -> None:
+        """My own message came back on the bus: the bus works."""
+        self.bus_seen = now
+
+    def heard_broker(self, now: float) -> None:
+        self.broker_seen = now
+
+    def saw_peer(self, sender: int, now: float) -> bool:
+        """Any bus message from a peer proves it alive; True if it is new or back."""
+        _peer, new = self.peers.saw(sender, now)
+        if new and self.log is not None:
+            self.log.recv(f"server-{sender}", "peer appeared")
+        return new
+
+    def request_leave(self) -> None:
+        """SIGTERM: only a flag (the handler runs inside a signal handler)."""
+        self.leave_requested = True
+
+    # --- handlers ---------------------------------------------------------------------
+    def on_BEAT(self, msg: P.Beat, now: float) -> None:
+        peer = self.peers.table.get(msg.sender)
+        if peer is None:
+            return
+        if peer.phase != msg.phase:
+            if self.log is not None:
+                self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {msg.phase}")
+            peer.phase = msg.phase
+        if msg.phase == JOINING:                 # (re)starting: it may hold less than before
+            self.peers.reset_vv(peer.id, msg.vv)
+        else:                                    # an ACK may have overtaken this BEAT
+            self.peers.update_vv(peer.id, msg.vv)
+
+    def on_BYE(self, msg: P.Bye, now: float) -> None:
+        self.peers.left(msg.sender)
+        if self.log is not None:
+            self.log.recv(f"server-{msg.sender}", "BYE: peer leaves")
+
+    # --- phases -----------------------------------------------------------------------
+    def advance(self, now: float) -> None:
+        if self.phase == JOINING and \
+                now - self.phase_since >= 3 * self.config.heartbeat_interval:
+            self.target = self.catchup.target(now)
+            self.set_phase(SYNCING, f"target {self.target}", now)
+        elif self.phase == SYNCING:
+            self.catchup.lower_unreachable(self.target, now)
+            clock_set = (self._clock_synced()
+                         or now - self.phase_since >= self.config.join_clock_wait)
+            if self.catchup.caught_up(self.target) and clock_set:
+                status = self._status(now)
+                self.set_phase(SERVING, f"caught up: {status.events} events, "
+                                        f"digest {status.digest[:12]}", now)
+                self._to_broker(P.Ready(id=self.my_id))
+        elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
+            self.running = False
+
+    def set_phase(self, phase: str, why: str, now: float) -> None:
+        old = self.phase
+        if self.log is not None:
+            self.log.note(f"phase {old} -> {phase}: {why}")
+        self.phase = phase
+        self.phase_since = now
+        self._on_phase(old, phase, now)
+
+    def check_frozen(self, now: float) -> None:
+        """After a stall long enough that peers or the broker may have counted us
+        gone, catch up again before serving. Measured from our last heartbeat,
+        which is what they judge by."""
+        silent = now - self.beat_sent_at
+        patience = min(self.config.peer_timeout, self.config.server_timeout)
+        if silent < patience - self.config.heartbeat_interval or \
+                self.phase in (JOINING, LEAVING):
+            return
+        if self.log is not None:
+            self.log.warn(f"stalled for {silent * 1000:.0f} ms without a heartbeat (frozen?): "
+                          f"catching up before serving again")
+        self.set_phase(JOINING, "resumed after a stall", now)
+        self._to_broker(P.Heartbeat(id=self.my_id, status=self._status(now)))
+        self.beat_sent_at = now
+
+    def leave(self, now: float) -> None:
+        """Out of the pool at once, finish what is waiting, exit within 2 s."""
+        self.leave_requested = False
+        if self.phase == LEAVING:
+            return
+        self.set_phase(LEAVING, "SIGTERM", now)
+        self.leave_deadline = now + self.config.leave_deadline
+        self._to_broker(P.Leave(id=self.my_id))
+        self._publish(P.Bye(sender=self.my_id))
+
+    # --- heartbeats and liveness ---------------------------------------------------------
+    def send_heartbeats(self, now: float) -> None:
+        """HB to the broker (my status row, and my clock: the broker follows the
+        coordinator's), BEAT on the bus."""
+        self.beat_sent_at = now
+        status = self._status(now)
+        self._to_broker(P.Heartbeat(id=self.my_id, clock=self._wall_clock(), status=status))
+        self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
+                             epoch=status.epoch, coordinator=status.coordinator,
+                             events=status.events, digest=status.digest))
+        if now - self.broker_seen > self.config.broker_timeout:
+            if self.log is not None:
+                self.log.warn(f"broker silent for {(now - self.broker_seen) * 1000:.0f} ms: "
+                              f"reconnecting")
+            self._reconnect_broker()
+            self.broker_seen = now
+
+    def purge_peers(self, now: float) -> None:
+        """Peers silent for peer_timeout are gone, unless the bus itself is down."""
+        if now - self.bus_seen > self.config.peer_timeout / 2:
+            if not self.bus_down and self.log is not None:
+                self.log.warn("bus silent (broker down?): holding peers' liveness")
+            self.bus_down = True
+            self.peers.hold(now)
+            return
+        if self.bus_down and self.log is not None:
+            self.log.note("bus back")
+        self.bus_down = False
+        for peer in self.peers.expire(now):
+            if self.log is not None:
+                self.log.note(f"peer server-{peer.id} gone "
+                              f"(silent {self.config.peer_timeout * 1000:.0f} ms)")
+            self.catchup.forget(peer.id)
+            self._on_peer_gone(peer.id)

@@ -1,0 +1,111 @@
+"""The sockets between servers: pulls (FETCH -> EVENTS) and ACKs to an origin.
+
+Each server binds a ROUTER on ``peer_port(id)`` and answers FETCH with the
+events it holds beyond the asker's version vector; the asker keeps one DEALER
+per peer and asks again while the answer says ``more``. This is the
+snapshot-and-catch-up of the ZeroMQ Guide's Clone pattern: a new server pulls
+from an empty vector, a returning one only what it missed. The same DEALER
+carries ACKs to the origin of the events a server applied: only the origin
+counts their copies, so they need no bus.
+
+It holds no reference to the server: it is given a socket factory, the Lamport
+clock (through ``protocol.Endpoint``) and the handlers to call.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import zmq
+
+from common import protocol as P
+from common.config import Config
+from common.log import ProcessLog, vv_brief
+
+
+class PeerLinks:
+    def __init__(self, my_id: int, config: Config, lamport, log: ProcessLog,
+                 open_socket: Callable[[int, Callable], zmq.Socket],
+                 close_socket: Callable[[zmq.Socket], None], *,
+                 answer_fetch: Callable[[P.Fetch], P.Events],
+                 on_ack: Callable[[P.Ack, float], None],
+                 on_events: Callable[[int, P.Events, float], None]) -> None:
+        self.my_id = my_id
+        self.config = config
+        self.lamport = lamport
+        self.log = log
+        self._open_socket = open_socket
+        self._close_socket = close_socket
+        self._answer_fetch = answer_fetch
+        self._on_ack = on_ack
+        self._on_events = on_events
+        self.router: P.Endpoint | None = None
+        self.dealers: dict[int, P.Endpoint] = {}
+
+    def open(self) -> None:
+        sock = self._open_socket(zmq.ROUTER, self.on_router)
+        sock.bind(self.config.endpoint(self.config.peer_port(self.my_id)))
+        self.router = P.Endpoint(sock, P.PEER_REQUEST, self.lamport)
+
+    def dealer(self, peer_id: int) -> P.Endpoint:
+        link = self.dealers.get(peer_id)
+        if link is None:
+            sock = self._open_socket(zmq.DEALER, lambda frames, p=peer_id: self.on_dealer(p, frames))
+            sock.connect(self.config.endpoint(self.config.peer_port(peer_id)))
+            link = self.dealers[peer_id] = P.Endpoint(sock, P.PEER_REPLY, self.lamport)
+        return link
+
+    def drop(self, peer_id: int) -> None:
+        """A peer is gone: forget its socket (and whatever was queued on it)."""
+        link = self.dealers.pop(peer_id, None)
+        if link is not None:
+            self._close_socket(link.sock)
+
+    # --- sending ----------------------------------------------------------------------
+    def fetch(self, peer_id: int, after: dict[int, int]) -> None:
+        """Ask ``peer_id`` for the events beyond ``after`` (origin -> seq I hold)."""
+        self.dealer(peer_id).send(P.Fetch(sender=self.my_id, after=after,
+                                          limit=self.config.fetch_batch))
+        self.log.send(f"server-{peer_id}", f"FETCH after {vv_brief(after)}")
+
+    def ack(self, origins, vv: dict[int, int]) -> None:
+        """Tell each origin what I now hold (its events among them). An ACK that
+        cannot be queued is dropped: the next ACK or BEAT says the same and more."""
+        for origin in sorted(origins):
+            try:
+                self.dealer(origin).send(P.Ack(sender=self.my_id, vv=vv), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            self.log.send(f"server-{origin}", f"ACK vv={vv_brief(vv)}")
+
+    # --- receiving ----------------------------------------------------------------------
+    def on_router(self, frames: list[bytes]) -> None:
+        """A peer's FETCH (answer with what I hold beyond its vector) or ACK."""
+        try:
+            incoming = self.router.receive(frames)
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped a bad message on the peer port: {exc}")
+            return
+        msg, now = incoming.msg, time.monotonic()
+        if isinstance(msg, P.Ack):
+            self._on_ack(msg, now)
+            return
+        answer = self._answer_fetch(msg)
+        self.router.send(answer, *incoming.envelope)
+        self.log.line("serve", f"server-{msg.sender}",
+                      f"EVENTS {len(answer.events)} events more={answer.more}")
+
+    def on_dealer(self, peer_id: int, frames: list[bytes]) -> None:
+        """EVENTS from a peer I pulled from."""
+        link = self.dealers.get(peer_id)
+        if link is None:
+            return
+        try:
+            msg = link.receive(frames).msg
+        except P.ProtocolError as exc:
+            self.log.warn(f"dropped a bad reply from server-{peer_id}: {exc}")
+            return
+        if msg.sender != peer_id:
+            self.log.warn(f"dropped EVENTS from server-{peer_id} claiming to be server-{msg.sender}")
+            return
+        self._on_events(peer_id, msg, time.monotonic())
