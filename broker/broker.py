@@ -70,6 +70,7 @@ class Bus:
             for sock in (xsub, xpub):
                 sock.sndhwm = self._config.hwm
                 sock.rcvhwm = self._config.hwm
+            xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
             xsub.bind(self._config.endpoint(self._config.bus_in_port))
             xpub.bind(self._config.endpoint(self._config.bus_out_port))
             control.connect(self._control_addr)
@@ -156,10 +157,15 @@ class Broker:
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler, limit: int = 500) -> None:
-        for _ in range(limit):
-            if not P.readable(sock):
+        """Read up to ``limit`` messages; the poll said the first one is there."""
+        for i in range(limit):
+            if i and not P.readable(sock):
                 return
-            self.guard(handler, P.recv(sock, zmq.NOBLOCK))
+            try:
+                frames = P.recv(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.guard(handler, frames)
 
     def guard(self, fn, *args) -> None:
         """Run a handler or job; an exception is logged with its cause, and the

@@ -22,10 +22,6 @@ from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
 
-RETRY_FIRST_DELAY = 0.1
-"""Seconds to wait before resending after a retryable error reply..."""
-RETRY_MAX_DELAY = 0.5
-"""...doubling each time up to this."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
 
@@ -93,7 +89,7 @@ class Connection:
         patience = self.config.request_timeout + (
             body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
         deadline = time.monotonic() + self.config.request_deadline + patience
-        retry_delay = RETRY_FIRST_DELAY
+        retry_delay = self.config.retry_first_delay
         tries = 0
         while True:
             tries += 1
@@ -115,7 +111,7 @@ class Connection:
                     time.monotonic() + retry_delay >= deadline:
                 raise error
             time.sleep(retry_delay)
-            retry_delay = min(RETRY_MAX_DELAY, retry_delay * 2)
+            retry_delay = min(self.config.retry_max_delay, retry_delay * 2)
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -61,6 +61,10 @@ class Config:
     """Lazy Pirate: seconds before a client resends a request."""
     request_deadline: float = 20.0
     """Total seconds a client keeps retrying before it reports an error."""
+    retry_first_delay: float = 0.1
+    """Seconds a client waits before resending after a retryable error reply..."""
+    retry_max_delay: float = 0.5
+    """...doubling each time up to this."""
 
     # --- replication and storage ------------------------------------------
     replicas: int = 3
@@ -73,6 +77,9 @@ class Config:
     """...or this fraction of the stored events, whichever is larger."""
     checkpoint_idle_s: float = 5.0
     """Fold a non-empty log after this long without writes."""
+    checkpoint_close_wait: float = 2.0
+    """Seconds a stopping server waits for a running checkpoint before killing it
+    (safe at any moment: see servers/checkpointer.py)."""
     fetch_batch: int = 5000
     """Events per catch-up reply."""
 
@@ -165,6 +172,8 @@ class Config:
             raise ConfigError("drop_rate must lie in [0, 1)")
         if self.request_timeout <= 0 or self.request_deadline < self.request_timeout:
             raise ConfigError("request_deadline must be at least one request_timeout")
+        if not 0 < self.retry_first_delay <= self.retry_max_delay < self.request_deadline:
+            raise ConfigError("retry delays must be positive, first <= max < request_deadline")
         if self.fetch_timeout <= self.gap_grace:
             raise ConfigError("fetch_timeout must be longer than gap_grace")
         if not 0 < self.tick_every <= self.heartbeat_interval / 10:

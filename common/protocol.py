@@ -58,8 +58,8 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 20
 MAX_LISTEN_WAIT = 30.0
 MAX_SERVER_ID = 99
-MAX_IDS = 10_000
-"""Ids a SEEN event may list (posts shown, messages delivered) in one write."""
+MAX_IDS = MAX_LIMIT
+"""Ids a SEEN event may list (posts shown, messages delivered): one reply's worth."""
 FETCH_LIMIT = 50_000
 """The most events one EVENTS reply may carry."""
 MAX_REQUEST_BYTES = 64 * 1024
@@ -69,6 +69,11 @@ MAX_REPLY_BYTES = MAX_LIMIT * (4 * MAX_TEXT + 512) + 64 * 1024
 messages of ``MAX_TEXT`` 4-byte characters with their fields. Replies never need
 more, so the broker's limit on its backend socket is this, and a valid request
 never times out for its size."""
+MAX_PEER_REQUEST_BYTES = 1024 * 1024
+"""A FETCH or ACK is a few hundred bytes; a peer port refuses messages above this."""
+MAX_BUS_BYTES = 64 * 1024 * 1024
+"""The broker's bus refuses messages above this (one origin's EVENT of a loop turn
+is at most ``Config.drain`` events, well below it)."""
 USER_PATTERN = r"^[a-z0-9_]{1,32}$"
 USER_RE = re.compile(USER_PATTERN)
 RID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"
@@ -207,8 +212,6 @@ class Reply(Struct, omit_defaults=True, **_message()):
     result: Optional[dict[str, Any]] = None
     code: Optional[str] = None
     error: Optional[str] = None
-    more: bool = False
-    """A page cut short: more items exist than the reply carries."""
 
 
 # --- server <-> broker control (backend, empty route) ----------------------------
@@ -513,6 +516,13 @@ def decode(frames: list[bytes], route: Route) -> Incoming:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ProtocolError(f"{msg_type}: {_readable(str(exc))}") from None
     return Incoming(frames[:n], lamport, msg)
+
+
+def sent_by(frames: list[bytes], server_id: int) -> bool:
+    """A bus message whose sender is ``server_id``, told without decoding it: every
+    bus message's body starts with its sender (the first field), and a server hears
+    its own messages back only to know that the bus works."""
+    return len(frames) == 3 and frames[2].startswith(b'{"from":%d,' % server_id)
 
 
 def encode(msg, lamport: int) -> list[bytes]:

@@ -75,15 +75,15 @@ class CatchUp:
         return due
 
     def ahead(self, mine: dict[int, int], now: float) -> dict[int, int]:
-        """origin -> a live peer holding more of it than I do (the origin itself
-        when it can)."""
+        """origin -> a live peer holding more of it than I do: the origin itself
+        whenever it is ahead of me, else the peer holding most."""
         ahead: dict[int, int] = {}
         for peer in self.peers.live(now):
             for origin, seq in peer.vv.items():
                 if seq > mine.get(origin, 0):
                     best = ahead.get(origin)
-                    if best is None or peer.id == origin or \
-                            self.peers.table[best].vv.get(origin, 0) < seq:
+                    if best is None or best != origin and (
+                            peer.id == origin or self.peers.table[best].vv.get(origin, 0) < seq):
                         ahead[origin] = peer.id
         return ahead
 

@@ -38,6 +38,10 @@ OVERDUE = 0.0
 
 EPOCH_STRIDE = 100
 """Epoch = term * EPOCH_STRIDE + server id; server ids run from 1 to 99."""
+EPOCH_LEAD = 10 ** 8
+"""An epoch this far above the highest I have heard of is not believed: honest
+epochs grow by one term (100) per election, and one forged far-ahead claim would
+otherwise push every later claim toward the protocol's ceiling."""
 
 
 class Bully:
@@ -110,7 +114,8 @@ class Bully:
         """
         sender, epoch, coordinator = msg.sender, msg.epoch, msg.coordinator
         self.saw_peer(sender, now)
-        self._see_epoch(epoch)
+        if not self._see_epoch(epoch, msg):
+            return
         if coordinator is None or coordinator == self.my_id:
             return                          # no claim, or a claim of mine from before a restart
         if self._outranks(coordinator, epoch, fill_vacancy=False):
@@ -139,8 +144,7 @@ class Bully:
     def on_ELECTION(self, msg: protocol.Election, now: float) -> None:
         """Bully: ELECTION from a lower id gets an ANSWER, and I hold my own election."""
         sender, epoch = msg.sender, msg.epoch
-        self._see_epoch(epoch)
-        if not self._started or sender >= self.my_id:
+        if not self._see_epoch(epoch, msg) or not self._started or sender >= self.my_id:
             return
         self._send(protocol.Answer(sender=self.my_id, to=sender, epoch=self._epoch))
         if self._state == COORDINATOR and epoch <= self._epoch:
@@ -154,7 +158,8 @@ class Bully:
     def on_ANSWER(self, msg: protocol.Answer, now: float) -> None:
         """Bully: a candidate answered by a higher id stops trying to win and waits
         ``coordinator_wait`` for that id's COORDINATOR."""
-        self._see_epoch(msg.epoch)
+        if not self._see_epoch(msg.epoch, msg):
+            return
         if msg.to != self.my_id or self._state != CANDIDATE or self._answered:
             return
         self._answered = True
@@ -164,8 +169,7 @@ class Bully:
         """Accept a COORDINATOR with a higher epoch than mine, or my epoch and an id
         no lower than my coordinator's; refuse any other."""
         sender, epoch = msg.sender, msg.epoch
-        self._see_epoch(epoch)
-        if sender == self.my_id:
+        if not self._see_epoch(epoch, msg) or sender == self.my_id:
             return
         current = (epoch, sender) == (self._epoch, self._coordinator)
         if current or self._outranks(sender, epoch, fill_vacancy=True):
@@ -249,8 +253,15 @@ class Bully:
             return fill_vacancy
         return coordinator > self._coordinator
 
-    def _see_epoch(self, epoch: int) -> None:
+    def _see_epoch(self, epoch: int, msg) -> bool:
+        """Remember the highest epoch heard of; False (and a log line) for one too
+        far ahead to believe, whose message is then ignored."""
+        if epoch > self._max_epoch + EPOCH_LEAD:
+            self._note(f"ignored {msg.TYPE} from s{msg.sender}: epoch {epoch} is far above "
+                       f"any I know ({self._max_epoch})")
+            return False
         self._max_epoch = max(self._max_epoch, epoch)
+        return True
 
     def _send(self, msg) -> None:
         self.messages_sent += 1

@@ -64,7 +64,8 @@ class Server:
         self.store = EventStore(config.server_data_dir(server_id), config.fsync,
                                 config.checkpoint_min, config.checkpoint_ratio,
                                 stagger=1 + 0.25 * ((server_id - 1) % 4),
-                                quiet_s=config.checkpoint_quiet_s)
+                                quiet_s=config.checkpoint_quiet_s,
+                                close_wait=config.checkpoint_close_wait)
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
@@ -176,7 +177,8 @@ class Server:
     def run(self) -> None:
         events = self.store.load()
         for problem in self.store.rejected:
-            self.log.warn(f"stored record set aside (invalid): {problem}")
+            self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
+                          f"{problem}")
         loaded = self.repl.load(events)
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))
@@ -204,12 +206,13 @@ class Server:
             self.close()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
-        for _ in range(self.config.drain):
+        """Read up to ``drain`` messages; the poll said the first one is there."""
+        for i in range(self.config.drain):
             try:
-                if not P.readable(sock):
+                if i and not P.readable(sock):
                     return
                 frames = P.recv(sock, zmq.NOBLOCK)
-            except zmq.ZMQError:        # socket closed by a handler in this turn
+            except zmq.ZMQError:        # nothing after all, or closed by a handler this turn
                 return
             self.membership.check_frozen(time.monotonic())   # a SIGSTOP may land mid-burst
             self.guard(handler, frames)
@@ -234,6 +237,8 @@ class Server:
         """Once per loop turn: make new events durable, announce or ACK them, answer
         waiting clients."""
         fresh, outbox = self.repl.take_turn()
+        if not fresh and not self.repl.waiters and not self.lag.pending:
+            return                               # a turn of heartbeats or reads: nothing to do
         now = time.monotonic()
         if fresh:
             self.store.sync()                    # durable before anyone hears of it
@@ -350,6 +355,9 @@ class Server:
 
     # --- bus ------------------------------------------------------------------------------------
     def on_bus(self, frames: list[bytes]) -> None:
+        if P.sent_by(frames, self.id):
+            self.membership.heard_bus(time.monotonic())   # my own echo: the bus works
+            return
         try:
             incoming = self.sub.receive(frames)
         except P.ProtocolError as exc:

@@ -44,6 +44,7 @@ class PeerLinks:
 
     def open(self) -> None:
         sock = self._open_socket(zmq.ROUTER, self.on_router)
+        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PEER_REQUEST_BYTES)
         sock.bind(self.config.endpoint(self.config.peer_port(self.my_id)))
         self.router = P.Endpoint(sock, P.PEER_REQUEST, self.lamport)
 

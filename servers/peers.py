@@ -45,9 +45,9 @@ class Peers:
         if peer is None:
             peer = self.table[peer_id] = Peer(peer_id, now + self.timeout)
             return peer, True
-        back = not peer.alive(now)
+        back = not peer.alive(now) and peer.phase != LEAVING   # a leaver still talking is leaving
         peer.expiry = now + self.timeout
-        if back and peer.phase in (GONE, LEAVING):
+        if back and peer.phase == GONE:
             peer.phase = JOINING
         return peer, back
 

@@ -165,4 +165,4 @@ class Replication:
                         reverse=True)
         if len(counts) < self.replicas:
             return mine
-        return mine - counts[self.replicas - 1]
+        return max(0, mine - counts[self.replicas - 1])   # peers may hold more (my folder lost)

@@ -12,6 +12,7 @@ On disk, under ``data/server-<id>/``::
 
     db.json              TinyDB (table "events"), replaced atomically
     wal-000007.jsonl     log segments not yet folded, one JSON event per line
+    rejected.jsonl       stored records that failed validation at load (never applied)
 
 What survives what: an acknowledged event is in the OS page cache (flush) or
 on disk (``fsync=True``) before the ack, so it survives a kill of the process
@@ -41,10 +42,10 @@ from common import protocol as P
 OVERDUE = 4
 """...unless the log holds this many times what was due: under endless load."""
 ROOT = Path(__file__).resolve().parent.parent
-CLOSE_WAIT = 2.0
-"""Seconds a stopping server waits for a running checkpoint before killing it."""
 
 
+REJECTED = "rejected.jsonl"
+"""Stored records that failed validation at load, kept for the operator."""
 WRITE_CHUNK = 1 << 20
 """Bytes of TinyDB's file written back to disk at a time."""
 
@@ -93,7 +94,7 @@ class EventStore:
 
     def __init__(self, folder: Path, fsync: bool = False, checkpoint_min: int = 5000,
                  checkpoint_ratio: float = 0.5, stagger: float = 1.0,
-                 quiet_s: float = 0.25) -> None:
+                 quiet_s: float = 0.25, close_wait: float = 2.0) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
@@ -101,6 +102,7 @@ class EventStore:
         self.checkpoint_ratio = checkpoint_ratio
         self.stagger = stagger            # servers holding the same events fold apart
         self.quiet_s = quiet_s            # a due fold waits this long without writes
+        self.close_wait = close_wait      # a stopping server waits this long for a fold
         self.rejected: list[str] = []     # stored records set aside at load: file, record, why
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
         self._segment_no = 0
@@ -121,7 +123,8 @@ class EventStore:
             try:
                 events.append(P.convert(dict(doc), P.Event))
             except P.ProtocolError as exc:
-                self.rejected.append(f"{db.storage.storage.path} document {doc.doc_id}: {exc}")
+                self._set_aside(f"{db.storage.storage.path} document {doc.doc_id}: {exc}",
+                                P.dumps(dict(doc)))
         db.close()                        # from now on TinyDB is the checkpointer's
         self.stored = len(events)
         segments = sorted(self.folder.glob("wal-*.jsonl"))
@@ -130,12 +133,20 @@ class EventStore:
         if segments:            # fold them right away, so the new segment starts empty
             logged = []
             for segment in segments:
-                logged.extend(read_segment(segment, self.rejected))
+                logged.extend(read_segment(segment, self._set_aside))
             events.extend(logged)
             self._send_job(segments)
             self.stored += len(logged)
         self._open_segment()
         return events
+
+    def _set_aside(self, where: str, raw: bytes) -> None:
+        """Keep an invalid stored record in ``rejected.jsonl`` for the operator (it is
+        never applied, and a fold leaves it out), and name it for the server's log."""
+        self.rejected.append(where)
+        record = {"record": where, "raw": raw.decode("utf-8", "replace")}
+        with open(self.folder / REJECTED, "ab") as f:
+            f.write(P.dumps(record) + b"\n")
 
     def _start_checkpointer(self) -> None:
         ours, theirs = socket.socketpair()
@@ -229,7 +240,7 @@ class EventStore:
                 except (BrokenPipeError, OSError):
                     pass
             try:
-                self._checkpointer.wait(CLOSE_WAIT)
+                self._checkpointer.wait(self.close_wait)
             except subprocess.TimeoutExpired:   # safe at any moment (see checkpointer.py)
                 self._checkpointer.kill()
                 self._checkpointer.wait(1.0)
@@ -239,11 +250,11 @@ class EventStore:
             self._checkpointer = None
 
 
-def read_segment(path: Path, rejected: list[str] | None = None) -> list[P.Event]:
+def read_segment(path: Path, set_aside=None) -> list[P.Event]:
     """The valid events of one log segment (none if it is gone: already folded).
 
     A torn last line (a kill in mid-write) was never acknowledged and is skipped
-    silently; any other line that is not a valid event is set aside in ``rejected``."""
+    silently; any other line that is not a valid event goes to ``set_aside(where, raw)``."""
     events = []
     try:
         raw = path.read_bytes()
@@ -257,6 +268,6 @@ def read_segment(path: Path, rejected: list[str] | None = None) -> list[P.Event]
             events.append(P.decode_event(line))
         except P.ProtocolError as exc:
             torn = number == len(lines)          # no newline after it: cut mid-write
-            if not torn and rejected is not None:
-                rejected.append(f"{path} line {number}: {exc}")
+            if not torn and set_aside is not None:
+                set_aside(f"{path} line {number}: {exc}", line)
     return events

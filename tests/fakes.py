@@ -13,3 +13,32 @@ class NoteLog:
 
     def has(self, fragment: str) -> bool:
         return any(fragment in line for line in self.lines)
+
+
+class TalkLog(NoteLog):
+    """Stands in for ProcessLog where a role also logs what it sends and receives:
+    every line kept, sends and receives prefixed so a test can tell them apart."""
+
+    def send(self, peer: str, what: str) -> None:
+        self.lines.append(f"send {peer} | {what}")
+
+    def recv(self, peer: str, what: str) -> None:
+        self.lines.append(f"recv {peer} | {what}")
+
+    def warn(self, what: str) -> None:
+        self.lines.append(f"WARNING {what}")
+
+
+class FakeStore:
+    """Stands in for EventStore on the write path: what was appended, and how
+    often it was made durable."""
+
+    def __init__(self) -> None:
+        self.appended: list = []
+        self.syncs = 0
+
+    def append(self, event) -> None:
+        self.appended.append(event)
+
+    def sync(self) -> None:
+        self.syncs += 1

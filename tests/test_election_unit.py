@@ -401,3 +401,18 @@ def test_any_fault_schedule_never_has_two_coordinators_in_one_epoch(faults):
     for sid in [sid for sid, n in cluster.nodes.items() if n.frozen]:
         cluster.resume(sid)
     cluster.run_until(lambda: cluster.settled_on(max(cluster.nodes)), limit=10)
+
+
+def test_a_claim_far_above_any_known_epoch_is_not_believed():
+    """One forged COORDINATOR far ahead would push every later claim toward the
+    protocol's ceiling; it is ignored, and the next election stays sane."""
+    from servers.election import EPOCH_LEAD
+    b, sent, log = lone(sid=5)
+    b.start(10.0)
+    b.tick(10.0 + CONFIG.answer_timeout)                 # coordinator at epoch 105
+    assert b.epoch == 105
+    b.on_COORDINATOR(P.Coordinator(sender=9, epoch=105 + EPOCH_LEAD + 1), 11.0)
+    assert (b.state, b.coordinator, b.epoch) == ("coordinator", 5, 105)
+    assert any("far above" in line for line in log.lines)
+    b.on_COORDINATOR(P.Coordinator(sender=9, epoch=309), 11.1)     # an honest higher claim
+    assert (b.coordinator, b.epoch) == (9, 309)

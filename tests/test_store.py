@@ -140,3 +140,29 @@ def test_the_checkpointer_dies_with_its_server(tmp_path):
         if owner.poll() is None:
             owner.kill()
             owner.wait(5)
+
+
+def test_invalid_stored_records_are_set_aside_by_name_and_the_rest_loads(tmp_path):
+    """A record that does not validate, in the log or in TinyDB, is set aside with
+    the file and record named; a torn last line (a kill mid-write) is skipped quietly."""
+    good = [P.dumps(e) for e in _events(1, 3)]
+    forged = P.dumps(_events(4, 1)[0]).replace(b'"lamport":4', b'"lamport":10000000000000000')
+    (tmp_path / "wal-000001.jsonl").write_bytes(
+        good[0] + b"\n" + forged + b"\n" + b'{"id": "x", "kind": "nope"}\n' + good[1] + b"\n"
+        + good[2] + b"\n" + good[2][:20])
+    db = {"events": {"1": P.to_builtins(_events(9, 1)[0]),
+                     "2": {**P.to_builtins(_events(10, 1)[0]), "user": "Not A Name"}}}
+    (tmp_path / "db.json").write_text(json.dumps(db))
+    store = EventStore(tmp_path)
+    try:
+        loaded = store.load()
+        assert sorted(e.id for e in loaded) == ["e1", "e2", "e3", "e9"]
+        assert len(store.rejected) == 3, store.rejected
+        assert any("wal-000001.jsonl line 2" in r for r in store.rejected)
+        assert any("wal-000001.jsonl line 3" in r for r in store.rejected)
+        assert any("db.json document 2" in r for r in store.rejected)
+        kept = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+        assert [k["record"] for k in kept] == store.rejected
+        assert "10000000000000000" in kept[1]["raw"] or "10000000000000000" in kept[2]["raw"]
+    finally:
+        store.close()
