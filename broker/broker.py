@@ -29,6 +29,10 @@ from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
 
+DROPPING_LIMIT = 10_000
+"""User connections whose dropped replies are counted at most (then the count restarts)."""
+
+
 @dataclass
 class ServerEntry:
     """One server as the broker sees it."""
@@ -108,6 +112,7 @@ class Broker:
         # users are strangers: a small queue each (one that stops reading costs at
         # most client_hwm replies), requests of bounded size, stamps not far ahead
         frontend = self._bind(config.frontend_port, config.client_hwm, 4 * P.MAX_REQUEST_BYTES)
+        frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a reply that cannot be queued is said
         self.frontend = P.Endpoint(frontend, P.CLIENT_TO_BROKER, self.lamport,
                                    max_lead=P.MAX_CLIENT_LEAD)
         backend = self._bind(config.backend_port, config.hwm, P.MAX_REPLY_BYTES)
@@ -121,6 +126,8 @@ class Broker:
         self._heartbeat_at = 0.0
         self.running = True
         self.requests = 0
+        self.replies_dropped = 0
+        self._dropping: dict[bytes, int] = {}      # user connection -> replies dropped in a row
         self.gc = GcPacer()
 
     def _bind(self, port: int, hwm: int, max_message: int) -> zmq.Socket:
@@ -256,9 +263,29 @@ class Broker:
     def _send_front(self, client: bytes, reply: P.Reply, what: str) -> None:
         try:
             self.frontend.send(reply, client, flags=zmq.NOBLOCK)
-        except zmq.Again:               # the user stopped reading: its queue is full
+        except zmq.ZMQError as exc:
+            self.reply_lost(client, reply.rid, exc)
             return
         self.log.send(client_peer(client), what)
+        self.reached(client)
+
+    def reached(self, client: bytes) -> None:
+        if self._dropping and client in self._dropping:
+            self.log.note(f"{client_peer(client)} reads again, "
+                          f"after {self._dropping.pop(client)} replies dropped")
+
+    def reply_lost(self, client: bytes, rid: str, exc: zmq.ZMQError) -> None:
+        """A reply that cannot reach its user: gone (it retries on a new socket if it
+        still waits), or not reading and ``client_hwm`` replies behind."""
+        if not isinstance(exc, zmq.Again):
+            return
+        self.replies_dropped += 1
+        if len(self._dropping) > DROPPING_LIMIT:
+            self._dropping.clear()
+        dropped = self._dropping[client] = self._dropping.get(client, 0) + 1
+        if dropped == 1 or dropped % 1000 == 0:          # a line now and then, not per reply
+            self.log.warn(f"dropped reply rid={rid} to {client_peer(client)} ({dropped} so far): "
+                          f"{self.config.client_hwm} replies already queued (not reading?)")
 
     # --- servers ---------------------------------------------------------------
     def on_backend(self, frames: list[bytes]) -> None:
@@ -289,8 +316,10 @@ class Broker:
     def forward_reply(self, identity: bytes, route: bytes, msg: P.Reply, raw_body: bytes) -> None:
         try:
             self.frontend.relay(P.REPLY, raw_body, route, flags=zmq.NOBLOCK)
-        except zmq.ZMQError:            # the user is gone, or stopped reading
+        except zmq.ZMQError as exc:
+            self.reply_lost(route, msg.rid, exc)
             return
+        self.reached(route)
         server = self._by_identity.get(identity, "?")
         self.log.line("reply", f"server-{server}->{client_peer(route)}",
                       f"REP rid={msg.rid} ok={msg.ok}")
@@ -379,7 +408,8 @@ class Broker:
         return {"servers": servers,
                 "coordinator": best.get("coordinator") if best else None,
                 "epoch": best.get("epoch") if best else None,
-                "broker": {"lamport": self.lamport.value, "requests": self.requests}}
+                "broker": {"lamport": self.lamport.value, "requests": self.requests,
+                           "replies_dropped": self.replies_dropped}}
 
 
 def _home_rank(user: str, server_id: int) -> int:

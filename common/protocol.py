@@ -573,6 +573,9 @@ def validate(msg) -> None:
 def request(rid: str, op: str, user: str | None, args: dict, server: int | None,
             time: float) -> Request:
     """A validated Request from plain arguments (the CLI's and the bots'); ProtocolError."""
+    text = args.get("text")
+    if isinstance(text, str) and not text.strip():
+        raise ProtocolError("text must not be empty")
     try:
         return msgspec.convert({"rid": rid, "op": op, "user": user, "args": args,
                                 "server": server, "time": time}, Request)

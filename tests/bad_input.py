@@ -1,5 +1,5 @@
-"""What the bad-input tests share: the cluster's ids, a valid request body to
-spoil, and the check that bad input changed nothing."""
+"""What the bad-input tests share: the cluster's ids, a valid request body and a
+valid server heartbeat to spoil, and the check that bad input changed nothing."""
 from __future__ import annotations
 
 from common import protocol as P
@@ -17,6 +17,20 @@ def body(**changes) -> bytes:
     """VALID_POST with ``changes`` (MISSING removes a field), encoded."""
     fields = {**VALID_POST, **changes}
     return P.dumps({k: v for k, v in fields.items() if v is not MISSING})
+
+
+def status_row(server_id: int, **changes) -> dict:
+    """A server's status row, as its HB to the broker carries it, with ``changes``."""
+    row = {"id": server_id, "phase": "serving", "events": 0, "digest": "", "lamport": 1,
+           "vv": {}, "coordinator": None, "epoch": 0, "clock_offset_ms": None,
+           "clock_skew_ms": 0.0, "last_sync": None, "under_replicated": 0,
+           "repl_lag_hist": [], "peers": []}
+    return {**row, **changes}
+
+
+def heartbeat(server_id: int, **changes) -> dict:
+    """A server's HB body to the broker (its id, clock and status row), the row with ``changes``."""
+    return {"id": server_id, "clock": 1.0, "status": status_row(server_id, **changes)}
 
 
 def assert_unchanged(cluster: Cluster, before: str) -> None:

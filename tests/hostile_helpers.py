@@ -28,10 +28,11 @@ SANE = 2 ** 53
 reader that uses doubles (JavaScript, many others) still reads exactly."""
 
 ALL_TYPES = ("REQ", "REP", "READY", "HB", "LEAVE", "EVENT", "ACK", "BEAT", "BYE", "ELECTION",
-             "ANSWER", "COORD", "TIME_Q", "TIME_R", "TIME_ADJ", "FETCH", "EVENTS", "PUSH")
+             "ANSWER", "COORDINATOR", "TIME_QUERY", "TIME_REPLY", "TIME_ADJUST", "FETCH",
+             "EVENTS")
 """Every message type of the protocol (docs/ARCHITECTURE.md)."""
-BUS_TYPES = ("EVENT", "BEAT", "BYE", "ELECTION", "ANSWER", "COORD", "TIME_Q", "TIME_R",
-             "TIME_ADJ")
+BUS_TYPES = ("EVENT", "BEAT", "BYE", "ELECTION", "ANSWER", "COORDINATOR", "TIME_QUERY",
+             "TIME_REPLY", "TIME_ADJUST")
 
 _ctx = zmq.Context()
 _ctx.linger = 0
@@ -49,6 +50,20 @@ def request(op: str, user: str | None, args: dict, rid: str | None = None,
     """A REQ body as clients send it."""
     return {"rid": rid or uuid.uuid4().hex[:16], "op": op, "user": user, "args": args,
             "server": server, "time": time.time()}
+
+
+def server_status(server_id: int, **changes) -> dict:
+    """A server's status row as its HB carries it to the broker (every field required)."""
+    row = {"id": server_id, "phase": "serving", "events": 0, "digest": "", "lamport": 1,
+           "vv": {}, "coordinator": None, "epoch": 0, "clock_offset_ms": None,
+           "clock_skew_ms": 0.0, "last_sync": None, "under_replicated": 0,
+           "repl_lag_hist": [], "peers": []}
+    return {**row, **changes}
+
+
+def heartbeat(server_id: int, **status) -> dict:
+    """An HB body as a server sends it to the broker: its id, its clock, its status row."""
+    return {"id": server_id, "clock": time.time(), "status": server_status(server_id, **status)}
 
 
 def parse(raw: list[bytes]) -> dict:

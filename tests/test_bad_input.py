@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from common import protocol as P
-from tests.bad_input import MISSING, ONE, REQ, SERVERS, assert_unchanged, body, digest
+from tests.bad_input import (MISSING, ONE, REQ, SERVERS, assert_unchanged, body, digest,
+                             heartbeat)
 from tests.harness import Cluster
 
 
@@ -106,7 +107,7 @@ FRAME_CASES = {
     "non-ASCII type": [b"\xffREQ", ONE, body()],
     "a reply sent as a request": [P.REPLY.encode(), ONE, P.dumps({"rid": "x", "ok": True,
                                                                     "server": 1, "time": 1.0})],
-    "a server heartbeat on the frontend": [P.HEARTBEAT.encode(), ONE, P.dumps({"id": 1})],
+    "a server heartbeat on the frontend": [P.HEARTBEAT.encode(), ONE, P.dumps(heartbeat(1))],
     "lamport not a number": [REQ, b"abc", body()],
     "negative lamport": [REQ, b"-1", body()],
     "lamport of 40 digits": [REQ, b"9" * 40, body()],

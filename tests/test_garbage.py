@@ -12,7 +12,9 @@ import zmq
 
 from common import protocol as P
 from common.processes import wait_until
-from tests.bad_input import MISSING, ONE, REQ, SERVERS, assert_unchanged, body, digest
+from tests import wire
+from tests.bad_input import (MISSING, ONE, SERVERS, assert_unchanged, body, digest,
+                             heartbeat)
 
 
 # --- garbage on every socket ---------------------------------------------------------------------
@@ -100,7 +102,7 @@ BUS_GARBAGE = [
     [b"garbage"],
     [b"EVENT", ONE, b"{}", b"extra", b"frames"],
     [b"EVENT", ONE, b"not json"],
-    [b"EVENT", b"x", P.dumps({"from": 2, "events": [_bus_event()]})],
+    [b"EVENT", b"x", P.dumps({"from": 2, "events": [_bus_event()], "vv": {}})],
     [b"\xff\xfe", ONE, b"{}"],
     _bus("EVENT", {"from": "2", "events": [_bus_event()], "vv": {}}),
     _bus("EVENT", {"from": 2, "event": _bus_event(), "vv": {}}),
@@ -190,6 +192,16 @@ PEER_GARBAGE = [
     [_FETCH, ONE, _fetch(limit=None)],
     [_FETCH, ONE, _fetch(limit=MISSING)],
     [_FETCH, ONE, _fetch(**{"from": "me"})],
+    # out of the protocol's ranges: refused, not answered
+    [_FETCH, ONE, _fetch(limit=-5)],
+    [_FETCH, ONE, _fetch(limit=0)],
+    [_FETCH, ONE, _fetch(limit=P.FETCH_LIMIT + 1)],
+    [_FETCH, ONE, _fetch(limit=2 ** 62)],
+    [_FETCH, ONE, _fetch(after={"1": 2 ** 62})],
+    [_FETCH, ONE, _fetch(after={"1": P.MAX_STAMP})],
+    [_FETCH, ONE, _fetch(after={"0": 1})],
+    [_FETCH, ONE, _fetch(after={"100": 1})],
+    [_FETCH, ONE, _fetch(extra=1)],
 ]
 
 
@@ -207,8 +219,8 @@ def test_garbage_fetch_requests_on_a_peer_port_are_dropped(own):
         assert probe is not None and probe.type == P.EVENTS
         assert len(probe.body["events"]) == total and probe.body["more"] is False
         # odd but well-formed requests get a well-formed answer
-        for odd in (_fetch(limit=-5), _fetch(limit=2 ** 62), _fetch(after={"1": 2 ** 62}),
-                    _fetch(after={"77": 3})):
+        for odd in (_fetch(limit=1), _fetch(limit=P.FETCH_LIMIT),
+                    _fetch(after={"1": P.MAX_STAMP - 1}), _fetch(after={"77": 3})):
             reply = c.raw_request(sock, [_FETCH, ONE, odd])
             assert reply is not None and reply.type == P.EVENTS
     finally:
@@ -227,7 +239,8 @@ BACKEND_GARBAGE = [
     [b"", b"REQ", ONE, body()],                           # a request has no place here
     [b"someone", b"REQ", ONE, body()],                    # only replies go to clients
     [b"", b"LEAVE", ONE, P.dumps({"id": 1})],             # not server 1's socket
-    [b"", b"HB", ONE, P.dumps({"id": None, "phase": 7})],
+    [b"", b"HB", ONE, P.dumps(heartbeat(1, phase=7))],
+    [b"", b"HB", ONE, P.dumps({**heartbeat(1), "phase": "serving"})],   # unknown field
     [b"a", b"b", b"c", b"d", b"e", b"f"],
 ]
 
@@ -247,33 +260,40 @@ def test_garbage_on_the_backend_crashes_nothing_and_takes_no_server_out(own):
 
 
 def test_a_heartbeat_with_wrongly_typed_fields_does_not_crash_the_broker(own):
-    """Heartbeat bodies are stored as they come and shown by ``status``: a non-number
-    epoch must not break the broker's choice of the current coordinator."""
+    """Heartbeat status rows are shown by ``status`` and the broker picks the current
+    coordinator from them: a row with a non-number epoch and a list for a coordinator
+    must not break that choice; it is dropped (logged) and never shown."""
     c = own
+    start = len(c.log_text("broker"))
+
+    def broker_dropped_it() -> bool:
+        new = c.log_text("broker")[start:].splitlines()
+        return not c.alive("broker") or any("dropped" in line and "HB" in line for line in new)
     sock = c.dealer(c.config.backend_port)
     try:
-        sock.send_multipart([b""] + P.encode(P.HEARTBEAT, 1, {"id": 60, "epoch": "x",
-                                                               "coordinator": [1]}))
-        wait_until(lambda: 60 in c.servers() or not c.alive("broker"), timeout=5,
-                   what="the broker to read the heartbeat")
+        sock.send_multipart([b""] + wire.frames(P.HEARTBEAT, 1,
+                                                heartbeat(60, epoch="x", coordinator=[1])))
+        wait_until(broker_dropped_it, timeout=5, what="the broker to read the heartbeat")
     finally:
         sock.close(0)
     assert c.alive("broker")
     assert c.status() is not None
+    assert 60 not in c.servers(), "the ill-typed heartbeat was stored"
     assert c.cli("alice", "post", "after the odd heartbeat")["replicas"] == 3
 
 
 def test_a_huge_lamport_stamp_from_a_client_does_not_stop_the_cluster(own):
-    """The largest stamp ``decode`` accepts (18 digits) must not push any clock past
-    what ``decode`` accepts: every message after it would be dropped as malformed."""
+    """The largest stamp ``decode`` accepts (just below ``MAX_STAMP``) must not push any
+    clock past what ``decode`` accepts: every message after it would be dropped as malformed."""
     c = own
     sock = c.dealer()
     try:
         status = {"rid": "huge-lamport", "op": P.OP_STATUS, "user": None, "args": {},
                   "server": None, "time": 1.0}
-        sock.send_multipart([REQ, b"9" * 18, P.dumps(status)])
+        sock.send_multipart(wire.frames(P.REQUEST, P.MAX_STAMP - 1, status))
         assert sock.poll(5000), "no reply"
-        P.decode(sock.recv_multipart())         # the reply's own stamp must be readable
+        # the reply's own stamp must be readable, as a user's socket reads it
+        P.decode(sock.recv_multipart(), P.BROKER_TO_CLIENT)
     finally:
         sock.close(0)
     done = c.cli("alice", "--timeout", "6", "post", "after the huge stamp", check=False)
