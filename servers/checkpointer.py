@@ -17,7 +17,9 @@ connection: the server sends lists of segment paths (closed files), ``None``
 to stop; the child answers each fold with ``(events folded, seconds, jobs
 folded)``. It dies with its server (``PR_SET_PDEATHSIG``), which is safe at
 any moment: TinyDB's file is replaced atomically, and a segment is deleted
-only after the file that holds its events is in place.
+only after the file that holds its events is in place. It inherits its
+server's lock on the folder (``store.py``, ``common/ownership.py``), so a new
+server on the folder waits for it to be gone before it starts its own.
 """
 from __future__ import annotations
 

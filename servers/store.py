@@ -13,6 +13,11 @@ On disk, under ``data/server-<id>/``::
     db.json              TinyDB (table "events"), replaced atomically
     wal-000007.jsonl     log segments not yet folded, one JSON event per line
     rejected.jsonl       stored records that failed validation at load (never applied)
+    LOCK                 flock'ed by the server owning the folder (and its checkpointer)
+
+One owner per folder: the store locks ``LOCK`` before it touches anything else
+(``common/ownership.py``); a second process on the folder gets ``InUse`` and
+writes nothing.
 
 What survives what: an acknowledged event is in the OS page cache (flush) or
 on disk (``fsync=True``) before the ack, so it survives a kill of the process
@@ -38,6 +43,7 @@ from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
 from common import protocol as P
+from common.ownership import LOCK_FILE, claim, release
 
 OVERDUE = 4
 """...unless the log holds this many times what was due: under endless load."""
@@ -96,7 +102,8 @@ class EventStore:
                  checkpoint_ratio: float = 0.5, stagger: float = 1.0,
                  quiet_s: float = 0.25, close_wait: float = 2.0) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # before anything else: a second process on this folder must change nothing
+        self._lock = claim(self.folder / LOCK_FILE, name=self.folder, record_pid=True)
         self.fsync = fsync
         self.checkpoint_min = checkpoint_min
         self.checkpoint_ratio = checkpoint_ratio
@@ -156,7 +163,7 @@ class EventStore:
             self._checkpointer = subprocess.Popen(
                 [sys.executable, "-m", "servers.checkpointer", str(self.folder), str(child_fd),
                  "1" if self.fsync else "0", str(os.getpid())],
-                pass_fds=[child_fd], cwd=ROOT)
+                pass_fds=[child_fd, self._lock], cwd=ROOT)   # it holds the folder too
         finally:
             os.close(child_fd)
 
@@ -248,6 +255,8 @@ class EventStore:
                 self._pipe.close()
                 self._pipe = None
             self._checkpointer = None
+        release(self._lock)               # the checkpointer, which shared it, is gone
+        self._lock = None
 
 
 def read_segment(path: Path, set_aside=None) -> list[P.Event]:

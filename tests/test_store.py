@@ -14,6 +14,7 @@ import pytest
 
 from common.processes import wait_until
 from common import protocol as P
+from common.ownership import InUse
 from servers.store import EventStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,3 +167,22 @@ def test_invalid_stored_records_are_set_aside_by_name_and_the_rest_loads(tmp_pat
         assert "10000000000000000" in kept[1]["raw"] or "10000000000000000" in kept[2]["raw"]
     finally:
         store.close()
+
+
+def test_a_second_store_on_a_folder_in_use_is_refused_and_changes_nothing(tmp_path):
+    store = EventStore(tmp_path)
+    store.load()
+    _write(store, _events(1, 3))
+    files = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+    try:
+        with pytest.raises(InUse, match=rf"^{tmp_path} is in use by another process "
+                                        rf"\(pid {os.getpid()}\)$"):
+            EventStore(tmp_path)
+        assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == files
+    finally:
+        store.close()
+    again = EventStore(tmp_path)                         # closed: the folder is free
+    try:
+        assert [e.id for e in again.load()] == _ids(1, 3)
+    finally:
+        again.close()
