@@ -186,6 +186,10 @@ class Server:
         for problem in self.store.rejected:
             self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
                           f"{problem}")
+        if self.store.unverified:
+            files = ", ".join(f"{name} {n}" for name, n in sorted(self.store.unverified.items()))
+            self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
+                          f"checksum (written before checksums), loaded unverified: {files}")
         loaded = self.repl.load(events)
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))

@@ -15,8 +15,9 @@ fsynced after each rename and delete (``checkpointer.Fold.steps``).
 
 On disk, under ``data/server-<id>/``::
 
-    db.json              TinyDB (table "events"), replaced atomically
-    wal-000007.jsonl     log segments not yet folded, one JSON event per line
+    db.json              TinyDB (table "events", one document per event, + "sum"),
+                         replaced atomically
+    wal-000007.jsonl     log segments not yet folded, one JSON event per line (+ "sum")
     rejected.jsonl       stored records that failed validation at load (never applied)
     LOCK                 flock'ed by the server owning the folder (and its checkpointer)
 
@@ -30,8 +31,10 @@ on disk (``fsync=True``) before the ack, so it survives a kill of the process
 kill in the middle of a write) is ignored on reload: it was never acked.
 
 Every event read back, from TinyDB or a log segment, is validated as one from
-the network is (``protocol.Event``); one that fails is set aside, named in
+the network is (``protocol.Event``) and checked against the checksum its record
+carries (``records.py``); one that fails either is set aside, named in
 ``rejected`` (file, record, reason) for the server to log, and never applied.
+Records written before checksums load as unverified, counted in ``unverified``.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -123,27 +127,30 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_folder(folder: Path, set_aside=None) -> tuple[dict[tuple[int, int], P.Event],
-                                                        list[Path]]:
+def read_folder(folder: Path, set_aside=None, unverified: Counter | None = None
+                ) -> tuple[dict[tuple[int, int], P.Event], list[Path]]:
     """Every valid event in a data folder by ``(origin, seq)``, each once, and its
     log segments in order: TinyDB first, then the segments. An event in both (a
     fold killed after it replaced db.json, before it deleted the segment) counts
-    once, as the segment has it: the next fold rewrites it in place. An invalid
-    record goes to ``set_aside(where, raw)``."""
+    once, as the segment has it: the next fold rewrites it in place. A record
+    invalid or failing its checksum goes to ``set_aside(where, raw)``; those with
+    no checksum (written before checksums) are counted in ``unverified[file]``."""
     db = open_tinydb(folder / "db.json", False)
     held: dict[tuple[int, int], P.Event] = {}
     for doc in db.table("events"):
         try:
-            event = read_document(doc)
+            event, verified = read_document(doc)
         except P.ProtocolError as exc:
             if set_aside is not None:
                 set_aside(f"{db.storage.path} document {doc.doc_id}: {exc}", P.dumps(dict(doc)))
             continue
         held[key(event)] = event
+        if not verified and unverified is not None:
+            unverified[db.storage.path.name] += 1
     db.close()
     segments = sorted(folder.glob("wal-*.jsonl"))
     for segment in segments:
-        for event in read_segment(segment, set_aside):
+        for event in read_segment(segment, set_aside, unverified):
             held[key(event)] = event
     return held, segments
 
@@ -164,6 +171,7 @@ class EventStore:
         self.quiet_s = quiet_s            # a due fold waits this long without writes
         self.close_wait = close_wait      # a stopping server waits this long for a fold
         self.rejected: list[str] = []     # stored records set aside at load: file, record, why
+        self.unverified: Counter = Counter()   # records loaded without a checksum, by file
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
         self._segment_no = 0
         self._wal = None
@@ -178,7 +186,7 @@ class EventStore:
     def load(self) -> list[P.Event]:
         """Every valid event on disk, each once (``read_folder``); then the log
         segments go to the checkpointer, and a new segment is opened."""
-        held, segments = read_folder(self.folder, self._set_aside)
+        held, segments = read_folder(self.folder, self._set_aside, self.unverified)
         self._segment_no = int(segments[-1].stem[4:]) if segments else 0
         self._start_checkpointer()
         if segments:            # fold them right away, so the new segment starts empty
