@@ -54,7 +54,10 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
         while not stopping:
             for name in list(group.procs):
                 if not group.alive(name) and not stopping:
-                    print(f"{name} exited with code {group.procs[name].returncode}", file=sys.stderr)
+                    said = group.stderr_since_start(name).strip().splitlines()
+                    why = f": {said[-1]}" if said else ""      # e.g. its folder is in use
+                    print(f"{name} exited with code {group.procs[name].returncode}{why}",
+                          file=sys.stderr)
                     del group.procs[name]
             time.sleep(0.2)
     finally:

@@ -8,6 +8,7 @@ import zmq
 
 from common import cli_options as O
 from common.config import ConfigError, load_config
+from common.ownership import InUse
 
 app = typer.Typer(add_completion=False, help="Run the broker: request load balancer and PUB/SUB bus.")
 
@@ -25,7 +26,7 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
     try:
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
         serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))
-    except (ConfigError, zmq.ZMQError) as exc:
+    except (ConfigError, InUse, zmq.ZMQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1)
 

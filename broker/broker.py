@@ -105,8 +105,9 @@ class Broker:
         self.config = config
         self.lamport = LamportClock()
         self.clock = clock or PhysicalClock()
+        # first: a second broker on the same log folder stops here, having written nothing
         self.log = ProcessLog("broker", config.log_path("broker"), self.lamport, self.clock,
-                              flush_every=config.log_flush_every)
+                              flush_every=config.log_flush_every, exclusive=True)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         # users are strangers: a small queue each (one that stops reading costs at

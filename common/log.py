@@ -25,6 +25,7 @@ from pathlib import Path
 from loguru import logger
 
 from common.clock import LamportClock, PhysicalClock
+from common.ownership import claim, release
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
 
@@ -42,15 +43,21 @@ def _format_time(t: float) -> str:
 
 
 class ProcessLog:
-    """The log of one process; every call writes exactly one line."""
+    """The log of one process; every call writes exactly one line.
+
+    ``exclusive`` (the broker, servers): the file is locked first (``ownership.claim``),
+    and a process finding it locked by another gets ``ownership.InUse`` before it
+    opens, let alone writes, the file."""
 
     def __init__(self, process: str, path: Path | str, lamport: LamportClock,
-                 clock: PhysicalClock, echo: bool = False, flush_every: float = 0.05) -> None:
+                 clock: PhysicalClock, echo: bool = False, flush_every: float = 0.05,
+                 exclusive: bool = False) -> None:
         self.process = process
         self.flush_every = flush_every
         self.lamport = lamport
         self.clock = clock
         path = Path(path)
+        self._lock = claim(path) if exclusive else None
         path.parent.mkdir(parents=True, exist_ok=True)
         logger.remove()
         self._sink = logger.add(str(path), format="{message}", level="DEBUG",
@@ -107,6 +114,8 @@ class ProcessLog:
     def close(self) -> None:
         self.flush()
         logger.remove()
+        release(self._lock)
+        self._lock = None
 
 
 def client_peer(route: bytes) -> str:

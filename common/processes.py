@@ -90,21 +90,38 @@ class ProcessGroup:
         self.env = cluster_env(config, env_extra)
         self.quiet = quiet
         self.procs: dict[str, subprocess.Popen] = {}
+        self._err_marks: dict[str, int] = {}   # size of each logs/<name>.err when started
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         """Start ``python -m ARGS`` as ``name`` (refused while one by that name runs)."""
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
-        # stderr goes to logs/<name>.err: a crash leaves its traceback behind
-        Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.config.log_dir) / f"{name}.err", "ab") as err:
+        # stderr goes to logs/<name>.err: a crash leaves its traceback behind. Appended,
+        # never truncated: a second process of that name (one refused because the
+        # first owns the folder) adds its line and does not erase the first one's
+        err_path = self.err_path(name)
+        err_path.parent.mkdir(parents=True, exist_ok=True)
+        self._err_marks[name] = err_path.stat().st_size if err_path.exists() else 0
+        with open(err_path, "ab") as err:
             proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=self.env,
                                     stdout=subprocess.DEVNULL if self.quiet else None,
                                     stderr=err, start_new_session=True)
         self.procs[name] = proc
         self.on_started(name, proc)
         return proc
+
+    def err_path(self, name: str) -> Path:
+        return Path(self.config.log_dir) / f"{name}.err"
+
+    def stderr_since_start(self, name: str) -> str:
+        """What ``name`` wrote on stderr since this group last started it."""
+        try:
+            with open(self.err_path(name), "rb") as f:
+                f.seek(self._err_marks.get(name, 0))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def on_started(self, name: str, proc: subprocess.Popen) -> None:
         """Called by ``start`` for each process it started; a subclass may record it

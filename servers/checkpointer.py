@@ -17,7 +17,9 @@ connection: the server sends lists of segment paths (closed files), ``None``
 to stop; the child answers each fold with ``(events folded, seconds, jobs
 folded)``. It dies with its server (``PR_SET_PDEATHSIG``), which is safe at
 any moment: TinyDB's file is replaced atomically, and a segment is deleted
-only after the file that holds its events is in place.
+only after the file that holds its events is in place. It inherits its
+server's lock on the folder (``store.py``, ``common/ownership.py``), so a new
+server on the folder waits for it to be gone before it starts its own.
 """
 from __future__ import annotations
 
@@ -26,9 +28,13 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
+
+from tinydb.table import Document
 
 from common import protocol as P
-from servers.store import open_tinydb, read_segment
+from servers.records import doc_id, document, key, read_segment
+from servers.store import fsync_dir, open_tinydb
 
 NICE = 19
 """The child's CPU priority where SCHED_IDLE is not available: the lowest."""
@@ -57,14 +63,90 @@ def lowest_priority() -> None:
         pass
 
 
+class Fold:
+    """TinyDB as the checkpointer holds it (in memory, written out by each fold), and
+    where each event's document is.
+
+    Every event's document lives under ``records.doc_id(origin, seq)``, so a fold
+    of an event already folded overwrites its document instead of adding one.
+    Documents from before ids were derived are found by their ``(origin, seq)``;
+    a fold that meets their event again moves it under the derived id, and copies
+    of one event (the old refold bug) are dropped when the checkpointer starts."""
+
+    def __init__(self, folder: Path, fsync: bool) -> None:
+        self.folder = Path(folder)
+        self.db = open_tinydb(self.folder / "db.json", fsync)
+        self.table = self.db.table("events")
+        self.ids: set[int] = set()        # every document's id
+        seen: dict[tuple[int, int], int] = {}             # (origin, seq) -> the id kept
+        copies = []
+        for doc in self.table:
+            self.ids.add(doc.doc_id)
+            name = (doc.get("origin"), doc.get("seq"))
+            if not all(isinstance(n, int) for n in name):
+                continue                  # not an event: set aside by the server at load
+            if name not in seen:
+                seen[name] = doc.doc_id
+            elif doc.doc_id == doc_id(*name):   # keep the copy under the derived id
+                copies.append(seen[name])
+                seen[name] = doc.doc_id
+            else:
+                copies.append(doc.doc_id)
+        self.legacy = {name: i for name, i in seen.items() if i != doc_id(*name)}
+        if copies:                        # written at once, as a fold would
+            self.table.remove(doc_ids=copies)
+            self.ids.difference_update(copies)
+            self.db.storage.stage()
+            self.db.storage.replace()
+        self.folded = 0                   # events in the last fold
+
+    def steps(self, segments: list[Path]) -> Iterator[str]:
+        """Fold ``segments`` into db.json, one step at a time: yields the name of
+        each step once it is done. The checkpointer runs it to the end; a kill stops
+        it after any step (the tests stop it there), and every such stop leaves a
+        folder that reloads to each event once and folds again to the same db.json:
+        db.json is only ever replaced whole, holding events under their own ids, and
+        a segment is deleted only once db.json holding its events is durable."""
+        events: dict[tuple[int, int], P.Event] = {}
+        for segment in segments:
+            for event in read_segment(segment):
+                events[key(event)] = event
+        yield "read the segments"
+        if events:
+            stale = [i for i in (doc_id(*k) for k in events) if i in self.ids]
+            stale += [self.legacy.pop(k) for k in events if k in self.legacy]
+            if stale:                     # folded before: replaced, never doubled
+                self.table.remove(doc_ids=stale)
+                self.ids.difference_update(stale)
+            self.table.insert_multiple(Document(document(e), doc_id=doc_id(*k))
+                                       for k, e in events.items())
+            self.ids.update(doc_id(*k) for k in events)
+            yield "updated the table in memory"
+            self.db.storage.stage()
+            yield "wrote db.tmp"
+            self.db.storage.replace()     # and fsynced the folder
+            yield "replaced db.json"
+        self.folded = len(events)
+        for segment in segments:
+            segment.unlink(missing_ok=True)
+            yield f"deleted {segment.name}"
+        fsync_dir(self.folder)
+        yield "synced the folder"
+
+    def fold(self, segments: list[Path]) -> int:
+        """Fold ``segments`` completely; returns how many events they held."""
+        for _ in self.steps(segments):
+            pass
+        return self.folded
+
+
 def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
     die_with_parent()
     if os.getppid() != parent_pid:          # the parent died before prctl took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is for the server; it stops us
     lowest_priority()
-    db = open_tinydb(Path(folder) / "db.json", fsync)
-    table = db.table("events")
+    target = Fold(Path(folder), fsync)
     while True:
         try:
             job = conn.recv()
@@ -81,14 +163,9 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
             job += more
             jobs += 1
         started = time.monotonic()
-        segments = [Path(p) for p in job]
-        events = [P.to_builtins(e) for segment in segments for e in read_segment(segment)]
-        table.insert_multiple(events)
-        db.storage.flush()
-        for segment in segments:
-            segment.unlink(missing_ok=True)
+        folded = target.fold([Path(p) for p in job])
         try:
-            conn.send((len(events), time.monotonic() - started, jobs))
+            conn.send((folded, time.monotonic() - started, jobs))
         except (BrokenPipeError, OSError):
             return
         if stop:

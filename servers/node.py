@@ -57,15 +57,22 @@ class Server:
         self.config = config
         self.lamport = LamportClock()
         self.clock = clock or PhysicalClock()
-        self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport, self.clock,
-                              flush_every=config.log_flush_every)
-        self.state = SocialState()
-        # servers hold the same events: their folds would all come at once
+        # the data folder, then the log file, each locked before it is touched: a
+        # second server on either stops here (ownership.InUse), having written nothing
+        # (servers hold the same events: their folds would all come at once, so staggered)
         self.store = EventStore(config.server_data_dir(server_id), config.fsync,
                                 config.checkpoint_min, config.checkpoint_ratio,
                                 stagger=1 + 0.25 * ((server_id - 1) % 4),
                                 quiet_s=config.checkpoint_quiet_s,
                                 close_wait=config.checkpoint_close_wait)
+        try:
+            self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport,
+                                  self.clock, flush_every=config.log_flush_every,
+                                  exclusive=True)
+        except OSError:
+            self.store.close()
+            raise
+        self.state = SocialState()
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
@@ -179,6 +186,10 @@ class Server:
         for problem in self.store.rejected:
             self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
                           f"{problem}")
+        if self.store.unverified:
+            files = ", ".join(f"{name} {n}" for name, n in sorted(self.store.unverified.items()))
+            self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
+                          f"checksum (written before checksums), loaded unverified: {files}")
         loaded = self.repl.load(events)
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))

@@ -14,7 +14,8 @@ import pytest
 
 from common.processes import wait_until
 from common import protocol as P
-from servers.store import EventStore
+from common.ownership import InUse
+from servers.store import EventStore, read_folder
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +167,143 @@ def test_invalid_stored_records_are_set_aside_by_name_and_the_rest_loads(tmp_pat
         assert "10000000000000000" in kept[1]["raw"] or "10000000000000000" in kept[2]["raw"]
     finally:
         store.close()
+
+
+def test_a_second_store_on_a_folder_in_use_is_refused_and_changes_nothing(tmp_path):
+    store = EventStore(tmp_path)
+    store.load()
+    _write(store, _events(1, 3))
+    files = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+    try:
+        with pytest.raises(InUse, match=rf"^{tmp_path} is in use by another process "
+                                        rf"\(pid {os.getpid()}\)$"):
+            EventStore(tmp_path)
+        assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == files
+    finally:
+        store.close()
+    again = EventStore(tmp_path)                         # closed: the folder is free
+    try:
+        assert [e.id for e in again.load()] == _ids(1, 3)
+    finally:
+        again.close()
+
+
+def _rejected(folder: Path) -> list[dict]:
+    path = folder / "rejected.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_log_record_altered_so_that_it_still_parses_is_set_aside_by_its_checksum(tmp_path):
+    store = EventStore(tmp_path)
+    store.load()
+    _write(store, _events(1, 5))
+    store.close()
+    wal = tmp_path / "wal-000001.jsonl"
+    lines = wal.read_bytes().split(b"\n")
+    assert lines[1].count(b'"text":"post 2"') == 1 and b'"sum":"' in lines[1]
+    lines[1] = lines[1].replace(b'"text":"post 2"', b'"text":"post 7"')   # one character
+    lines[3] = lines[3].replace(b'"user":"alice"', b'"user":"malle"')     # 5 bytes, a valid name
+    lines[4] = lines[4][:-30]                            # the last line torn by a kill
+    wal.write_bytes(b"\n".join(lines[:4] + [lines[4]]))
+    for line in lines[:4]:
+        json.loads(line)                                 # every line still parses
+
+    again = EventStore(tmp_path)
+    try:
+        assert sorted(e.id for e in again.load()) == ["e1", "e3"]
+        assert len(again.rejected) == 2, again.rejected   # the torn line: silently skipped
+        assert f"{wal} line 2: checksum mismatch" in again.rejected[0]
+        assert f"{wal} line 4: checksum mismatch" in again.rejected[1]
+        assert [r["record"] for r in _rejected(tmp_path)] == again.rejected
+        assert '"post 7"' in _rejected(tmp_path)[0]["raw"]
+        assert not again.unverified
+    finally:
+        again.close()
+
+
+def test_a_post_text_and_a_user_name_edited_in_tinydb_are_set_aside_and_the_rest_loads(
+        tmp_path):
+    store = EventStore(tmp_path, checkpoint_min=5)
+    store.load()
+    _write(store, _events(1, 6))
+    assert store.maybe_checkpoint()
+    wait_until(store.finished, timeout=10, what="the fold")
+    store.close()
+    db_path = tmp_path / "db.json"
+    db = json.loads(db_path.read_text())
+    docs = db["events"]
+    assert all("sum" in doc for doc in docs.values())
+    by_id = {doc["id"]: number for number, doc in docs.items()}
+    docs[by_id["e2"]]["data"]["text"] = "post 2, edited"
+    docs[by_id["e5"]]["user"] = "mallory"
+    db_path.write_text(json.dumps(db))                  # still valid JSON, valid events
+
+    again = EventStore(tmp_path)
+    try:
+        assert sorted(e.id for e in again.load()) == ["e1", "e3", "e4", "e6"]
+        assert len(again.rejected) == 2, again.rejected
+        for event_id in ("e2", "e5"):
+            assert any(f"{db_path} document {by_id[event_id]}: checksum mismatch" in r
+                       for r in again.rejected)
+        kept = _rejected(tmp_path)
+        assert [r["record"] for r in kept] == again.rejected
+        assert any("post 2, edited" in r["raw"] for r in kept)
+        assert any("mallory" in r["raw"] for r in kept)
+        assert not again.unverified
+    finally:
+        again.close()
+
+
+def test_records_written_before_checksums_load_and_are_counted_unverified(tmp_path):
+    (tmp_path / "wal-000001.jsonl").write_bytes(
+        b"".join(P.dumps(e) + b"\n" for e in _events(3, 2)))          # no "sum"
+    db = {"events": {"1": P.to_builtins(_events(1, 1)[0]),
+                     "2": P.to_builtins(_events(2, 1)[0])}}
+    (tmp_path / "db.json").write_text(json.dumps(db))
+    store = EventStore(tmp_path)
+    try:
+        assert sorted(e.id for e in store.load()) == _ids(1, 4)
+        assert store.rejected == []
+        assert store.unverified == {"db.json": 2, "wal-000001.jsonl": 2}
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_server_whose_tinydb_was_edited_sets_the_records_aside_and_pulls_them_again(
+        make_cluster):
+    """Issue 11, row 2, as an operator meets it: a post's text and a user name edited
+    inside db.json (still valid JSON). The edited records are set aside with a log
+    line each, never served; the peers' copies come back by the usual catch-up."""
+    cluster = make_cluster(env={"SOCIAL_CHECKPOINT_IDLE_S": "0.3"}).start(3)
+    cluster.wait_serving({1, 2, 3})
+    posted = [cluster.cli("alice", "post", f"post {n}")["post"]["id"] for n in range(6)]
+    cluster.wait_converged()
+    folder = cluster.config.server_data_dir(3)
+
+    def folded() -> bool:                              # the idle fold has run
+        return set(posted) <= set(_tinydb_ids(folder))
+    wait_until(folded, timeout=20, what="server 3's posts folded into db.json")
+    assert cluster.terminate("server-3") == 0
+    db = json.loads((folder / "db.json").read_text())
+    posts = {d["id"]: n for n, d in db["events"].items() if d["kind"] == "post"}
+    db["events"][posts[posted[1]]]["data"]["text"] = "post 1, edited"
+    db["events"][posts[posted[4]]]["user"] = "mallory"
+    (folder / "db.json").write_text(json.dumps(db))
+
+    cluster.start_server(3)
+    cluster.wait_serving({1, 2, 3})
+    log = cluster.log_since_start("server-3")
+    assert log.count("checksum mismatch") == 2, log
+    assert log.count(f"stored record set aside in {folder / 'rejected.jsonl'}") == 2
+    rows = cluster.wait_converged()
+    assert len({row["digest"] for row in rows.values()}) == 1
+    feed = cluster.cli("bob", "feed", "--server", "3")["posts"]
+    assert sorted((p["id"], p["author"], p["text"]) for p in feed) == sorted(
+        (rid, "alice", f"post {n}") for n, rid in enumerate(posted))
+
+    def healed() -> bool:                              # the pulled copies folded in place
+        bad: list = []
+        read_folder(folder, lambda where, raw: bad.append(where))
+        return not bad and folded()
+    wait_until(healed, timeout=20, what="server 3's db.json repaired by a fold")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import orjson
 import zmq
 
 from clients.bench.cpu import cpu_seconds
@@ -20,6 +19,7 @@ from common.broker_client import BrokerClient
 from common.config import load_config
 from common.histogram import Histogram
 from common.processes import ProcessGroup, free_port_base, wait_until
+from servers.records import wal_line
 
 AUTHORS = 100
 """Seeded posts are spread over this many authors."""
@@ -60,8 +60,8 @@ class BenchCluster:
 
     def seed(self, server_ids, posts: int, clients: int) -> int:
         """The same log segment in each server's folder; returns the events written."""
-        lines = [orjson.dumps(e) for e in seed_events(posts, clients)]
-        blob = b"\n".join(lines) + b"\n"
+        lines = [wal_line(P.convert(e, P.Event)) for e in seed_events(posts, clients)]
+        blob = b"".join(lines)                      # each line with its checksum
         for server_id in server_ids:
             folder = self.config.server_data_dir(server_id)
             folder.mkdir(parents=True, exist_ok=True)
