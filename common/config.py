@@ -172,8 +172,8 @@ class Config:
             raise ConfigError("drop_rate must lie in [0, 1)")
         if self.request_timeout <= 0 or self.request_deadline < self.request_timeout:
             raise ConfigError("request_deadline must be at least one request_timeout")
-        if not 0 < self.retry_first_delay <= self.retry_max_delay < self.request_deadline:
-            raise ConfigError("retry delays must be positive, first <= max < request_deadline")
+        if not 0 < self.retry_first_delay <= self.retry_max_delay:
+            raise ConfigError("retry delays must be positive, the first no longer than the most")
         if self.fetch_timeout <= self.gap_grace:
             raise ConfigError("fetch_timeout must be longer than gap_grace")
         if not 0 < self.tick_every <= self.heartbeat_interval / 10:
