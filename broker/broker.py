@@ -158,7 +158,7 @@ class Broker:
                     self._drain(self.backend.sock, self.on_backend)
                 if self.frontend.sock in events:
                     self._drain(self.frontend.sock, self.on_frontend)
-                self.guard(self.send_heartbeats)
+                self.log.guard(self.send_heartbeats)
                 self.log.flush_if_due()
                 self.gc.tick(time.monotonic())
         finally:
@@ -173,17 +173,7 @@ class Broker:
                 frames = P.recv(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.guard(handler, frames)
-
-    def guard(self, fn, *args) -> None:
-        """Run a handler or job; an exception is logged with its cause, and the
-        broker goes on (no input may stop it)."""
-        try:
-            fn(*args)
-        except Exception as exc:    # noqa: BLE001 - the one guard of every handler and job
-            cause = " ".join(repr(f[:80]) for f in args[0]) if args else "a periodic job"
-            self.log.warn(f"error in {fn.__name__}: {type(exc).__name__}: {exc} "
-                          f"(while handling {cause})")
+            self.log.guard(handler, frames)
 
     def close(self) -> None:
         self.log.note("broker stopping")

@@ -111,11 +111,30 @@ class ProcessLog:
     def warn(self, what: str) -> None:
         self.line("local", "-", what, "WARNING")
 
+    def guard(self, fn, *args) -> None:
+        """Run a handler or periodic job; an exception is logged with the message
+        that caused it, and the process goes on (no input may stop it)."""
+        try:
+            fn(*args)
+        except Exception as exc:    # noqa: BLE001 - the one guard of every handler and job
+            self.warn(f"error in {getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc} "
+                      f"(while handling {_describe_cause(args)})")
+
     def close(self) -> None:
         self.flush()
         logger.remove()
         release(self._lock)
         self._lock = None
+
+
+def _describe_cause(args: tuple) -> str:
+    """What a handler was given, for the guard's line: frames, or a message."""
+    if not args:
+        return "a periodic job"
+    first = args[0]
+    if isinstance(first, list) and first and isinstance(first[0], bytes):
+        return " ".join(repr(f[:80]) for f in first)
+    return repr(first)[:200]
 
 
 def client_peer(route: bytes) -> str:

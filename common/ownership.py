@@ -50,7 +50,7 @@ def claim(path: Path | str, name: Path | str | None = None, record_pid: bool = F
             break
         except BlockingIOError:
             holder = holder_pid(path)
-            if (holder is not None and _alive(holder)) or time.monotonic() >= deadline:
+            if (holder is not None and pid_alive(holder)) or time.monotonic() >= deadline:
                 os.close(fd)
                 known = f" (pid {holder})" if holder is not None else ""
                 raise InUse(f"{name or path} is in use by another process{known}") from None
@@ -95,7 +95,7 @@ def holder_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
     try:
         with open(f"/proc/{pid}/stat") as f:

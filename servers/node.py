@@ -207,11 +207,11 @@ class Server:
                     handler = self._handlers.get(sock)
                     if handler is not None:
                         self._drain(sock, handler)
-                self.guard(self.after_batch)
+                self.log.guard(self.after_batch)
                 now = time.monotonic()
                 if now >= self.tick_at:
                     self.tick_at = now + self.config.tick_every
-                    self.guard(self.tick, now)
+                    self.log.guard(self.tick, now)
                 self.log.flush_if_due()
         finally:
             self.close()
@@ -226,17 +226,7 @@ class Server:
             except zmq.ZMQError:        # nothing after all, or closed by a handler this turn
                 return
             self.membership.check_frozen(time.monotonic())   # a SIGSTOP may land mid-burst
-            self.guard(handler, frames)
-
-    def guard(self, fn, *args) -> None:
-        """Run a handler or job; an exception is logged with what caused it, and the
-        server goes on (no input may stop it)."""
-        try:
-            fn(*args)
-        except Exception as exc:    # noqa: BLE001 - the one guard of every handler and job
-            cause = _describe_cause(args)
-            self.log.warn(f"error in {getattr(fn, '__name__', fn)}: {type(exc).__name__}: "
-                          f"{exc} (while handling {cause})")
+            self.log.guard(handler, frames)
 
     def next_deadline(self) -> float:
         deadlines = [self.membership.next_deadline(), self.election.next_deadline(),
@@ -391,13 +381,3 @@ class Server:
     def fault_drops(self) -> bool:
         """Test-only fault (``--drop-rate``): lose this replication message."""
         return bool(self.config.drop_rate) and self.rng.random() < self.config.drop_rate
-
-
-def _describe_cause(args: tuple) -> str:
-    """What a handler was given, for the guard's log line: frames, or a message."""
-    if not args:
-        return "a periodic job"
-    first = args[0]
-    if isinstance(first, list) and first and isinstance(first[0], bytes):
-        return " ".join(repr(f[:80]) for f in first)
-    return repr(first)[:200]

@@ -20,6 +20,7 @@ import zmq
 
 from clients.connection import ClientError
 from common.processes import wait_until
+from tests.bad_input import status_row
 from tests.harness import Cluster
 
 SERVERS = (1, 2, 3)
@@ -52,18 +53,9 @@ def request(op: str, user: str | None, args: dict, rid: str | None = None,
             "server": server, "time": time.time()}
 
 
-def server_status(server_id: int, **changes) -> dict:
-    """A server's status row as its HB carries it to the broker (every field required)."""
-    row = {"id": server_id, "phase": "serving", "events": 0, "digest": "", "lamport": 1,
-           "vv": {}, "coordinator": None, "epoch": 0, "clock_offset_ms": None,
-           "clock_skew_ms": 0.0, "last_sync": None, "under_replicated": 0,
-           "repl_lag_hist": [], "peers": []}
-    return {**row, **changes}
-
-
 def heartbeat(server_id: int, **status) -> dict:
     """An HB body as a server sends it to the broker: its id, its clock, its status row."""
-    return {"id": server_id, "clock": time.time(), "status": server_status(server_id, **status)}
+    return {"id": server_id, "clock": time.time(), "status": status_row(server_id, **status)}
 
 
 def parse(raw: list[bytes]) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.ownership import InUse, claim, release
+from common.ownership import InUse, claim, pid_alive, release
 from common.processes import ROOT, ProcessGroup, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,12 +27,6 @@ def _files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _run_second(cluster, *args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -131,6 +125,6 @@ def test_a_lock_whose_taker_is_dead_is_waited_for_not_refused(tmp_path):
         assert got and isinstance(got[0], int)
         release(got[0])
     finally:
-        if _alive(child):
+        if pid_alive(child):
             os.kill(child, signal.SIGKILL)
-        wait_until(lambda: not _alive(child), timeout=10, what="the lock's child to exit")
+        wait_until(lambda: not pid_alive(child), timeout=10, what="the lock's child to exit")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from common.processes import wait_until
 from common import protocol as P
-from common.ownership import InUse
+from common.ownership import InUse, pid_alive
+from common.processes import wait_until
 from servers.store import EventStore, read_folder
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,12 +47,6 @@ def _tinydb_ids(folder: Path) -> list[str]:
     return [doc["id"] for doc in sorted(docs, key=lambda doc: doc["seq"])]   # seq order
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_checkpoint_folds_the_log_into_tinydb_and_a_reload_sees_each_event_once(tmp_path):
@@ -103,7 +97,7 @@ def test_the_store_keeps_working_when_its_checkpointer_is_killed(tmp_path):
     store.load()
     child = store._checkpointer.pid
     os.kill(child, signal.SIGKILL)
-    wait_until(lambda: not _alive(child), timeout=5, what="the checkpointer to die")
+    wait_until(lambda: not pid_alive(child), timeout=5, what="the checkpointer to die")
     _write(store, _events(1, 6))
     assert store.maybe_checkpoint()                      # handed to nobody: stays on disk
     _write(store, _events(7, 2))
@@ -133,10 +127,10 @@ def test_the_checkpointer_dies_with_its_server(tmp_path):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         child = int(owner.stdout.readline())
-        assert _alive(child)
+        assert pid_alive(child)
         owner.kill()
         owner.wait(5)
-        wait_until(lambda: not _alive(child), timeout=5, what="the checkpointer to follow")
+        wait_until(lambda: not pid_alive(child), timeout=5, what="the checkpointer to follow")
     finally:
         if owner.poll() is None:
             owner.kill()
