@@ -68,12 +68,19 @@ def unfollow(result: dict, user: str | None, args: dict) -> str:
 
 def following(result: dict, user: str | None, args: dict) -> str:
     names = result.get("following", [])
-    return f"{user} follows " + (", ".join(names) if names else "nobody yet")
+    return f"{user} follows " + (", ".join(names) if names else "nobody yet") + _more(result, names)
 
 
 def users(result: dict, user: str | None, args: dict) -> str:
     names = result.get("users", [])
-    return f"{plural(len(names), 'user')}: " + ", ".join(names)
+    total = result.get("total", len(names))
+    return f"{plural(total, 'user')}: " + ", ".join(names) + _more(result, names)
+
+
+def _more(result: dict, names: list) -> str:
+    """A list cut to the reply's limit says how many were left out."""
+    left = result.get("total", len(names)) - len(names)
+    return f" … and {left:,} more" if left > 0 else ""
 
 
 def dm(result: dict, user: str | None, args: dict) -> str:

@@ -62,11 +62,14 @@ MAX_IDS = MAX_LIMIT
 """Ids a SEEN event may list (posts shown, messages delivered): one reply's worth."""
 FETCH_LIMIT = 50_000
 """The most events one EVENTS reply may carry."""
+MAX_NAMES = 20_000
+"""User names one ``users`` or ``following`` reply lists at most (with ``total``)."""
 MAX_REQUEST_BYTES = 64 * 1024
 """A client's request frame larger than this is refused by the broker."""
 MAX_REPLY_BYTES = MAX_LIMIT * (4 * MAX_TEXT + 512) + 64 * 1024
 """The largest reply a valid request can get: a page of ``MAX_LIMIT`` posts or
-messages of ``MAX_TEXT`` 4-byte characters with their fields. Replies never need
+messages of ``MAX_TEXT`` 4-byte characters with their fields (``MAX_NAMES``
+names of 32 characters take less). Replies never need
 more, so the broker's limit on its backend socket is this, and a valid request
 never times out for its size."""
 MAX_PEER_REQUEST_BYTES = 1024 * 1024

@@ -37,9 +37,11 @@ class ClientRequests:
             return {"user": user, "with": other,
                     "messages": state.chat(user, other, args.limit)}
         if op == P.OP_FOLLOWING:
-            return {"user": user, "following": state.follows(user)}
+            names = state.follows(user)
+            return {"user": user, "following": names[:P.MAX_NAMES], "total": len(names)}
         if op == P.OP_USERS:
-            return {"users": sorted(state.users)}
+            names = sorted(state.users)
+            return {"users": names[:P.MAX_NAMES], "total": len(names)}
         raise RequestError(P.ERR_BAD_REQUEST, f"{op} is not a read")
 
     # --- writes -------------------------------------------------------------------

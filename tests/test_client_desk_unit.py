@@ -113,9 +113,9 @@ def test_reads_are_answered_at_once_and_write_nothing():
     assert feed.ok and [p["text"] for p in feed.result["posts"]] == ["hello"]
     assert feed.result["posts"][0]["followed"] is True
     [following] = d.send(req("r2", P.OP_FOLLOWING, "bob"))
-    assert following.result == {"user": "bob", "following": ["alice"]}
+    assert following.result == {"user": "bob", "following": ["alice"], "total": 1}
     [users] = d.send(req("r3", P.OP_USERS, "bob"))
-    assert users.result == {"users": sorted(USERS)}
+    assert users.result == {"users": sorted(USERS), "total": len(USERS)}
     [chat] = d.send(req("r4", P.OP_CHAT, "bob", with_="alice", limit=5))
     assert chat.ok and chat.result["messages"] == []
     [unknown] = d.send(req("r5", P.OP_CHAT, "bob", with_="zed", limit=5))
@@ -379,3 +379,14 @@ def test_listeners_behave_like_a_dict_of_parked_polls(ops, look):
         if peek:                # it drops stale heap entries: not after every step
             assert ls.next_deadline() == (min(dl for _, dl in model.values())
                                           if model else None)
+
+
+def test_a_list_of_users_stops_at_max_names_and_says_how_many_there_are():
+    """A reply always fits the broker's limit: ``users`` lists at most MAX_NAMES."""
+    from servers.requests import ClientRequests
+    from servers.state import SocialState
+    state = SocialState()
+    state.users = {f"u{n:06d}": 1 for n in range(P.MAX_NAMES + 5)}
+    result = ClientRequests(state).read(P.OP_USERS, "u000001", P.Args())
+    assert len(result["users"]) == P.MAX_NAMES and result["total"] == P.MAX_NAMES + 5
+    assert len(P.dumps(result)) < P.MAX_REPLY_BYTES
