@@ -12,6 +12,7 @@ import time
 import pytest
 
 from clients.bench.cpu import cpu_seconds
+from common.processes import wait_until
 
 BURN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
 """Burns one CPU for at most 20 s (the test kills it long before)."""
@@ -29,9 +30,10 @@ def _used_while(source: str, seconds: float = 0.5) -> tuple[float, float]:
     """(CPU seconds the process running ``source`` used over ``seconds``, wall seconds)."""
     proc = subprocess.Popen([sys.executable, "-c", source], start_new_session=True)
     try:
-        time.sleep(0.3)                          # started, burning
+        wait_until(lambda: cpu_seconds([proc.pid]).get(proc.pid, 0) > 0.05, timeout=10,
+                   what="the process to start burning")
         began, before = time.monotonic(), cpu_seconds([proc.pid])[proc.pid]
-        time.sleep(seconds)
+        time.sleep(seconds)                      # the window measured, not a wait
         after, wall = cpu_seconds([proc.pid])[proc.pid], time.monotonic() - began
         return after - before, wall
     finally:
