@@ -335,7 +335,7 @@ class Broker:
 
     def on_hb(self, identity: bytes, msg: P.Heartbeat) -> None:
         if msg.id is None or msg.status is None or msg.status.id != msg.id:
-            self.log.warn(f"dropped a heartbeat without a server's status on the backend")
+            self.log.warn("dropped a heartbeat without a server's status on the backend")
             return
         entry = self._register(identity, msg.id)
         phase = msg.status.phase

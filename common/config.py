@@ -145,6 +145,10 @@ class Config:
     def server_data_dir(self, server_id: int) -> Path:
         return Path(self.data_dir) / f"server-{server_id}"
 
+    def issued_path(self, server_id: int) -> Path:
+        """The highest seq server ``server_id`` ever issued: beside its folder, not in it."""
+        return Path(self.data_dir) / f"server-{server_id}.issued"
+
     def client_state_path(self, user: str) -> Path:
         return Path(self.data_dir) / "clients" / f"{user}.json"
 

@@ -234,6 +234,8 @@ class ServerStatus(Struct, **_message()):
     under_replicated: Count
     repl_lag_hist: Annotated[list[Count], Meta(max_length=64)]
     peers: Annotated[list[ServerId], Meta(max_length=MAX_SERVER_ID)]
+    waiting: Optional[Annotated[str, Meta(max_length=200)]] = None
+    """Why a server that is not serving cannot go on (no peer holds what it must sync)."""
 
 
 class Ready(Struct, **_message()):

@@ -32,7 +32,7 @@ def main(
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir,
                              drop_rate=drop_rate, fsync=fsync)
         server = Server(config, server_id, PhysicalClock(clock_offset, clock_drift_ppm, clock_chaos))
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1)
     signal.signal(signal.SIGTERM, server.request_leave)

@@ -108,13 +108,26 @@ class CatchUp:
                 target[origin] = max(target.get(origin, 0), seq)
         return target
 
-    def lower_unreachable(self, target: dict[int, int], now: float) -> None:
-        """If every live holder of an origin's tail is gone, stop waiting for it."""
+    def lower_unreachable(self, target: dict[int, int], now: float,
+                          floor: dict[int, int] | None = None) -> None:
+        """If every live holder of an origin's tail is gone, stop waiting for it --
+        but never below ``floor`` (my own events I know I issued: they must come back)."""
         live = self.peers.live(now)
+        floor = floor or {}
         for origin, seq in target.items():
-            best = max([self.state.seq_of(origin)] + [p.vv.get(origin, 0) for p in live])
+            best = max([self.state.seq_of(origin), floor.get(origin, 0)]
+                       + [p.vv.get(origin, 0) for p in live])
             if best < seq:
                 target[origin] = best
+
+    def held(self, origin: int) -> int:
+        """The highest seq of ``origin`` I hold."""
+        return self.state.seq_of(origin)
+
+    def reachable(self, origin: int, now: float) -> bool:
+        """A live peer holds more of ``origin`` than I do."""
+        mine = self.state.seq_of(origin)
+        return any(p.vv.get(origin, 0) > mine for p in self.peers.live(now))
 
     def caught_up(self, target: dict[int, int]) -> bool:
         mine = self.state.vv()

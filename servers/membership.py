@@ -41,7 +41,8 @@ class Membership:
                  idle: Callable[[], bool],
                  on_phase: Callable[[str, str, float], None],
                  on_peer_gone: Callable[[int], None],
-                 reconnect_broker: Callable[[], None]) -> None:
+                 reconnect_broker: Callable[[], None],
+                 must_hold: dict[int, int] | None = None) -> None:
         self.my_id = my_id
         self.config = config
         self.peers = peers
@@ -59,6 +60,9 @@ class Membership:
         self.phase = JOINING
         self.phase_since = now
         self.target: dict[int, int] = {}
+        self.must_hold = must_hold or {}
+        """What I must hold before I serve whatever the peers say: my own issued events."""
+        self.waiting: str | None = None          # why syncing cannot finish, for status
         self.running = True
         self.leave_requested = False
         self.leave_deadline = 0.0
@@ -129,9 +133,12 @@ class Membership:
         if self.phase == JOINING and \
                 now - self.phase_since >= 3 * self.config.heartbeat_interval:
             self.target = self.catchup.target(now)
+            for origin, seq in self.must_hold.items():
+                self.target[origin] = max(self.target.get(origin, 0), seq)
             self.set_phase(SYNCING, f"target {self.target}", now)
         elif self.phase == SYNCING:
-            self.catchup.lower_unreachable(self.target, now)
+            self.catchup.lower_unreachable(self.target, now, self.must_hold)
+            self.note_waiting(now)
             clock_set = (self._clock_synced()
                          or now - self.phase_since >= self.config.join_clock_wait)
             if self.catchup.caught_up(self.target) and clock_set:
@@ -142,11 +149,25 @@ class Membership:
         elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
             self.running = False
 
+    def note_waiting(self, now: float) -> None:
+        """Say once (log and status) when my own events are missing and no live peer
+        holds them: I wait, and do not serve, rather than number new writes again."""
+        waiting = None
+        for origin, seq in self.must_hold.items():
+            held = self.catchup.held(origin)
+            if held < seq and not self.catchup.reachable(origin, now):
+                waiting = (f"my folder holds my events up to seq {held}, but I issued "
+                           f"up to {seq}: waiting for a peer that holds them")
+        if waiting is not None and waiting != self.waiting and self.log is not None:
+            self.log.warn(f"not serving: {waiting}")
+        self.waiting = waiting
+
     def set_phase(self, phase: str, why: str, now: float) -> None:
         old = self.phase
         if self.log is not None:
             self.log.note(f"phase {old} -> {phase}: {why}")
         self.phase = phase
+        self.waiting = None
         self.phase_since = now
         self._on_phase(old, phase, now)
 

@@ -34,6 +34,7 @@ from servers.berkeley import BerkeleySync
 from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
 from servers.election import Bully
+from servers.issued import IssuedSeq
 from servers.listeners import Listeners
 from servers.membership import Membership
 from servers.peer_links import PeerLinks
@@ -73,6 +74,7 @@ class Server:
             self.store.close()
             raise
         self.state = SocialState()
+        self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
@@ -87,7 +89,8 @@ class Server:
             publish=self.publish, to_broker=self.control, status=self.status,
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
-            on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker)
+            on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
+            must_hold={server_id: self.issued.highest})
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
                                replicas=config.replicas, reply=self.reply,
@@ -191,6 +194,11 @@ class Server:
             self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
                           f"checksum (written before checksums), loaded unverified: {files}")
         loaded = self.repl.load(events)
+        mine = self.state.seq_of(self.id)
+        if mine < self.issued.highest:
+            self.log.warn(f"my folder holds my own events up to seq {mine}, but I issued up to "
+                          f"{self.issued.highest}: I sync them back from a peer before serving")
+        self.issued.record(mine)                 # data from before this file existed
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))
         self.open_sockets()
@@ -245,6 +253,7 @@ class Server:
             self.store.sync()                    # durable before anyone hears of it
             self.last_write = now
         if outbox:
+            self.issued.record(outbox[-1].seq)   # never numbered again, even without the folder
             # this turn's new writes, one bus message, and my vector with them: it
             # acknowledges every peer event applied this turn (the ACK rides along)
             self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv()))
@@ -312,7 +321,8 @@ class Server:
             last_sync=self.berkeley.last_sync,
             under_replicated=self.repl.under_replicated(now),
             repl_lag_hist=self.lag.hist.counts,
-            peers=sorted(p.id for p in self.peers.live(now)))
+            peers=sorted(p.id for p in self.peers.live(now)),
+            waiting=self.membership.waiting)
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)

@@ -37,7 +37,8 @@ def ev(origin: int, seq: int) -> P.Event:
 class Rig:
     """One Membership and everything it is given; ``run`` is the server's loop."""
 
-    def __init__(self, synced: bool = True, idle: bool = True, now: float = T0) -> None:
+    def __init__(self, synced: bool = True, idle: bool = True, now: float = T0,
+                 must_hold: dict | None = None) -> None:
         self.now = now
         self.state = SocialState()
         self.peers = Peers(ME, CONFIG.peer_timeout)
@@ -56,7 +57,8 @@ class Rig:
             publish=self._publish, to_broker=self._to_broker, status=self.status,
             wall_clock=lambda: WALL, clock_synced=lambda: self.synced,
             idle=lambda: self.idle, on_phase=lambda o, n, t: self.phases.append((o, n, t)),
-            on_peer_gone=self.gone.append, reconnect_broker=self._reconnect)
+            on_peer_gone=self.gone.append, reconnect_broker=self._reconnect,
+            must_hold=must_hold)
 
     def _publish(self, msg) -> None:
         P.validate(msg)
@@ -74,7 +76,7 @@ class Rig:
             id=ME, phase=self.m.phase, events=self.state.count, digest=self.state.digest(),
             lamport=0, vv=self.state.vv(), coordinator=None, epoch=0, clock_offset_ms=None,
             clock_skew_ms=0.0, last_sync=None, under_replicated=0, repl_lag_hist=[],
-            peers=sorted(p.id for p in self.peers.live(now)))
+            peers=sorted(p.id for p in self.peers.live(now)), waiting=self.m.waiting)
 
     def sent(self, cls, where=None) -> list:
         return [m for m in (self.broker if where == "broker" else
@@ -119,6 +121,25 @@ def test_joining_listens_for_three_heartbeats_then_syncs_toward_the_peers_target
     assert r.phases == [(JOINING, SYNCING, T0 + 3 * HB)]
     assert r.m.target == {2: 3, 3: 1}
     assert r.log.has("phase joining -> syncing: target {2: 3, 3: 1}")
+
+
+def test_a_server_that_lost_its_own_events_waits_for_a_peer_that_holds_them():
+    """Issue 11, row 1: my folder holds my events up to 0, but I issued up to 5. Alone, I
+    do not serve (I would number writes 1, 2, ... again), and I say why; once a peer
+    holding them is back and I have pulled them, I serve."""
+    r = Rig(must_hold={ME: 5})
+    r.run(3 * HB + 10 * HB)
+    assert r.m.phase == SYNCING and r.m.target == {ME: 5}
+    assert "issued up to 5" in r.m.waiting and r.sent(P.Ready) == []
+    assert r.status(r.now).waiting == r.m.waiting
+    assert r.log.has("not serving: my folder holds my events up to seq 0")
+    r.live_peers[2] = (SERVING, {ME: 5})
+    r.run(HB)
+    assert r.m.phase == SYNCING and r.m.waiting is None      # reachable now: pulling
+    for seq in range(1, 6):
+        r.state.apply(ev(ME, seq))
+    r.run(HB, until=lambda: r.m.phase == SERVING)
+    assert r.m.phase == SERVING and len(r.sent(P.Ready)) == 1
 
 
 def test_syncing_serves_only_once_caught_up_and_sends_ready_once():
