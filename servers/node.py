@@ -197,7 +197,9 @@ class Server:
         mine = self.state.seq_of(self.id)
         if mine < self.issued.highest:
             self.log.warn(f"my folder holds my own events up to seq {mine}, but I issued up to "
-                          f"{self.issued.highest}: I sync them back from a peer before serving")
+                          f"{self.issued.highest}: I sync them back from a peer before serving "
+                          f"(if none ever held them, delete {self.issued.path} to go on from "
+                          f"what the peers hold)")
         self.issued.record(mine)                 # data from before this file existed
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))
