@@ -42,8 +42,6 @@ import msgspec
 import zmq
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = "social/2"
-
 # --- limits -------------------------------------------------------------------
 MAX_STAMP = 2 ** 53
 """Lamport stamps, epochs and sequence numbers stay below this: far under any

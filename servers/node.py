@@ -86,7 +86,7 @@ class Server:
                                      self.election)
         self.membership = Membership(
             server_id, config, self.peers, self.catchup, self.log, now=now,
-            publish=self.publish, to_broker=self.control, status=self.status,
+            publish=self.publish, to_broker=self.to_broker, status=self.status,
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
             on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
@@ -175,10 +175,6 @@ class Server:
             if not self.broker_blocked:
                 self.log.warn(f"cannot send to the broker (down?): dropped {msg.TYPE}")
             self.broker_blocked = True
-
-    def control(self, msg) -> None:
-        """READY, HB or LEAVE to the broker (empty route)."""
-        self.to_broker(msg)
 
     def reply(self, route: bytes, reply: P.Reply) -> None:
         self.to_broker(reply, route)
@@ -348,6 +344,7 @@ class Server:
 
     def close(self) -> None:
         self.store.close()
+        self.issued.close()
         self.log.note(f"stopped: {self.state.count} events, digest {self.state.digest()[:12]}")
         self.ctx.destroy(0)
         self.log.close()
