@@ -14,6 +14,8 @@ import orjson
 from common.histogram import Histogram
 
 STATUS_COLUMNS = ("id", "alive", "phase", "events", "digest", "lamport")
+JSON_ONLY_COLUMNS = frozenset({"sums"})
+"""Status fields too long for the table (each origin's fingerprint): in --json only."""
 DIGEST_CHARS = 12
 UNIX_TIME_FLOOR = 1e9
 """A float this large in a status row is a Unix time (September 2001 onwards)."""
@@ -112,7 +114,7 @@ def status(result: dict, user: str | None, args: dict) -> str:
     servers = result.get("servers", [])
     columns = list(STATUS_COLUMNS)
     for server in servers:
-        columns += [key for key in server if key not in columns]
+        columns += [key for key in server if key not in columns and key not in JSON_ONLY_COLUMNS]
     rows = [[cell(column, server.get(column)) for column in columns] for server in servers]
     lines = table(columns, rows) if servers else ["no servers"]
     # "server" is who answered: None when the broker did, as it should for status

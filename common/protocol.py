@@ -101,6 +101,18 @@ VersionVector = Annotated[dict[ServerId, Count], Meta(max_length=MAX_SERVER_ID)]
 Phase = Literal["joining", "syncing", "serving", "leaving"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
+Fingerprint = Annotated[int, Meta(ge=0, le=2 ** 63 - 1)]
+"""The XOR of one 63-bit hash per event of a set (``servers/state.py``): order-free,
+updated in O(1) per event, equal for two sets of one origin's seqs 1..n exactly
+when their events are."""
+Fingerprints = Annotated[dict[ServerId, Fingerprint], Meta(max_length=MAX_SERVER_ID)]
+"""``{origin: fingerprint of the events of that origin I hold}``, sent beside every
+version vector: equal vectors with different fingerprints are a divergence, and an
+origin counts a peer's copy of its events only when the fingerprints match."""
+MAX_SUMS = 4096
+"""Block fingerprints in one SUMS answer."""
+RANGE_MAX = 1000
+"""Events in one COPIES answer: a repair compares blocks of this many seqs at most."""
 
 
 class ProtocolError(ValueError):
@@ -234,6 +246,10 @@ class ServerStatus(Struct, **_message()):
     peers: Annotated[list[ServerId], Meta(max_length=MAX_SERVER_ID)]
     waiting: Optional[Annotated[str, Meta(max_length=200)]] = None
     """Why a server that is not serving cannot go on (no peer holds what it must sync)."""
+    repairs: Count = 0
+    """Events this server replaced by the copy the others agree on (anti-entropy)."""
+    sums: Fingerprints = {}
+    """The fingerprint of each origin's events held (``Fingerprints``)."""
 
 
 class Ready(Struct, **_message()):
@@ -331,6 +347,7 @@ class EventBatch(Struct, **_BUS):
     sender: ServerId
     events: Annotated[list[Event], Meta(min_length=1, max_length=FETCH_LIMIT)]
     vv: VersionVector
+    sums: Fingerprints = {}
 
 
 class Beat(Struct, **_BUS):
@@ -343,6 +360,7 @@ class Beat(Struct, **_BUS):
     coordinator: Optional[ServerId]
     events: Count = 0
     digest: Digest = ""
+    sums: Fingerprints = {}
 
 
 class Bye(Struct, **_BUS):
@@ -417,6 +435,7 @@ class Events(Struct, **_BUS):
     events: Annotated[list[Event], Meta(max_length=FETCH_LIMIT)]
     vv: VersionVector
     more: bool
+    sums: Fingerprints = {}
 
 
 class Ack(Struct, **_BUS):
@@ -424,10 +443,65 @@ class Ack(Struct, **_BUS):
     TYPE: ClassVar[str] = "ACK"
     sender: ServerId
     vv: VersionVector
+    sums: Fingerprints = {}
+
+
+# --- repair (anti-entropy) between two servers' peer ports -------------------------
+class Compare(Struct, **_BUS):
+    """Give me the fingerprints of your events of ``origin`` with seq in ``(lo, hi]``,
+    one per block of ``block`` seqs (the last one maybe shorter)."""
+    TYPE: ClassVar[str] = "COMPARE"
+    sender: ServerId
+    origin: ServerId
+    lo: Count
+    hi: Seq
+    block: Seq
+
+    def __post_init__(self) -> None:
+        if self.lo >= self.hi:
+            raise ValueError("COMPARE needs lo < hi")
+        if -(-(self.hi - self.lo) // self.block) > MAX_SUMS:
+            raise ValueError(f"COMPARE asks for more than {MAX_SUMS} blocks")
+
+
+class Sums(Struct, **_BUS):
+    """The answer to COMPARE: one fingerprint per block; none if I do not hold
+    every seq up to ``hi``."""
+    TYPE: ClassVar[str] = "SUMS"
+    sender: ServerId
+    origin: ServerId
+    lo: Count
+    hi: Seq
+    block: Seq
+    sums: Annotated[list[Fingerprint], Meta(max_length=MAX_SUMS)]
+
+
+class CopyRange(Struct, **_BUS):
+    """Give me your copies of the events of ``origin`` with seq in ``(lo, hi]``."""
+    TYPE: ClassVar[str] = "RANGE"
+    sender: ServerId
+    origin: ServerId
+    lo: Count
+    hi: Seq
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hi - self.lo <= RANGE_MAX:
+            raise ValueError(f"RANGE needs lo < hi <= lo + {RANGE_MAX}")
+
+
+class Copies(Struct, **_BUS):
+    """The answer to RANGE: my copies, in seq order; none if I do not hold them all."""
+    TYPE: ClassVar[str] = "COPIES"
+    sender: ServerId
+    origin: ServerId
+    lo: Count
+    hi: Seq
+    events: Annotated[list[Event], Meta(max_length=RANGE_MAX)]
 
 
 Message = Union[Request, Reply, Ready, Heartbeat, Leave, EventBatch, Beat, Bye, Election,
-                Answer, Coordinator, TimeQuery, TimeReply, TimeAdjust, Fetch, Events, Ack]
+                Answer, Coordinator, TimeQuery, TimeReply, TimeAdjust, Fetch, Events, Ack,
+                Compare, Sums, CopyRange, Copies]
 MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in Message.__args__}
 """Every message type by its wire name."""
 
@@ -438,6 +512,7 @@ EVENT, BEAT, BYE = EventBatch.TYPE, Beat.TYPE, Bye.TYPE
 ELECTION, ANSWER, COORDINATOR = Election.TYPE, Answer.TYPE, Coordinator.TYPE
 TIME_QUERY, TIME_REPLY, TIME_ADJUST = TimeQuery.TYPE, TimeReply.TYPE, TimeAdjust.TYPE
 FETCH, EVENTS, ACK = Fetch.TYPE, Events.TYPE, Ack.TYPE
+COMPARE, SUMS, RANGE, COPIES = Compare.TYPE, Sums.TYPE, CopyRange.TYPE, Copies.TYPE
 
 
 def fields_of(msg_type: str) -> list[str]:
@@ -473,10 +548,11 @@ BROKER_TO_CLIENT = Route("reply", frozenset({REPLY}))
 """A user's DEALER: replies only."""
 BUS = Route("bus", frozenset({EVENT, BEAT, BYE, ELECTION, ANSWER, COORDINATOR,
                               TIME_QUERY, TIME_REPLY, TIME_ADJUST}))
-PEER_REQUEST = Route("peer", frozenset({FETCH, ACK}), envelope=1)
-"""A server's peer ROUTER: FETCH and ACK, behind the asking DEALER's identity."""
-PEER_REPLY = Route("peer reply", frozenset({EVENTS}))
-"""A server's DEALER to a peer: EVENTS only."""
+PEER_REQUEST = Route("peer", frozenset({FETCH, ACK, COMPARE, RANGE}), envelope=1)
+"""A server's peer ROUTER: FETCH, ACK and the repair's questions, behind the asking
+DEALER's identity."""
+PEER_REPLY = Route("peer reply", frozenset({EVENTS, SUMS, COPIES}))
+"""A server's DEALER to a peer: the answers."""
 
 _decoders = {t: msgspec.json.Decoder(cls) for t, cls in MESSAGES.items()}
 _encoder = msgspec.json.Encoder()

@@ -119,9 +119,9 @@ class Membership:
                 self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {msg.phase}")
             peer.phase = msg.phase
         if msg.phase == JOINING:                 # (re)starting: it may hold less than before
-            self.peers.reset_vv(peer.id, msg.vv)
+            self.peers.reset_vv(peer.id, msg.vv, msg.sums)
         else:                                    # an ACK may have overtaken this BEAT
-            self.peers.update_vv(peer.id, msg.vv)
+            self.peers.update_vv(peer.id, msg.vv, msg.sums)
 
     def on_BYE(self, msg: P.Bye, now: float) -> None:
         self.peers.left(msg.sender)
@@ -206,7 +206,7 @@ class Membership:
         self._to_broker(P.Heartbeat(id=self.my_id, clock=self._wall_clock(), status=status))
         self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
                              epoch=status.epoch, coordinator=status.coordinator,
-                             events=status.events, digest=status.digest))
+                             events=status.events, digest=status.digest, sums=status.sums))
         if now - self.broker_seen > self.config.broker_timeout:
             if self.log is not None:
                 self.log.warn(f"broker silent for {(now - self.broker_seen) * 1000:.0f} ms: "

@@ -11,7 +11,8 @@ Sockets (all owned by the one loop in ``run``):
 
 The roles, each owning its state, timers and ``on_<TYPE>`` handlers:
 ``Membership`` (phases, heartbeats, stall check), ``Replication`` (apply,
-outbox, quorum), ``CatchUp`` (what to pull from whom), ``ClientDesk``
+outbox, quorum), ``CatchUp`` (what to pull from whom), ``Repair``
+(anti-entropy: which copy of a differing event stands), ``ClientDesk``
 (requests in, replies out), ``Bully`` (election) and ``BerkeleySync`` (clocks).
 This module only wires them: it decodes each message (``protocol.Endpoint``:
 Lamport merge on receive, tick on send), hands it to the handlers of its type,
@@ -40,6 +41,7 @@ from servers.membership import Membership
 from servers.peer_links import PeerLinks
 from servers.peers import JOINING, SERVING, SYNCING, Peers
 from servers.replication import Replication
+from servers.repair import Repair
 from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
 from servers.state import SocialState
@@ -76,10 +78,16 @@ class Server:
         self.state = SocialState()
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
         now = time.monotonic()
-        self.peers = Peers(server_id, config.peer_timeout)
+        self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, self.catchup,
-                                config.replicas, self.log)
+                                config.replicas, self.log,
+                                serving=lambda: self.membership.phase == SERVING,
+                                on_conflict=self.on_conflict)
+        self.repair = Repair(server_id, self.state, self.peers, self.log,
+                             send=lambda peer_id, msg: self.links.ask(peer_id, msg),
+                             replace=self.repl.replace, timeout=config.fetch_timeout,
+                             cooldown=config.peer_timeout)
         self.lag = ReplicationLag(server_id)
         self.election = Bully(server_id, config, self.publish, self.log)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
@@ -96,11 +104,16 @@ class Server:
                                replicas=config.replicas, reply=self.reply,
                                unavailable=self.unavailable)
         self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
-                               self.close_socket, answer_fetch=self.answer_fetch,
-                               on_ack=self.on_ack, on_events=self.on_events)
+                               self.close_socket, on_ack=self.on_ack,
+                               answers={P.Fetch: self.answer_fetch,
+                                        P.Compare: self.repair.answer_COMPARE,
+                                        P.CopyRange: self.repair.answer_RANGE},
+                               replies={P.Events: self.on_events,
+                                        P.Sums: lambda _peer, msg, now: self.repair.on_SUMS(msg, now),
+                                        P.Copies: lambda _peer, msg, now: self.repair.on_COPIES(msg, now)})
         self.bus_handlers = {
             P.EVENT: (self.repl.on_EVENT,),
-            P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT),
+            P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT, self.repair.on_BEAT),
             P.BYE: (self.membership.on_BYE, self.election.on_BYE),
             P.ELECTION: (self.election.on_ELECTION,),
             P.ANSWER: (self.election.on_ANSWER,),
@@ -254,12 +267,13 @@ class Server:
             self.issued.record(outbox[-1].seq)   # never numbered again, even without the folder
             # this turn's new writes, one bus message, and my vector with them: it
             # acknowledges every peer event applied this turn (the ACK rides along)
-            self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv()))
+            self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv(),
+                                      sums=self.state.sums()))
         elif fresh and self.membership.phase != JOINING:
             # only peers' events: an ACK straight to each origin says I hold them
             origins = {e.origin for e in fresh} - {self.id}
             if origins:
-                self.links.ack(origins, self.state.vv())
+                self.links.ack(origins, self.state.vv(), self.state.sums())
         if fresh:
             concerned = self.state.concerned(fresh)
             if concerned:
@@ -276,6 +290,7 @@ class Server:
         self.desk.expire_listeners(now)
         self.election.tick(now)
         self.berkeley.tick(now)
+        self.repair.tick(now)
         eager = self.membership.phase == SYNCING
         for peer_id, after in self.catchup.due(now, eager=eager).items():
             self.links.fetch(peer_id, after)
@@ -302,6 +317,21 @@ class Server:
         if new == "leaving":
             self.election.leave()
 
+    def vouch(self, seq: int, fingerprint: int | None) -> bool:
+        """Does a peer hold my events 1..seq, as its fingerprint of them claims? Yes
+        if it is the fingerprint of the events I numbered; beyond what I hold, only
+        while I am not serving: syncing back my own events (a lost folder), I learn
+        from such claims who holds them; serving, I alone number them."""
+        mine = self.state.sum_at(self.id, seq)
+        if mine is None:
+            return self.membership.phase != SERVING
+        return fingerprint == mine
+
+    def on_conflict(self, mine: P.Event, other: P.Event) -> None:
+        self.log.warn(f"event {mine.origin}:{mine.seq} came again, another copy: "
+                      f"{event_brief(other)}; mine: {event_brief(mine)}")
+        self.repair.on_conflict(mine, other, time.monotonic())
+
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)
 
@@ -320,13 +350,14 @@ class Server:
             under_replicated=self.repl.under_replicated(now),
             repl_lag_hist=self.lag.hist.counts,
             peers=sorted(p.id for p in self.peers.live(now)),
-            waiting=self.membership.waiting)
+            waiting=self.membership.waiting, repairs=self.repair.repaired,
+            sums=self.state.sums())
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)
         events = self.state.events_after(msg.after, limit + 1)
         return P.Events(sender=self.id, events=events[:limit], vv=self.state.vv(),
-                        more=len(events) > limit)
+                        more=len(events) > limit, sums=self.state.sums())
 
     def on_ack(self, msg: P.Ack, now: float) -> None:
         if not self.fault_drops():

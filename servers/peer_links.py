@@ -1,4 +1,5 @@
-"""The sockets between servers: pulls (FETCH -> EVENTS) and ACKs to an origin.
+"""The sockets between servers: pulls (FETCH -> EVENTS), ACKs to an origin, and
+the repair's questions (COMPARE -> SUMS, RANGE -> COPIES, ``repair.py``).
 
 Each server binds a ROUTER on ``peer_port(id)`` and answers FETCH with the
 events it holds beyond the asker's version vector; the asker keeps one DEALER
@@ -27,18 +28,18 @@ class PeerLinks:
     def __init__(self, my_id: int, config: Config, lamport, log: ProcessLog,
                  open_socket: Callable[[int, Callable], zmq.Socket],
                  close_socket: Callable[[zmq.Socket], None], *,
-                 answer_fetch: Callable[[P.Fetch], P.Events],
+                 answers: dict[type, Callable[[object], object]],
                  on_ack: Callable[[P.Ack, float], None],
-                 on_events: Callable[[int, P.Events, float], None]) -> None:
+                 replies: dict[type, Callable[[int, object, float], None]]) -> None:
         self.my_id = my_id
         self.config = config
         self.lamport = lamport
         self.log = log
         self._open_socket = open_socket
         self._close_socket = close_socket
-        self._answer_fetch = answer_fetch
+        self._answers = answers            # request type -> its answer
         self._on_ack = on_ack
-        self._on_events = on_events
+        self._replies = replies            # answer type -> handler(peer_id, msg, now)
         self.router: P.Endpoint | None = None
         self.dealers: dict[int, P.Endpoint] = {}
 
@@ -69,19 +70,27 @@ class PeerLinks:
                                           limit=self.config.fetch_batch))
         self.log.send(f"server-{peer_id}", f"FETCH after {vv_brief(after)}")
 
-    def ack(self, origins, vv: dict[int, int]) -> None:
+    def ask(self, peer_id: int, msg) -> None:
+        """Send a question to a peer (dropped if its queue is full: the asker times out)."""
+        try:
+            self.dealer(peer_id).send(msg, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.log.send(f"server-{peer_id}", f"{msg.TYPE} {_brief(msg)}")
+
+    def ack(self, origins, vv: dict[int, int], sums: dict[int, int]) -> None:
         """Tell each origin what I now hold (its events among them). An ACK that
         cannot be queued is dropped: the next ACK or BEAT says the same and more."""
         for origin in sorted(origins):
             try:
-                self.dealer(origin).send(P.Ack(sender=self.my_id, vv=vv), flags=zmq.NOBLOCK)
+                self.dealer(origin).send(P.Ack(sender=self.my_id, vv=vv, sums=sums), flags=zmq.NOBLOCK)
             except zmq.Again:
                 continue
             self.log.send(f"server-{origin}", f"ACK vv={vv_brief(vv)}")
 
     # --- receiving ----------------------------------------------------------------------
     def on_router(self, frames: list[bytes]) -> None:
-        """A peer's FETCH (answer with what I hold beyond its vector) or ACK."""
+        """A peer's ACK, or a question (FETCH, COMPARE, RANGE) to answer."""
         try:
             incoming = self.router.receive(frames)
         except P.ProtocolError as exc:
@@ -91,13 +100,12 @@ class PeerLinks:
         if isinstance(msg, P.Ack):
             self._on_ack(msg, now)
             return
-        answer = self._answer_fetch(msg)
+        answer = self._answers[type(msg)](msg)
         self.router.send(answer, *incoming.envelope)
-        self.log.line("serve", f"server-{msg.sender}",
-                      f"EVENTS {len(answer.events)} events more={answer.more}")
+        self.log.line("serve", f"server-{msg.sender}", f"{answer.TYPE} {_brief(answer)}")
 
     def on_dealer(self, peer_id: int, frames: list[bytes]) -> None:
-        """EVENTS from a peer I pulled from."""
+        """An answer (EVENTS, SUMS, COPIES) from a peer I asked."""
         link = self.dealers.get(peer_id)
         if link is None:
             return
@@ -107,6 +115,21 @@ class PeerLinks:
             self.log.warn(f"dropped a bad reply from server-{peer_id}: {exc}")
             return
         if msg.sender != peer_id:
-            self.log.warn(f"dropped EVENTS from server-{peer_id} claiming to be server-{msg.sender}")
+            self.log.warn(f"dropped {msg.TYPE} from server-{peer_id} claiming to be "
+                          f"server-{msg.sender}")
             return
-        self._on_events(peer_id, msg, time.monotonic())
+        self._replies[type(msg)](peer_id, msg, time.monotonic())
+
+
+def _brief(msg) -> str:
+    if isinstance(msg, P.Events):
+        return f"{len(msg.events)} events more={msg.more}"
+    if isinstance(msg, P.Sums):
+        return f"server-{msg.origin} seqs {msg.lo + 1}..{msg.hi}: {len(msg.sums)} block sums"
+    if isinstance(msg, P.Copies):
+        return f"server-{msg.origin} seqs {msg.lo + 1}..{msg.hi}: {len(msg.events)} copies"
+    if isinstance(msg, P.Compare):
+        return f"server-{msg.origin} seqs {msg.lo + 1}..{msg.hi} in blocks of {msg.block}"
+    if isinstance(msg, P.CopyRange):
+        return f"server-{msg.origin} seqs {msg.lo + 1}..{msg.hi}"
+    return ""

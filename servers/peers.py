@@ -6,10 +6,19 @@ BEAT messages, says which events it holds durably: ``vv[origin] >= seq`` means
 it holds event ``(origin, seq)``. The vector only grows (``update_vv``: an ACK,
 sent point to point, may overtake a BEAT), except when the peer says it is
 joining: a restart may have lost its folder (``reset_vv``).
+
+Beside each vector comes the peer's fingerprint of every origin's events
+(``protocol.Fingerprints``). A peer's claim to hold *my* events up to seq n
+counts only if ``vouch(n, its fingerprint)`` says so: the server checks it is
+the fingerprint of the events it numbered 1..n. A peer holding a forged or
+damaged copy of one of my events does not count as a copy of it, so no write is
+acknowledged on the strength of a copy that is not the write. Such a claim is
+kept in ``disputed`` for the log.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 SERVING = "serving"
 JOINING = "joining"
@@ -34,10 +43,13 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, my_id: int, timeout: float) -> None:
+    def __init__(self, my_id: int, timeout: float,
+                 vouch: Callable[[int, int | None], bool] | None = None) -> None:
         self.my_id = my_id
         self.timeout = timeout
+        self.vouch = vouch                 # (seq, fingerprint) claimed of my events: true?
         self.table: dict[int, Peer] = {}
+        self.disputed: dict[int, int] = {}   # peer -> the seq of mine it claims, unmatched
 
     def saw(self, peer_id: int, now: float) -> tuple[Peer, bool]:
         """Record life; returns the peer and whether it is new or back from the dead."""
@@ -51,20 +63,35 @@ class Peers:
             peer.phase = JOINING
         return peer, back
 
-    def update_vv(self, peer_id: int, vv: dict[int, int]) -> None:
+    def update_vv(self, peer_id: int, vv: dict[int, int], sums: dict[int, int]) -> None:
         """Version vectors only grow: a stale or reordered report never lowers one."""
         peer = self.table.get(peer_id)
         if peer is None:
             return
         for origin, seq in vv.items():
-            if seq > peer.vv.get(origin, 0):
+            if seq > peer.vv.get(origin, 0) and self._matches(peer_id, origin, seq, sums):
                 peer.vv[origin] = seq
 
-    def reset_vv(self, peer_id: int, vv: dict[int, int]) -> None:
-        """A (re)starting peer may hold less than before (lost folder): believe it."""
+    def reset_vv(self, peer_id: int, vv: dict[int, int], sums: dict[int, int]) -> None:
+        """A (re)starting peer may hold less than before (lost folder): believe it,
+        but for my events only as far as its copies are mine."""
         peer = self.table.get(peer_id)
         if peer is not None:
-            peer.vv = dict(vv)
+            peer.vv = {o: s for o, s in vv.items() if self._matches(peer_id, o, s, sums)}
+
+    def _matches(self, peer_id: int, origin: int, seq: int, sums: dict[int, int]) -> bool:
+        if origin != self.my_id or self.vouch is None:
+            return True
+        if self.vouch(seq, sums.get(origin)):
+            self.disputed.pop(peer_id, None)
+            return True
+        self.disputed[peer_id] = seq
+        return False
+
+    def take_disputed(self) -> dict[int, int]:
+        """Claims on my events refused since the last call: peer -> seq claimed."""
+        out, self.disputed = self.disputed, {}
+        return out
 
     def left(self, peer_id: int) -> None:
         peer = self.table.get(peer_id)

@@ -16,6 +16,7 @@ Pure logic: no sockets, no clock reads; ``now`` is ``time.monotonic()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from common import protocol as P
 from common.log import ProcessLog, event_brief, vv_brief
@@ -46,8 +47,12 @@ class Waiter:
 
 class Replication:
     def __init__(self, my_id: int, state: SocialState, store: EventStore, peers: Peers,
-                 catchup: CatchUp, replicas: int, log: ProcessLog | None = None) -> None:
+                 catchup: CatchUp, replicas: int, log: ProcessLog | None = None, *,
+                 serving: Callable[[], bool] = lambda: False,
+                 on_conflict: Callable[[P.Event, P.Event], None] | None = None) -> None:
         self.my_id = my_id
+        self.serving = serving            # while serving, I alone number my events
+        self.on_conflict = on_conflict    # (my copy, another copy) of one event
         self.state = state
         self.store = store
         self.peers = peers
@@ -70,9 +75,21 @@ class Replication:
         return applied
 
     def receive(self, event: P.Event) -> bool:
-        """An event from the bus or a pull; returns True if it was new."""
+        """An event from the bus or a pull; returns True if it was new. A copy that
+        differs from the one held goes to ``on_conflict`` (the repair decides which
+        stands); an event of my own origin that I never numbered is refused."""
         have = self.state.seq_of(event.origin)
         if event.seq <= have:
+            if self.on_conflict is not None:
+                held = self.state.copy_at(event.origin, event.seq)
+                if held != event:
+                    self.on_conflict(held, event)
+            return False
+        if event.origin == self.my_id and self.serving():
+            if self.log is not None:
+                self.log.warn(f"refused event {event.origin}:{event.seq} ({event_brief(event)}): "
+                              f"it claims to be mine, but "
+                              f"I never numbered it (my events go up to seq {have})")
             return False
         if event.seq > have + 1:
             self.catchup.park(event)
@@ -87,6 +104,15 @@ class Replication:
         self.store.append(event)
         self.fresh.append(event)
 
+    def replace(self, event: P.Event) -> P.Event:
+        """A repair: ``event`` stands in place of my copy of it, durable and ACKed
+        like a new event (the new copy goes at the end of the log, so a reload keeps
+        it); returns the copy replaced."""
+        old = self.state.replace(event)
+        self.store.append(event)
+        self.fresh.append(event)
+        return old
+
     def on_EVENT(self, msg: P.EventBatch, now: float) -> None:
         """A peer's new writes, and its vector once they are durable (its ACK)."""
         last = len(msg.events) - 1
@@ -96,18 +122,18 @@ class Replication:
                 held = "" if new else " (held or early)"
                 tail = f" vv={vv_brief(msg.vv)}" if i == last else ""
                 self.log.recv(f"server-{msg.sender}", f"EVENT {event_brief(event)}{held}{tail}")
-        self.peers.update_vv(msg.sender, msg.vv)
+        self.peers.update_vv(msg.sender, msg.vv, msg.sums)
 
     def on_ACK(self, msg: P.Ack, now: float) -> None:
         """A peer's vector, sent straight to me as the origin of some of its events."""
-        self.peers.update_vv(msg.sender, msg.vv)
+        self.peers.update_vv(msg.sender, msg.vv, msg.sums)
         if self.log is not None:
             self.log.recv(f"server-{msg.sender}", f"ACK vv={vv_brief(msg.vv)}")
 
     def on_EVENTS(self, msg: P.Events, now: float) -> int:
         """A pull's answer: apply what is new; returns how many were."""
         new = sum(1 for e in msg.events if self.receive(e))
-        self.peers.update_vv(msg.sender, msg.vv)
+        self.peers.update_vv(msg.sender, msg.vv, msg.sums)
         return new
 
     def event(self, event_id: str) -> P.Event | None:

@@ -24,9 +24,20 @@ from common import protocol as P
 Key = tuple  # (lamport, id)
 
 
+_LOW63 = (1 << 63) - 1       # a fingerprint fits an int64 (msgspec, JSON readers)
+
+
 def _event_hash(event: P.Event) -> int:
     raw = P.dumps(event)          # a Struct encodes its fields in one fixed order
     return int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
+
+
+def fingerprint(events) -> int:
+    """The XOR of the low 63 bits of each event's hash (``protocol.Fingerprint``)."""
+    out = 0
+    for event in events:
+        out ^= _event_hash(event) & _LOW63
+    return out
 
 
 def _remove(sorted_list: list, item) -> None:
@@ -38,6 +49,8 @@ def _remove(sorted_list: list, item) -> None:
 class SocialState:
     def __init__(self) -> None:
         self.by_origin: dict[int, list[P.Event]] = {}   # every event, seq-1 -> event
+        # the fingerprint of each origin's seqs 1..n, for every n: prefix[o][n-1]
+        self.prefix: dict[int, list[int]] = {}
         self.events: dict[str, P.Event] = {}            # id -> the event that counts
         self.users: dict[str, int] = {}              # name -> events by them
         self.posts: list[Key] = []
@@ -63,6 +76,35 @@ class SocialState:
     def next_seq(self, origin: int) -> int:
         return self.seq_of(origin) + 1
 
+    def sums(self) -> dict[int, int]:
+        """The fingerprint of each origin's events held (``protocol.Fingerprints``)."""
+        return {origin: prefix[-1] for origin, prefix in self.prefix.items() if prefix}
+
+    def sum_at(self, origin: int, seq: int) -> int | None:
+        """The fingerprint of the events of ``origin`` with seq 1..``seq``; None if
+        I do not hold them all."""
+        prefix = self.prefix.get(origin, [])
+        if seq > len(prefix):
+            return None
+        return prefix[seq - 1] if seq else 0
+
+    def block_sums(self, origin: int, lo: int, hi: int, block: int) -> list[int] | None:
+        """Fingerprints of seqs (lo, hi] in blocks of ``block``; None unless I hold up to hi."""
+        prefix = self.prefix.get(origin, [])
+        if hi > len(prefix):
+            return None
+        at = lambda seq: prefix[seq - 1] if seq else 0     # noqa: E731
+        return [at(min(start + block, hi)) ^ at(start) for start in range(lo, hi, block)]
+
+    def copies(self, origin: int, lo: int, hi: int) -> list[P.Event] | None:
+        """My events of ``origin`` with seq in (lo, hi]; None unless I hold them all."""
+        log = self.by_origin.get(origin, [])
+        return log[lo:hi] if hi <= len(log) else None
+
+    def copy_at(self, origin: int, seq: int) -> P.Event | None:
+        log = self.by_origin.get(origin, [])
+        return log[seq - 1] if 0 < seq <= len(log) else None
+
     def events_after(self, after: dict[int, int], limit: int) -> list[P.Event]:
         """Events of the origins named in ``after`` beyond its seqs, oldest seq first."""
         out: list[dict] = []
@@ -85,13 +127,44 @@ class SocialState:
         if event.seq != len(log) + 1:
             raise ValueError(f"gap: seq {event.seq} after {len(log)}")
         log.append(event)
+        h = _event_hash(event)
+        prefix = self.prefix.setdefault(event.origin, [])
+        prefix.append((prefix[-1] if prefix else 0) ^ (h & _LOW63))
+        self._count_copy(event, h)
+        return True
+
+    def replace(self, event: P.Event) -> P.Event:
+        """Put ``event`` in place of the copy of ``(origin, seq)`` held (a repair);
+        returns the copy it replaced. Every derived view follows, exactly: the
+        replaced copy is withdrawn if it counted, and the best remaining copy of
+        its request id (if any) counts instead."""
+        log = self.by_origin[event.origin]
+        i = event.seq - 1
+        old = log[i]
+        log[i] = event
+        delta = (_event_hash(old) ^ _event_hash(event)) & _LOW63
+        prefix = self.prefix[event.origin]
+        for j in range(i, len(prefix)):
+            prefix[j] ^= delta
+        if self.events.get(old.id) is old:
+            self._count(old, -1)
+            best = min((e for log_ in self.by_origin.values() for e in log_ if e.id == old.id),
+                       key=P.copy_key, default=None)
+            if best is not None:
+                self._count(best, +1)
+        if self.events.get(event.id) is not event:
+            self._count_copy(event)
+        return old
+
+    def _count_copy(self, event: P.Event, h: int | None = None) -> None:
+        """A copy now held counts unless a copy of its request id with a smaller
+        copy key already does."""
         current = self.events.get(event.id)
         if current is None:
-            self._count(event, +1)
+            self._count(event, +1, h)
         elif P.copy_key(event) < P.copy_key(current):
             self._count(current, -1)
-            self._count(event, +1)
-        return True
+            self._count(event, +1, h)
 
     @property
     def count(self) -> int:
@@ -102,11 +175,11 @@ class SocialState:
         return f"{self._digest:032x}"
 
     # --- derived views ----------------------------------------------------------------
-    def _count(self, event: P.Event, sign: int) -> None:
+    def _count(self, event: P.Event, sign: int, h: int | None = None) -> None:
         """Add (sign=+1) or withdraw (sign=-1) an event from every derived view."""
         key = P.order_key(event)
         user, data, kind = event.user, event.data, event.kind
-        self._digest ^= _event_hash(event)
+        self._digest ^= _event_hash(event) if h is None else h
         self.users[user] = self.users.get(user, 0) + sign
         if self.users[user] == 0:
             del self.users[user]

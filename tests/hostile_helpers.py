@@ -30,7 +30,7 @@ reader that uses doubles (JavaScript, many others) still reads exactly."""
 
 ALL_TYPES = ("REQ", "REP", "READY", "HB", "LEAVE", "EVENT", "ACK", "BEAT", "BYE", "ELECTION",
              "ANSWER", "COORDINATOR", "TIME_QUERY", "TIME_REPLY", "TIME_ADJUST", "FETCH",
-             "EVENTS")
+             "EVENTS", "COMPARE", "SUMS", "RANGE", "COPIES")
 """Every message type of the protocol (docs/ARCHITECTURE.md)."""
 BUS_TYPES = ("EVENT", "BEAT", "BYE", "ELECTION", "ANSWER", "COORDINATOR", "TIME_QUERY",
              "TIME_REPLY", "TIME_ADJUST")

@@ -355,7 +355,7 @@ def test_posts_are_acked_while_3000_listens_are_parked(shared):
 BELONGS = {"frontend": {"REQ"},
            "backend": {"REP", "READY", "HB", "LEAVE"},
            "bus": set(BUS_TYPES),
-           "peer": {"FETCH", "ACK"}}
+           "peer": {"FETCH", "ACK", "COMPARE", "RANGE"}}
 """What each socket takes; everything else sent to it must be dropped."""
 WRONG_SOCKETS = ("frontend", "backend", "bus", "peer-1", "peer-2", "peer-3")
 
@@ -389,6 +389,10 @@ def forged_bodies(epoch: int) -> dict[str, dict]:
                         "corrections": {"1": 5.0, "2": 5.0, "3": 5.0}},
         "FETCH": {"from": 9, "after": {}, "limit": 10},
         "EVENTS": {"from": 9, "events": [event], "vv": {"9": 1}, "more": False},
+        "COMPARE": {"from": 9, "origin": 1, "lo": 0, "hi": 5, "block": 1000},
+        "SUMS": {"from": 9, "origin": 1, "lo": 0, "hi": 5, "block": 1000, "sums": [12345]},
+        "RANGE": {"from": 9, "origin": 1, "lo": 0, "hi": 5},
+        "COPIES": {"from": 9, "origin": 1, "lo": 0, "hi": 1, "events": [event]},
     }
     assert set(bodies) == set(ALL_TYPES)
     return bodies

@@ -330,7 +330,7 @@ def test_any_delivery_order_ends_in_seq_order_with_the_in_order_digest(plan, bat
             repl.on_EVENTS(P.Events(sender=sender, events=events, vv={}, more=False), T0)
         check_prefixes(repl, state, store, logs)
     for o, log in logs.items():                 # their BEATs: what each origin holds
-        peers.update_vv(o, {o: len(log)})
+        peers.update_vv(o, {o: len(log)}, {})
     now = T0
     for _ in range(50):                         # catch up, as the server's tick does
         due = repl.catchup.due(now, eager=True)
