@@ -339,8 +339,11 @@ class Broker:
             return
         entry = self._register(identity, msg.id)
         phase = msg.status.phase
-        if entry.left and phase in ("joining", "syncing"):
-            entry.left = False                   # a new life after a graceful leave
+        if entry.left and phase in ("joining", "syncing", "halted"):
+            # a new life after a graceful leave, or a server halted on its disk that
+            # said LEAVE and heartbeats on: shown in status, never in the pool (only
+            # READY puts a server there, and only a "serving" one is picked)
+            entry.left = False
         if phase != entry.phase:
             self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
             entry.phase = phase

@@ -80,6 +80,11 @@ class Config:
     checkpoint_close_wait: float = 2.0
     """Seconds a stopping server waits for a running checkpoint before killing it
     (safe at any moment: see servers/checkpointer.py)."""
+    checkpoint_retry_s: float = 60.0
+    """Seconds after a fold that could not write (a full disk) before it is tried again."""
+    disk_probe_every: float = 1.0
+    """Seconds between two probes of a folder a halted server cannot write
+    (servers/disk_watch.py); the first that goes through restarts it."""
     fetch_batch: int = 5000
     """Events per catch-up reply."""
 
@@ -190,6 +195,8 @@ class Config:
             raise ConfigError("a leaving server must be gone within 2 s: leave_deadline too long")
         if self.clock_tolerance <= 0:
             raise ConfigError("clock_tolerance must be positive")
+        if self.checkpoint_retry_s <= 0 or self.disk_probe_every <= 0:
+            raise ConfigError("checkpoint_retry_s and disk_probe_every must be positive")
         return self
 
 

@@ -39,7 +39,8 @@ def claim(path: Path | str, name: Path | str | None = None, record_pid: bool = F
 
     Raises ``InUse``, naming ``name`` (default ``path``) and the holder's pid, at
     once if a live process holds the lock. ``record_pid`` writes this process's pid
-    into the file once it is ours (for a lock file, not for a log)."""
+    into the file once it is ours (for a lock file, not for a log; best effort: a
+    full disk leaves the file as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -59,8 +60,12 @@ def claim(path: Path | str, name: Path | str | None = None, record_pid: bool = F
             os.close(fd)
             raise
     if record_pid:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        pid = b"%d\n" % os.getpid()
+        try:                    # written over the old pid, so a full disk rarely refuses it
+            os.pwrite(fd, pid, 0)
+            os.ftruncate(fd, len(pid))
+        except OSError:         # a full disk: /proc/locks still names the holder
+            pass
     return fd
 
 

@@ -98,7 +98,7 @@ Seconds = Annotated[float, Meta(ge=-1e6, le=1e6)]
 Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 VersionVector = Annotated[dict[ServerId, Count], Meta(max_length=MAX_SERVER_ID)]
 """``{origin server id: highest contiguous seq held}``; on the wire the keys are strings."""
-Phase = Literal["joining", "syncing", "serving", "leaving"]
+Phase = Literal["joining", "syncing", "serving", "leaving", "halted"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
 Fingerprint = Annotated[int, Meta(ge=0, le=2 ** 63 - 1)]

@@ -1,6 +1,21 @@
-"""``python -m servers --id N``: run one server in the foreground until SIGTERM/SIGINT."""
+"""``python -m servers --id N``: run one server in the foreground until SIGTERM/SIGINT.
+
+A server halted because it could not write its folder (``servers/disk_watch.py``)
+returns ``RESTART`` from ``run`` once the folder takes writes again, having
+closed everything (its store and checkpointer, sockets, log; both locks let go).
+Then this process re-executes itself in place (``os.execv``: the same pid, the
+same arguments, environment and working directory), rather than resuming: a
+fresh start from what is actually on disk. Nothing of the halted life's memory
+survives -- not the events it applied that its log never took, not the peers'
+vectors, not a half-done election -- so the new life cannot hold or announce
+anything the disk lacks; it loads the folder and rejoins through the usual join
+and sync, pulling what it missed while halted. The same pid means whoever
+started the server (``run_all.py``, a supervisor, the tests) sees one process
+that never exited, not a crash to restart.
+"""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Optional
@@ -27,7 +42,7 @@ def main(
     fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before each ack."),
 ) -> None:
     from common.clock import PhysicalClock
-    from servers.node import Server
+    from servers.node import RESTART, Server
     try:
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir,
                              drop_rate=drop_rate, fsync=fsync)
@@ -38,9 +53,22 @@ def main(
     signal.signal(signal.SIGTERM, server.request_leave)
     signal.signal(signal.SIGINT, server.request_leave)
     try:
-        server.run()
+        outcome = server.run()
     except zmq.ZMQError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1)
+    if outcome == RESTART:
+        restart()
+
+
+def restart() -> None:
+    """This process, started again in place from the same command line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "servers", *sys.argv[1:]])
+    except OSError as exc:
+        print(f"error: cannot restart {sys.executable}: {exc}", file=sys.stderr)
         raise typer.Exit(1)
 
 

@@ -15,7 +15,12 @@ Started as ``python -m servers.checkpointer FOLDER FD FSYNC PARENT_PID`` with
 one end of a socket pair as ``FD``, wrapped as a ``multiprocessing``
 connection: the server sends lists of segment paths (closed files), ``None``
 to stop; the child answers each fold with ``(events folded, seconds, jobs
-folded)``. It dies with its server (``PR_SET_PDEATHSIG``), which is safe at
+folded, error)``. ``error`` is None, or why the fold could not write (a full or
+read-only disk: ``cannot write data/server-3/db.tmp: No space left on device``);
+then ``db.tmp`` is removed, db.json and the segments are as they were (the
+segments are still the log: nothing is lost), the child forgets what it held in
+memory (it reads db.json again for the next fold), and the server sends the
+same segments again later. It dies with its server (``PR_SET_PDEATHSIG``), which is safe at
 any moment: TinyDB's file is replaced atomically, and a segment is deleted
 only after the file that holds its events is in place. It inherits its
 server's lock on the folder (``store.py``, ``common/ownership.py``), so a new
@@ -34,7 +39,7 @@ from tinydb.table import Document
 
 from common import protocol as P
 from servers.records import doc_id, document, key, read_segment
-from servers.store import fsync_dir, open_tinydb
+from servers.store import AtomicJSONStorage, fsync_dir, open_tinydb
 
 NICE = 19
 """The child's CPU priority where SCHED_IDLE is not available: the lowest."""
@@ -146,7 +151,10 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is for the server; it stops us
     lowest_priority()
-    target = Fold(Path(folder), fsync)
+    try:                                    # at once: it drops the old refold's copies
+        target: Fold | None = Fold(Path(folder), fsync)
+    except OSError:                         # a full disk: read again at the first job
+        target = None
     while True:
         try:
             job = conn.recv()
@@ -163,9 +171,17 @@ def main(folder: str, fsync: bool, conn, parent_pid: int) -> None:
             job += more
             jobs += 1
         started = time.monotonic()
-        folded = target.fold([Path(p) for p in job])
+        folded, error = 0, None
         try:
-            conn.send((folded, time.monotonic() - started, jobs))
+            if target is None:
+                target = Fold(Path(folder), fsync)
+            folded = target.fold([Path(p) for p in job])
+        except OSError as exc:              # a full or read-only disk: nothing lost
+            error = f"cannot write {exc.filename or folder}: {exc.strerror or exc}"
+            AtomicJSONStorage(str(Path(folder) / "db.json")).discard()   # stage's, or replace's
+            target = None                   # db.json is what the disk holds: read it again
+        try:
+            conn.send((folded, time.monotonic() - started, jobs, error))
         except (BrokenPipeError, OSError):
             return
         if stop:

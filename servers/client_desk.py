@@ -113,6 +113,15 @@ class ClientDesk:
         for p in self.listeners.take_expired(now):
             self.reply(p.route, p.rid, p.user, {"user": p.user, "items": [], "replicas": None})
 
+    def turn_away(self, why: str) -> None:
+        """This server can hold no more writes (its disk): every client still waiting
+        for one is answered ``unavailable``, never acknowledged, and retries elsewhere
+        under the same request id (applied once: see ``write``)."""
+        for waiter in self.replication.drop_waiters():
+            event = self.replication.event(waiter.event_id)
+            self.reply(waiter.route, waiter.rid, event.user if event else None,
+                       code=P.ERR_UNAVAILABLE, error=why)
+
     # --- replies out -------------------------------------------------------------------
     def answer_acked(self, now: float) -> None:
         """Answer every write that now has enough copies (once per loop turn)."""

@@ -121,11 +121,12 @@ class Bully:
         if self._outranks(coordinator, epoch, fill_vacancy=False):
             self._follow(coordinator, epoch, sender, now)
 
-    def leave(self) -> None:
-        """I am leaving (SIGTERM): stop taking part, so the election my BYE sets off
-        is not won by me again; as coordinator I step down at once."""
+    def leave(self, why: str = "leaving") -> None:
+        """I am leaving (SIGTERM) or halted (my disk): stop taking part, so the
+        election my BYE sets off is not won by me again; as coordinator I step down
+        at once."""
         if self._state == COORDINATOR:
-            self._note(f"stepping down: leaving (epoch {self._epoch})")
+            self._note(f"stepping down: {why} (epoch {self._epoch})")
             self._coordinator = None
         self._state = FOLLOWER
         self._started = False

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from servers.store import DiskError
+
 
 class IssuedSeq:
     def __init__(self, path: Path, fsync: bool = False) -> None:
@@ -33,17 +35,21 @@ class IssuedSeq:
         return int(raw)
 
     def record(self, seq: int) -> None:
-        """``seq`` is issued: durable (as the write-ahead log is) before it is acked.
+        """``seq`` is issued: durable (as the write-ahead log is) before it is acked;
+        ``DiskError`` if it cannot be written.
 
         Called once per loop turn that made events, so it costs one write in place
         of a fixed-width number (a kill cannot tear it), not a file replaced."""
         if seq <= self.highest:
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.pwrite(self._fd, b"%020d\n" % seq, 0)
-        if self.fsync:
-            os.fsync(self._fd)
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.pwrite(self._fd, b"%020d\n" % seq, 0)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:            # a full or read-only disk: not issued, not acked
+            raise DiskError(self.path, exc) from None
         self.highest = seq
 
     def close(self) -> None:

@@ -3,7 +3,11 @@
 Phases: ``joining`` (listen to the bus for ``3 * heartbeat_interval`` to learn
 the peers) -> ``syncing`` (pull what the peers hold, get the clock set) ->
 ``serving`` (in the broker's pool) -> ``leaving`` (SIGTERM: out of the pool,
-finish what waits for copies, exit).
+finish what waits for copies, exit). From any phase, ``halted``: the server
+cannot write its folder (``disk_watch.py``), so it leaves the pool as a clean
+leave does (LEAVE, BYE: its peers stop counting it at once), says why in its
+status row (``waiting``), sends nothing on the bus and keeps only its HB to the
+broker, until it restarts itself.
 
 * Every ``heartbeat_interval`` the server sends HB (with its status row) to the
   broker and BEAT (phase, vector, coordinator) on the bus, and counts peers
@@ -27,7 +31,7 @@ from common import protocol as P
 from common.config import Config
 from common.log import ProcessLog
 from servers.catchup import CatchUp
-from servers.peers import JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
 
 
 class Membership:
@@ -85,7 +89,8 @@ class Membership:
         if now >= self.heartbeat_at:
             self.heartbeat_at = now + self.config.heartbeat_interval
             self.send_heartbeats(now)
-            self.purge_peers(now)
+            if self.phase != HALTED:            # deaf to the bus: it knows nothing of them
+                self.purge_peers(now)
         self.advance(now)
 
     def next_deadline(self) -> float:
@@ -178,7 +183,7 @@ class Membership:
         silent = now - self.beat_sent_at
         patience = min(self.config.peer_timeout, self.config.server_timeout)
         if silent < patience - self.config.heartbeat_interval or \
-                self.phase in (JOINING, LEAVING):
+                self.phase in (JOINING, LEAVING, HALTED):
             return
         if self.log is not None:
             self.log.warn(f"stalled for {silent * 1000:.0f} ms without a heartbeat (frozen?): "
@@ -187,10 +192,28 @@ class Membership:
         self._to_broker(P.Heartbeat(id=self.my_id, status=self._status(now)))
         self.beat_sent_at = now
 
+    def halt(self, why: str, waiting: str, now: float) -> None:
+        """I cannot write my folder: out of the pool at once, as a clean leave (LEAVE
+        to the broker, BYE on the bus: peers stop counting my copies now, not after
+        ``peer_timeout``), and ``waiting`` in my status row says why."""
+        if self.phase == HALTED:
+            return
+        if self.phase == LEAVING:           # out of the pool already: stop waiting, exit
+            self.running = False
+            return
+        self.set_phase(HALTED, why, now)
+        self.waiting = waiting
+        self._to_broker(P.Leave(id=self.my_id))
+        self._publish(P.Bye(sender=self.my_id))
+
     def leave(self, now: float) -> None:
         """Out of the pool at once, finish what is waiting, exit within 2 s."""
         self.leave_requested = False
         if self.phase == LEAVING:
+            return
+        if self.phase == HALTED:            # out of the pool already, and nothing waits
+            self.set_phase(LEAVING, "SIGTERM (halted: out of the pool already)", now)
+            self.running = False
             return
         self.set_phase(LEAVING, "SIGTERM", now)
         self.leave_deadline = now + self.config.leave_deadline
@@ -200,13 +223,15 @@ class Membership:
     # --- heartbeats and liveness ---------------------------------------------------------
     def send_heartbeats(self, now: float) -> None:
         """HB to the broker (my status row, and my clock: the broker follows the
-        coordinator's), BEAT on the bus."""
+        coordinator's), BEAT on the bus (not when halted: I hold nothing for anyone)."""
         self.beat_sent_at = now
         status = self._status(now)
         self._to_broker(P.Heartbeat(id=self.my_id, clock=self._wall_clock(), status=status))
-        self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
-                             epoch=status.epoch, coordinator=status.coordinator,
-                             events=status.events, digest=status.digest, sums=status.sums))
+        if self.phase != HALTED:
+            self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
+                                 epoch=status.epoch, coordinator=status.coordinator,
+                                 events=status.events, digest=status.digest,
+                                 sums=status.sums))
         if now - self.broker_seen > self.config.broker_timeout:
             if self.log is not None:
                 self.log.warn(f"broker silent for {(now - self.broker_seen) * 1000:.0f} ms: "

@@ -13,11 +13,17 @@ The roles, each owning its state, timers and ``on_<TYPE>`` handlers:
 ``Membership`` (phases, heartbeats, stall check), ``Replication`` (apply,
 outbox, quorum), ``CatchUp`` (what to pull from whom), ``Repair``
 (anti-entropy: which copy of a differing event stands), ``ClientDesk``
-(requests in, replies out), ``Bully`` (election) and ``BerkeleySync`` (clocks).
+(requests in, replies out), ``Bully`` (election), ``BerkeleySync`` (clocks)
+and ``DiskWatch`` (a folder that takes no more writes).
 This module only wires them: it decodes each message (``protocol.Endpoint``:
 Lamport merge on receive, tick on send), hands it to the handlers of its type,
 and runs the periodic jobs. Every handler and job runs under one guard: an
 exception is logged with the message that caused it, and the server keeps serving.
+
+A ``DiskError`` (the folder is full or read-only) is not such an exception: the
+server halts (``halt``; ``disk_watch.py`` says why and what follows), and
+``run`` returns ``RESTART`` once the folder can be written again, for
+``servers/__main__.py`` to start the process afresh.
 """
 from __future__ import annotations
 
@@ -34,23 +40,28 @@ from common.log import ProcessLog, brief, event_brief
 from servers.berkeley import BerkeleySync
 from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
+from servers.disk_watch import DiskWatch
 from servers.election import Bully
 from servers.issued import IssuedSeq
 from servers.listeners import Listeners
 from servers.membership import Membership
 from servers.peer_links import PeerLinks
-from servers.peers import JOINING, SERVING, SYNCING, Peers
+from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.replication import Replication
 from servers.repair import Repair
 from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
 from servers.state import SocialState
-from servers.store import EventStore
+from servers.store import DiskError, EventStore, probe_folder
 
 LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
                                P.TIME_REPLY, P.TIME_ADJUST})
 """Bus messages whose receipt gets a log line here (the others log in their handler;
 BEAT, every heartbeat, only when it changes something)."""
+STOPPED = "stopped"
+"""``Server.run``'s outcome: told to stop (SIGTERM, SIGINT)."""
+RESTART = "restart"
+"""``Server.run``'s outcome: halted, its folder writable again: start afresh."""
 
 
 class Server:
@@ -67,7 +78,8 @@ class Server:
                                 config.checkpoint_min, config.checkpoint_ratio,
                                 stagger=1 + 0.25 * ((server_id - 1) % 4),
                                 quiet_s=config.checkpoint_quiet_s,
-                                close_wait=config.checkpoint_close_wait)
+                                close_wait=config.checkpoint_close_wait,
+                                retry_s=config.checkpoint_retry_s)
         try:
             self.log = ProcessLog(self.name, config.log_path(self.name), self.lamport,
                                   self.clock, flush_every=config.log_flush_every,
@@ -76,6 +88,9 @@ class Server:
             self.store.close()
             raise
         self.state = SocialState()
+        self.disk = DiskWatch(self.store.folder, self.log,
+                              probe=lambda needed: probe_folder(self.store.folder, needed),
+                              probe_every=config.disk_probe_every)
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
@@ -193,7 +208,21 @@ class Server:
         self.to_broker(reply, route)
 
     # --- the loop ---------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> str:
+        """Serve until told to stop (``STOPPED``), or until a halted server's folder
+        takes writes again (``RESTART``: the caller starts the process afresh)."""
+        try:
+            self.start()
+            while self.membership.running and not self.disk.restart:
+                self.turn()
+        finally:
+            self.close()
+        restart = self.disk.restart and not self.membership.leave_requested   # SIGTERM meanwhile
+        return RESTART if restart else STOPPED
+
+    def start(self) -> None:
+        """Load the folder, open the sockets, and join -- or halt at once if the
+        folder takes no write (a full disk): never serve on a disk that cannot hold."""
         events = self.store.load()
         for problem in self.store.rejected:
             self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
@@ -202,6 +231,9 @@ class Server:
             files = ", ".join(f"{name} {n}" for name, n in sorted(self.store.unverified.items()))
             self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
                           f"checksum (written before checksums), loaded unverified: {files}")
+        if self.store.stale_tmp:
+            self.log.note(f"removed {self.store.folder / 'db.tmp'}, left by a fold cut short "
+                          f"(db.json and the log segments hold every event)")
         loaded = self.repl.load(events)
         mine = self.state.seq_of(self.id)
         if mine < self.issued.highest:
@@ -209,31 +241,40 @@ class Server:
                           f"{self.issued.highest}: I sync them back from a peer before serving "
                           f"(if none ever held them, delete {self.issued.path} to go on from "
                           f"what the peers hold)")
-        self.issued.record(mine)                 # data from before this file existed
+        failure = self.store.failed or self.disk.check()
+        if failure is None:
+            try:
+                self.issued.record(mine)         # data from before this file existed
+            except DiskError as exc:
+                failure = exc
         # Lamport rule on restart: never stamp below what we already hold
         self.lamport.merge(max((e.lamport for e in events), default=0))
         self.open_sockets()
         self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
-                      f"digest {self.state.digest()[:12]}; joining")
-        try:
-            while self.membership.running:
-                now = time.monotonic()
-                wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
-                ready = self.poller.poll(max(0.0, wake - now) * 1000)
-                self.membership.check_frozen(time.monotonic())
-                for sock, _ in ready:
-                    handler = self._handlers.get(sock)
-                    if handler is not None:
-                        self._drain(sock, handler)
-                self.log.guard(self.after_batch)
-                now = time.monotonic()
-                if now >= self.tick_at:
-                    self.tick_at = now + self.config.tick_every
-                    self.log.guard(self.tick, now)
-                self.log.flush_if_due()
-        finally:
-            self.close()
+                      f"digest {self.state.digest()[:12]}; "
+                      f"{'joining' if failure is None else 'halted'}")
+        if failure is not None:
+            self.halt(failure, time.monotonic(), at_start=True)
+
+    def turn(self) -> None:
+        """One turn of the loop: wait for messages or a deadline, handle what came,
+        make it durable and announce it, run the periodic jobs when due."""
+        now = time.monotonic()
+        wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
+        ready = self.poller.poll(max(0.0, wake - now) * 1000)
+        self.membership.check_frozen(time.monotonic())
+        for sock, _ in ready:
+            handler = self._handlers.get(sock)
+            if handler is not None:
+                self._drain(sock, handler)
+        if not self.disk.halted:
+            self.log.guard(self.after_batch)
+        now = time.monotonic()
+        if now >= self.tick_at:
+            self.tick_at = now + self.config.tick_every
+            self.log.guard(self.tick, now)
+        self.log.flush_if_due()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         """Read up to ``drain`` messages; the poll said the first one is there."""
@@ -248,9 +289,13 @@ class Server:
             self.log.guard(handler, frames)
 
     def next_deadline(self) -> float:
-        deadlines = [self.membership.next_deadline(), self.election.next_deadline(),
-                     self.berkeley.next_deadline(), self.desk.listeners.next_deadline(),
-                     self.log.flush_if_due()]
+        if self.disk.halted:                     # only heartbeats and probes go on
+            deadlines = [self.membership.next_deadline(), self.disk.next_deadline(),
+                         self.log.flush_if_due()]
+        else:
+            deadlines = [self.membership.next_deadline(), self.election.next_deadline(),
+                         self.berkeley.next_deadline(), self.desk.listeners.next_deadline(),
+                         self.log.flush_if_due()]
         return min(d for d in deadlines if d is not None)
 
     def after_batch(self) -> None:
@@ -260,11 +305,16 @@ class Server:
         if not fresh and not self.repl.waiters and not self.lag.pending:
             return                               # a turn of heartbeats or reads: nothing to do
         now = time.monotonic()
-        if fresh:
-            self.store.sync()                    # durable before anyone hears of it
-            self.last_write = now
+        try:
+            if fresh:
+                self.store.sync()                # durable before anyone hears of it
+                self.last_write = now
+            if outbox:                           # never numbered again, even without the folder
+                self.issued.record(outbox[-1].seq)
+        except DiskError as exc:                 # not on disk: announced and acked to no one
+            self.halt(exc, now)
+            return
         if outbox:
-            self.issued.record(outbox[-1].seq)   # never numbered again, even without the folder
             # this turn's new writes, one bus message, and my vector with them: it
             # acknowledges every peer event applied this turn (the ACK rides along)
             self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv(),
@@ -282,8 +332,14 @@ class Server:
         self.lag.update(self.state, self.peers, now)
 
     def tick(self, now: float) -> None:
-        """Idempotent periodic jobs, run at most every ``tick_every``."""
+        """Idempotent periodic jobs, run at most every ``tick_every``; while halted,
+        only the heartbeat to the broker and the probe of the folder."""
         self.membership.tick(now)
+        if self.disk.halted:
+            if self.membership.running:          # a SIGTERM stops it, not a restart
+                self.disk.tick(now)
+            self.gc.tick(now)
+            return
         if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
             self.clock_jumps = self.clock.jumps
             self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
@@ -294,14 +350,36 @@ class Server:
         eager = self.membership.phase == SYNCING
         for peer_id, after in self.catchup.due(now, eager=eager).items():
             self.links.fetch(peer_id, after)
-        self.store.maybe_checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
+        try:
+            self.store.maybe_checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
+        except DiskError as exc:                 # no new log segment: nothing more is held
+            self.halt(exc, now)
+            return
         for folded, seconds in self.store.finished():
             self.log.note(f"checkpoint: {folded} events folded into TinyDB "
                           f"({self.store.stored} stored) in {seconds * 1000:.0f} ms")
+        if self.store.fold_failed:
+            self.log.warn(f"checkpoint failed: {self.store.fold_failed}; db.json and the log "
+                          f"segments are as they were (nothing lost): trying again in "
+                          f"{self.store.retry_s:g} s")
+            self.store.fold_failed = None
         if self.store.lost:
             self.log.warn(self.store.lost)
             self.store.lost = None
         self.gc.tick(now)
+
+    def halt(self, failure: DiskError, now: float, at_start: bool = False) -> None:
+        """My folder takes no more writes: this turn's events are announced and
+        acknowledged to no one, waiting writers go elsewhere (``unavailable``), and I
+        leave the pool and stop listening to the bus and my peers (what I hold in
+        memory beyond my disk must reach no one) until I restart (``disk_watch.py``)."""
+        if not self.disk.fail(failure, now, at_start):
+            return
+        self.repl.take_turn()                    # applied here, never on disk: dropped
+        self.membership.halt(failure.kind, self.disk.waiting, now)
+        self.desk.turn_away(self.unavailable() or f"{self.name} is halted")
+        self.close_socket(self.sub.sock)
+        self.links.close()
 
     # --- what the roles ask of the server --------------------------------------------------
     def unavailable(self) -> str | None:
@@ -314,8 +392,8 @@ class Server:
             self.berkeley.request_round()
         if old == SERVING:
             self.desk.wake_all(now)              # answered "unavailable": listen elsewhere
-        if new == "leaving":
-            self.election.leave()
+        if new in (LEAVING, HALTED):
+            self.election.leave(new)
 
     def vouch(self, seq: int, fingerprint: int | None) -> bool:
         """Does a peer hold my events 1..seq, as its fingerprint of them claims? Yes
@@ -376,7 +454,12 @@ class Server:
     def close(self) -> None:
         self.store.close()
         self.issued.close()
-        self.log.note(f"stopped: {self.state.count} events, digest {self.state.digest()[:12]}")
+        if self.disk.halted:                     # memory may hold more than the folder
+            self.log.note(f"stopped: halted, {self.store.folder} holds what the next start "
+                          f"loads")
+        else:
+            self.log.note(f"stopped: {self.state.count} events, "
+                          f"digest {self.state.digest()[:12]}")
         self.ctx.destroy(0)
         self.log.close()
 

@@ -63,6 +63,14 @@ class PeerLinks:
         if link is not None:
             self._close_socket(link.sock)
 
+    def close(self) -> None:
+        """Every link closed (a halted server): no FETCH answered, no ACK sent or taken."""
+        for peer_id in list(self.dealers):
+            self.drop(peer_id)
+        if self.router is not None:
+            self._close_socket(self.router.sock)
+            self.router = None
+
     # --- sending ----------------------------------------------------------------------
     def fetch(self, peer_id: int, after: dict[int, int]) -> None:
         """Ask ``peer_id`` for the events beyond ``after`` (origin -> seq I hold)."""

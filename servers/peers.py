@@ -24,6 +24,8 @@ SERVING = "serving"
 JOINING = "joining"
 SYNCING = "syncing"
 LEAVING = "leaving"
+HALTED = "halted"
+"""Cannot write its folder: out of the pool, holding nothing for anyone (``disk_watch.py``)."""
 GONE = "gone"
 
 
@@ -36,7 +38,7 @@ class Peer:
     info: dict = field(default_factory=dict)
 
     def alive(self, now: float) -> bool:
-        return self.phase not in (GONE, LEAVING) and now < self.expiry
+        return self.phase not in (GONE, LEAVING, HALTED) and now < self.expiry
 
     def holds(self, origin: int, seq: int) -> bool:
         return self.vv.get(origin, 0) >= seq
@@ -57,7 +59,8 @@ class Peers:
         if peer is None:
             peer = self.table[peer_id] = Peer(peer_id, now + self.timeout)
             return peer, True
-        back = not peer.alive(now) and peer.phase != LEAVING   # a leaver still talking is leaving
+        # a leaver (or a halted peer) still talking is leaving (halted) still
+        back = not peer.alive(now) and peer.phase not in (LEAVING, HALTED)
         peer.expiry = now + self.timeout
         if back and peer.phase == GONE:
             peer.phase = JOINING

@@ -184,6 +184,11 @@ class Replication:
         self.waiters = still
         return done
 
+    def drop_waiters(self) -> list[Waiter]:
+        """Every client still waiting for copies, no longer waited for here."""
+        waiters, self.waiters = self.waiters, []
+        return waiters
+
     def under_replicated(self, now: float) -> int:
         """Events of my own origin held by fewer than ``replicas`` live servers."""
         mine = self.state.seq_of(self.my_id)

@@ -20,15 +20,34 @@ On disk, under ``data/server-<id>/``::
     wal-000007.jsonl     log segments not yet folded, one JSON event per line (+ "sum")
     rejected.jsonl       stored records that failed validation at load (never applied)
     LOCK                 flock'ed by the server owning the folder (and its checkpointer)
+    db.tmp               the next db.json while a fold writes it (removed if it fails)
+    .write-probe         written and deleted by a halted server learning if it can write
 
 One owner per folder: the store locks ``LOCK`` before it touches anything else
 (``common/ownership.py``); a second process on the folder gets ``InUse`` and
 writes nothing.
 
-What survives what: an acknowledged event is in the OS page cache (flush) or
-on disk (``fsync=True``) before the ack, so it survives a kill of the process
+What survives what: an acknowledged event is in the OS page cache (written)
+or on disk (``fsync=True``) before the ack, so it survives a kill of the process
 (SIGKILL) either way, and a power loss only with fsync. A torn last line (a
 kill in the middle of a write) is ignored on reload: it was never acked.
+
+A full or read-only disk: the log's unwritten lines wait in the store's own
+buffer, written by ``sync()`` with ``os.write`` (one call per loop turn, as a
+buffered file did), and the store remembers the segment's length after the last
+write that went through. Any ``OSError`` on the write path (ENOSPC, EROFS,
+EDQUOT, EIO...) truncates the segment back to that length, so no half-written
+line stays, drops the buffer, and is kept in ``failed`` and raised as
+``DiskError``; every later ``append`` or ``sync`` raises it again at once. So
+nothing is ever reported durable that is not in the file, and the file holds
+what the syncs that succeeded wrote. (A disk read-only even to the truncation
+may keep part of the failed write, never acknowledged: a torn last line is
+skipped at reload; a whole one loads like any event and reaches the peers by
+catch-up, and a retry of its request elsewhere is applied once, as any retry
+is.) The server halts on it
+(``disk_watch.py``). A fold that cannot write ``db.tmp`` removes it and is
+retried later (``checkpointer.py``); a stale ``db.tmp`` left by a fold cut short
+is removed at the next start.
 
 Every event read back, from TinyDB or a log segment, is validated as one from
 the network is (``protocol.Event``) and checked against the checksum its record
@@ -38,11 +57,13 @@ Records written before checksums load as unverified, counted in ``unverified``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -63,6 +84,72 @@ REJECTED = "rejected.jsonl"
 """Stored records that failed validation at load, kept for the operator."""
 WRITE_CHUNK = 1 << 20
 """Bytes of TinyDB's file written back to disk at a time."""
+PROBE_FILE = ".write-probe"
+"""Written and deleted to learn whether a data folder can be written again."""
+PROBE_BYTES = 64 * 1024
+"""What a probe writes: a folder with less room than this is still full."""
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskError(OSError):
+    """The data folder cannot be written (full, read-only, failing): ``str()`` names
+    the file and the system's reason, ``cannot write data/server-3/wal-000002.jsonl:
+    No space left on device``."""
+
+    def __init__(self, path: Path | str, cause: OSError, needed: int = 0,
+                 detail: str = "") -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.needed = needed
+        """Bytes the failed write wanted: the folder is not writable again until it
+        has room for them (else the same write fails again after a restart)."""
+        self.detail = detail
+
+    def __str__(self) -> str:
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"cannot write {self.filename}: {self.strerror}{detail}"
+
+    @property
+    def kind(self) -> str:
+        """What the operator reads in ``status``: ``disk full``, ``read-only``..."""
+        if self.errno in FULL:
+            return "disk full"
+        if self.errno == errno.EROFS:
+            return "read-only"
+        return "write error"
+
+
+def probe_folder(folder: Path, needed: int = 0) -> DiskError | None:
+    """Whether ``folder`` has room for ``needed`` bytes and takes ``PROBE_BYTES``
+    (written, fsynced, deleted): None if it does, else why not."""
+    path = Path(folder) / PROBE_FILE
+    want = max(PROBE_BYTES, needed)
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:
+        return DiskError(folder, exc)
+    free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)  # root: all
+    if free < want:
+        return DiskError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                         detail=f"{free} bytes free, {want} needed")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return DiskError(path, exc)
+    problem = None
+    try:
+        block = memoryview(bytes(PROBE_BYTES))
+        written = 0
+        while written < PROBE_BYTES:
+            written += os.write(fd, block[written:])
+        os.fsync(fd)
+    except OSError as exc:
+        problem = DiskError(path, exc)
+    for undo in (lambda: os.close(fd), path.unlink):
+        try:
+            undo()
+        except OSError as exc:
+            problem = problem or DiskError(path, exc)
+    return problem
 
 
 class AtomicJSONStorage(Storage):
@@ -95,15 +182,34 @@ class AtomicJSONStorage(Storage):
     def stage(self) -> None:
         """Written back to disk a megabyte at a time: a whole file of dirty pages,
         flushed at once by the rename, stalled every writer on the disk, the
-        servers' logs among them (measured: p99 at half load 7 -> 22 ms)."""
+        servers' logs among them (measured: p99 at half load 7 -> 22 ms). A write
+        that fails (a full disk) removes ``db.tmp`` before it raises."""
         raw = memoryview(orjson.dumps(self._data or {}))
-        with open(self.tmp, "wb") as f:
-            for start in range(0, len(raw), WRITE_CHUNK):
-                f.write(raw[start:start + WRITE_CHUNK])
-                f.flush()
-                os.fdatasync(f.fileno())
-            if self.fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(self.tmp, "wb") as f:
+                for start in range(0, len(raw), WRITE_CHUNK):
+                    f.write(raw[start:start + WRITE_CHUNK])
+                    f.flush()
+                    os.fdatasync(f.fileno())
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError as exc:          # a full disk: named, as the file it could not write
+            self.discard()
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(self.tmp)) from None
+            raise
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> bool:
+        """Remove ``db.tmp`` if it is there (best effort: a read-only folder keeps
+        it until the next start); True if one was removed."""
+        try:
+            self.tmp.unlink()
+            return True
+        except OSError:
+            return False
 
     def replace(self) -> None:
         os.replace(self.tmp, self.path)
@@ -160,7 +266,8 @@ class EventStore:
 
     def __init__(self, folder: Path, fsync: bool = False, checkpoint_min: int = 5000,
                  checkpoint_ratio: float = 0.5, stagger: float = 1.0,
-                 quiet_s: float = 0.25, close_wait: float = 2.0) -> None:
+                 quiet_s: float = 0.25, close_wait: float = 2.0,
+                 retry_s: float = 60.0) -> None:
         self.folder = Path(folder)
         # before anything else: a second process on this folder must change nothing
         self._lock = claim(self.folder / LOCK_FILE, name=self.folder, record_pid=True)
@@ -170,38 +277,57 @@ class EventStore:
         self.stagger = stagger            # servers holding the same events fold apart
         self.quiet_s = quiet_s            # a due fold waits this long without writes
         self.close_wait = close_wait      # a stopping server waits this long for a fold
+        self.retry_s = retry_s            # a fold that failed is tried again this much later
         self.rejected: list[str] = []     # stored records set aside at load: file, record, why
         self.unverified: Counter = Counter()   # records loaded without a checksum, by file
+        self.stale_tmp = False            # load removed a db.tmp left by a fold cut short
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
         self._segment_no = 0
-        self._wal = None
-        self._unfolded: list[dict] = []   # events in the current segment
-        self._dirty = False
+        self._fd: int | None = None       # the current segment, unbuffered, append-only
+        self._wal_path: Path | None = None
+        self._good = 0                    # its length after the last write that went through
+        self._buffer = bytearray()        # appended lines not yet written
+        self._unfolded: list[P.Event] = []   # events in the current segment...
+        self._synced = 0                  # ...how many of them are written
+        self.failed: DiskError | None = None  # the write that failed: nothing is written after
         self._checkpointer: subprocess.Popen | None = None
         self._pipe = None
-        self._pending = 0                 # jobs sent, not yet answered
+        self._jobs: deque[list[Path]] = deque()  # segments sent to fold, not yet answered
+        self._refold: list[Path] = []     # segments whose fold failed, to fold again...
+        self._refold_at = 0.0             # ...from then on (monotonic)
         self.lost: str | None = None      # why checkpoints stopped, for the server to log
+        self.fold_failed: str | None = None   # why the last fold failed, for the server to log
 
     # --- start-up -------------------------------------------------------------
     def load(self) -> list[P.Event]:
         """Every valid event on disk, each once (``read_folder``); then the log
-        segments go to the checkpointer, and a new segment is opened."""
+        segments go to the checkpointer, and a new segment is opened. A folder that
+        cannot take the new segment leaves ``failed`` set (the events still load)."""
         held, segments = read_folder(self.folder, self._set_aside, self.unverified)
         self._segment_no = int(segments[-1].stem[4:]) if segments else 0
+        # no checkpointer can be writing it: it shares our lock, and none runs yet
+        self.stale_tmp = AtomicJSONStorage(str(self.folder / "db.json")).discard()
         self._start_checkpointer()
         if segments:            # fold them right away, so the new segment starts empty
             self._send_job(segments)
         self.stored = len(held)
-        self._open_segment()
+        try:
+            self._open_segment()
+        except DiskError:
+            pass                # in self.failed, for the server
         return list(held.values())
 
     def _set_aside(self, where: str, raw: bytes) -> None:
         """Keep an invalid stored record in ``rejected.jsonl`` for the operator (it is
-        never applied, and a fold leaves it out), and name it for the server's log."""
-        self.rejected.append(where)
+        never applied, and a fold leaves it out), and name it for the server's log
+        (with why it could not be kept, on a full disk)."""
         record = {"record": where, "raw": raw.decode("utf-8", "replace")}
-        with open(self.folder / REJECTED, "ab") as f:
-            f.write(P.dumps(record) + b"\n")
+        try:
+            with open(self.folder / REJECTED, "ab") as f:
+                f.write(P.dumps(record) + b"\n")
+        except OSError as exc:
+            where = f"{where} (not kept in {REJECTED}: {exc.strerror or exc})"
+        self.rejected.append(where)
 
     def _start_checkpointer(self) -> None:
         ours, theirs = socket.socketpair()
@@ -217,60 +343,116 @@ class EventStore:
 
     def _open_segment(self) -> None:
         self._segment_no += 1
-        path = self.folder / f"wal-{self._segment_no:06d}.jsonl"
-        self._wal = open(path, "ab", buffering=1 << 16)
-        if self.fsync:                    # its name must survive a power loss too
-            fsync_dir(self.folder)
-        self._wal_path = path
+        path = self._wal_path = self.folder / f"wal-{self._segment_no:06d}.jsonl"
         self._unfolded = []
+        self._synced = 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                               0o644)
+            self._good = os.fstat(self._fd).st_size
+            if self.fsync:                # its name must survive a power loss too
+                fsync_dir(self.folder)
+        except OSError as exc:
+            raise self._fail(path, exc) from None
 
     # --- the write path -----------------------------------------------------------
     def append(self, event: P.Event) -> None:
-        self._wal.write(wal_line(event))
+        """Queue ``event`` for the log (in memory: ``sync`` writes it)."""
+        if self.failed is not None:
+            raise self.failed
+        self._buffer += wal_line(event)
         self._unfolded.append(event)
-        self._dirty = True
 
     def sync(self) -> None:
-        """Make every appended event durable; call before acknowledging them."""
-        if not self._dirty:
+        """Make every appended event durable; call before acknowledging them.
+        Raises ``DiskError`` if they cannot be: then none of them is in the log."""
+        if self.failed is not None:
+            raise self.failed
+        pending = self._buffer
+        if not pending:
             return
-        self._wal.flush()
-        if self.fsync:
-            os.fsync(self._wal.fileno())
-        self._dirty = False
+        try:
+            written = os.write(self._fd, pending)
+            if written < len(pending):            # a short write: the rest, or its error
+                with memoryview(pending) as rest:
+                    while written < len(rest):
+                        written += os.write(self._fd, rest[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise self._fail(self._wal_path, exc) from None
+        self._good += len(pending)
+        pending.clear()
+        self._synced = len(self._unfolded)
+
+    def _fail(self, path: Path, exc: OSError) -> DiskError:
+        """A write that did not go through: the segment cut back to its last good
+        length (no half line stays), the unwritten lines dropped, and nothing
+        written from now on."""
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, self._good)
+            except OSError:
+                pass              # read-only: a torn last line, skipped at reload
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        del self._unfolded[self._synced:]
+        self.failed = DiskError(path, exc, needed=len(self._buffer))
+        self._buffer = bytearray()
+        return self.failed
 
     def maybe_checkpoint(self, quiet_for: float = float("inf"), idle_s: float = 5.0) -> bool:
         """Rotate the log and hand the full segment to the checkpointer when due
         and the server has been without writes for ``QUIET_S`` (or it is
-        ``OVERDUE`` times due); anything unfolded goes after ``idle_s`` quiet."""
+        ``OVERDUE`` times due); anything unfolded goes after ``idle_s`` quiet.
+        Segments whose fold failed go again ``retry_s`` after, in a quiet moment or
+        with the next rotation. Raises ``DiskError`` if the new segment cannot be made."""
+        again = self._refold if self._refold and time.monotonic() >= self._refold_at else []
         due = int(max(self.checkpoint_min, self.checkpoint_ratio * self.stored) * self.stagger)
         n = len(self._unfolded)
         if not n or not (n >= OVERDUE * due or (n >= due and quiet_for >= self.quiet_s)
                          or quiet_for >= idle_s):
+            if again and quiet_for >= self.quiet_s:
+                self._refold = []
+                self._send_job(again)
             return False
         self.sync()
-        self._wal.close()
-        self._send_job([self._wal_path])
+        os.close(self._fd)
+        self._fd = None
+        if again:
+            self._refold = []
+        self._send_job(again + [self._wal_path])
         self.stored += len(self._unfolded)
         self._open_segment()
         return True
 
     def finished(self) -> list[tuple[int, float]]:
-        """Checkpoints done since the last call: (events folded, seconds)."""
+        """Checkpoints done since the last call: (events folded, seconds). A fold
+        that failed is in ``fold_failed`` instead, its segments kept to fold again."""
         done = []
         try:
-            while self._pending and self._pipe is not None and self._pipe.poll():  # a select
-                folded, seconds, jobs = self._pipe.recv()
-                self._pending -= jobs
-                done.append((folded, seconds))
-        except (EOFError, OSError):
+            while self._jobs and self._pipe is not None and self._pipe.poll():   # a select
+                folded, seconds, jobs, error = self._pipe.recv()
+                segments = [path for _ in range(min(jobs, len(self._jobs)))
+                            for path in self._jobs.popleft()]
+                if error is None:
+                    done.append((folded, seconds))
+                    continue
+                self._refold += [p for p in segments if p not in self._refold]
+                self._refold_at = time.monotonic() + self.retry_s
+                self.fold_failed = error
+        except (EOFError, OSError, ValueError, TypeError):
             self._checkpointer_gone()
         return done
 
     def _checkpointer_gone(self) -> None:
         """Killed, or failed: the segments it did not fold wait for the next start."""
         if self._pipe is not None:
-            self._pending = 0
+            self._jobs.clear()
+            self._refold = []
             self._pipe.close()
             self._pipe = None
             self.lost = "the checkpointer is gone: log segments are folded at the next start"
@@ -280,16 +462,22 @@ class EventStore:
             return
         try:
             self._pipe.send([str(p) for p in segments])
-            self._pending += 1
+            self._jobs.append(list(segments))
         except (BrokenPipeError, OSError):
             self._checkpointer_gone()
 
     def close(self) -> None:
-        """Flush the log; let a running checkpoint finish briefly, never block long."""
-        if self._wal is not None:
-            self.sync()
-            self._wal.close()
-            self._wal = None
+        """Write the log out; let a running checkpoint finish briefly, never block
+        long. After a failed write nothing more is written (nothing unwritten was
+        ever acknowledged)."""
+        if self._fd is not None:
+            try:
+                self.sync()
+            except DiskError:
+                pass
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._checkpointer is not None:
             if self._pipe is not None:
                 try:
@@ -300,11 +488,10 @@ class EventStore:
                 self._checkpointer.wait(self.close_wait)
             except subprocess.TimeoutExpired:   # safe at any moment (see checkpointer.py)
                 self._checkpointer.kill()
-                self._checkpointer.wait(1.0)
+                self._checkpointer.wait()       # gone before the lock is let go
             if self._pipe is not None:
                 self._pipe.close()
                 self._pipe = None
             self._checkpointer = None
         release(self._lock)               # the checkpointer, which shared it, is gone
         self._lock = None
-

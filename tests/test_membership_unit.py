@@ -15,7 +15,7 @@ from common import protocol as P
 from common.config import Config
 from servers.catchup import CatchUp
 from servers.membership import Membership
-from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.peers import GONE, HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
 from servers.state import SocialState
 from tests.fakes import TalkLog
 
@@ -226,13 +226,16 @@ def test_the_stall_check_runs_before_the_heartbeat_of_a_tick():
     assert r.sent(P.Beat)[-1].phase == JOINING
 
 
-@pytest.mark.parametrize("phase", [JOINING, LEAVING])
-def test_no_stall_check_while_joining_or_leaving(phase):
+@pytest.mark.parametrize("phase", [JOINING, LEAVING, HALTED])
+def test_no_stall_check_while_joining_leaving_or_halted(phase):
     r = Rig(idle=False)
     if phase == LEAVING:
         r = Rig(idle=False).serving()
         r.m.request_leave()
         r.run(STEP)
+    if phase == HALTED:
+        r = Rig(idle=False).serving()
+        r.m.halt("disk full", "disk full: data/server-1", r.now)
     r.now = r.m.beat_sent_at + 10.0
     r.m.check_frozen(r.now)
     assert r.m.phase == phase
@@ -405,6 +408,61 @@ def test_an_idle_server_leaves_in_the_same_tick():
     r.m.request_leave()
     r.run(STEP)
     assert r.m.phase == LEAVING and not r.m.running
+
+
+# --- halted (a disk that takes no writes) ---------------------------------------------------------
+WAITING = "disk full: data/server-1 (No space left on device); rejoining once it can write"
+
+
+@pytest.mark.parametrize("before", [JOINING, SYNCING, SERVING])
+def test_a_halted_server_leaves_as_a_clean_leave_and_then_only_heartbeats_the_broker(before):
+    r = Rig(idle=False, synced=False)
+    r.live_peers[2] = (SERVING, {2: 3})
+    r.run({JOINING: STEP, SYNCING: 3 * HB, SERVING: 0.0}[before])
+    if before == SERVING:
+        r = Rig(idle=False).serving()
+    assert r.m.phase == before
+    r.m.halt("disk full", WAITING, r.now)
+    assert r.m.phase == HALTED and r.phases[-1][:2] == (before, HALTED)
+    assert r.m.waiting == WAITING and r.status(r.now).waiting == WAITING
+    assert r.log.has(f"phase {before} -> halted: disk full")
+    assert r.sent(P.Leave, "broker") == [P.Leave(id=ME)]
+    assert r.sent(P.Bye, "bus") == [P.Bye(sender=ME)]
+    r.m.halt("disk full", WAITING, r.now)             # a second failure: nothing more
+    beats, hbs, readies = len(r.sent(P.Beat)), len(r.sent(P.Heartbeat)), len(r.sent(P.Ready))
+    r.live_peers.clear()                              # deaf to the bus from now on
+    r.run(5.0, bus=False)
+    assert r.m.phase == HALTED and r.m.running and r.m.waiting == WAITING
+    assert len(r.sent(P.Beat)) == beats                # nothing on the bus...
+    assert len(r.sent(P.Bye)) == 1 and len(r.sent(P.Ready)) == readies   # never back in
+    halted_hbs = r.sent(P.Heartbeat, "broker")[hbs:]   # ...but the broker hears on
+    assert len(halted_hbs) == 20 and {hb.status.phase for hb in halted_hbs} == {HALTED}
+    assert {hb.status.waiting for hb in halted_hbs} == {WAITING}
+    assert not r.log.has("bus silent") and r.gone == []  # nothing judged from the silence
+
+
+def test_sigterm_stops_a_halted_server_at_once_and_a_leaving_one_that_halts():
+    r = Rig(idle=False).serving()
+    r.m.halt("disk full", WAITING, r.now)
+    r.m.request_leave()
+    r.run(STEP)
+    assert not r.m.running and r.m.phase == LEAVING
+    assert len(r.sent(P.Leave)) == 1 and len(r.sent(P.Bye)) == 1   # said when it halted
+
+    r = Rig(idle=False).serving()
+    r.m.request_leave()
+    r.run(STEP)
+    assert r.m.phase == LEAVING and r.m.running        # waits for its writes' copies...
+    r.m.halt("disk full", WAITING, r.now)
+    assert not r.m.running and r.m.phase == LEAVING    # ...which its disk cannot hold
+
+
+def test_a_halted_peer_counts_for_nothing():
+    peers = Peers(ME, CONFIG.peer_timeout)
+    peer, _ = peers.saw(2, T0)
+    peer.phase, peer.vv = HALTED, {2: 5}
+    assert peers.live(T0) == [] and peers.holders(2, 5, T0) == 0
+    assert peers.saw(2, T0) == (peer, False) and peer.phase == HALTED
 
 
 # --- any schedule: the phase machine ------------------------------------------------------------

@@ -2,6 +2,7 @@
 into TinyDB (real child processes, real files, real signals)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ import pytest
 from common import protocol as P
 from common.ownership import InUse, pid_alive
 from common.processes import wait_until
-from servers.store import EventStore, read_folder
+from servers.records import wal_line
+from servers.store import REJECTED, DiskError, EventStore, read_folder
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,3 +303,139 @@ def test_a_server_whose_tinydb_was_edited_sets_the_records_aside_and_pulls_them_
         read_folder(folder, lambda where, raw: bad.append(where))
         return not bad and folded()
     wait_until(healed, timeout=20, what="server 3's db.json repaired by a fold")
+
+
+# --- a full or read-only disk (issue 11, row 5) ----------------------------------------------
+class FailingWrites:
+    """``os.write`` on the store's log: the first call writes ``short`` bytes and
+    returns, the next raises ``code``; every other descriptor is written for real."""
+
+    def __init__(self, store: EventStore, code: int, short: int) -> None:
+        self.store, self.code, self.short = store, code, short
+        self.real = os.write
+        self.calls = 0
+
+    def __call__(self, fd: int, data) -> int:
+        if fd != self.store._fd:
+            return self.real(fd, data)
+        self.calls += 1
+        if self.calls == 1:
+            return self.real(fd, bytes(data[:self.short]))
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize("code, truncates", [(errno.ENOSPC, True), (errno.EDQUOT, True),
+                                             (errno.EROFS, False), (errno.EIO, True)])
+def test_a_write_that_fails_is_cut_back_reported_and_nothing_is_written_after(
+        tmp_path, monkeypatch, code, truncates):
+    store = EventStore(tmp_path)
+    store.load()
+    _write(store, _events(1, 3))
+    wal = tmp_path / "wal-000001.jsonl"
+    good = wal.read_bytes()
+    for event in _events(4, 2):
+        store.append(event)
+    fake = FailingWrites(store, code, short=len(wal_line(_events(4, 1)[0])) // 2)
+    monkeypatch.setattr(os, "write", fake)
+    if not truncates:                                  # read-only: not even cut back
+        monkeypatch.setattr(os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(
+            OSError(errno.EROFS, os.strerror(errno.EROFS))))
+    with pytest.raises(DiskError) as failed:
+        store.sync()
+    assert str(failed.value) == f"cannot write {wal}: {os.strerror(code)}"
+    assert store.failed is failed.value and fake.calls == 2
+    assert failed.value.needed == sum(len(wal_line(e)) for e in _events(4, 2))   # to wait for
+    monkeypatch.undo()
+    if truncates:
+        assert wal.read_bytes() == good                # no half line stays
+    else:
+        assert wal.read_bytes().startswith(good) and not wal.read_bytes().endswith(b"\n")
+    with pytest.raises(DiskError):                     # at once, without touching the disk
+        store.append(_events(6, 1)[0])
+    with pytest.raises(DiskError):
+        store.sync()
+    with pytest.raises(DiskError):
+        store.maybe_checkpoint(quiet_for=float("inf"), idle_s=0.0)
+    size = wal.stat().st_size
+    store.close()                                      # no error, nothing more written
+    assert wal.stat().st_size == size
+    again = EventStore(tmp_path)
+    try:
+        assert [e.id for e in again.load()] == _ids(1, 3)   # exactly what was synced
+        assert again.rejected == []                    # a torn line is skipped, not set aside
+    finally:
+        again.close()
+
+
+def test_a_log_segment_that_cannot_be_made_leaves_the_store_failed_not_raising(tmp_path,
+                                                                                monkeypatch):
+    store = EventStore(tmp_path)
+    real_open = os.open
+
+    def refuse_segments(path, *args, **kwargs):
+        if Path(path).name.startswith("wal-"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refuse_segments)
+    try:
+        assert store.load() == []                      # the events load all the same
+        assert str(store.failed) == (f"cannot write {tmp_path / 'wal-000001.jsonl'}: "
+                                     f"Read-only file system")
+        with pytest.raises(DiskError):
+            store.append(_events(1, 1)[0])
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+def test_one_write_per_sync_however_many_events(tmp_path, monkeypatch):
+    store = EventStore(tmp_path)
+    store.load()
+    calls = []
+    real = os.write
+    def counted(fd, data):
+        if fd == store._fd:
+            calls.append(len(data))
+        return real(fd, data)
+    monkeypatch.setattr(os, "write", counted)
+    try:
+        for event in _events(1, 500):
+            store.append(event)
+        assert calls == []                             # appends stay in memory
+        store.sync()
+        store.sync()                                   # nothing new: no write
+        assert calls == [sum(len(wal_line(e)) for e in _events(1, 500))]
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+def test_a_stale_db_tmp_is_removed_at_start_and_the_folder_loads(tmp_path):
+    store = EventStore(tmp_path, checkpoint_min=5)
+    store.load()
+    _write(store, _events(1, 6))
+    assert store.maybe_checkpoint()
+    wait_until(store.finished, timeout=10, what="the fold")
+    _write(store, _events(7, 2))
+    store.close()
+    (tmp_path / "db.tmp").write_bytes(b'{"events": {"1": {"id": "half a fo')   # a fold cut short
+    again = EventStore(tmp_path)
+    try:
+        assert sorted(e.id for e in again.load()) == sorted(_ids(1, 8))
+        assert again.stale_tmp and not (tmp_path / "db.tmp").exists()
+    finally:
+        again.close()
+
+
+def test_a_record_set_aside_on_a_full_disk_is_still_named(tmp_path):
+    good = P.dumps(_events(1, 1)[0])
+    (tmp_path / "wal-000001.jsonl").write_bytes(good + b"\n" + b'{"id": "x"}\n' + good + b"\n")
+    (tmp_path / REJECTED).mkdir()                      # cannot be appended to
+    store = EventStore(tmp_path)
+    try:
+        assert [e.id for e in store.load()] == ["e1"]
+        assert len(store.rejected) == 1
+        assert "wal-000001.jsonl line 2" in store.rejected[0]
+        assert f"(not kept in {REJECTED}: Is a directory)" in store.rejected[0]
+    finally:
+        store.close()
