@@ -26,6 +26,7 @@ import time
 import zmq
 
 from common import protocol as P
+from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
@@ -90,7 +91,7 @@ class Server:
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
             on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
-            must_hold={server_id: self.issued.highest})
+            must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired)
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
                                replicas=config.replicas, reply=self.reply,
@@ -138,8 +139,8 @@ class Server:
         sock.close(0)
 
     def open_sockets(self) -> None:
+        """The bus and the broker (the peer port is bound first, in ``start``)."""
         cfg = self.config
-        self.links.open()
         self.pub = P.Endpoint(self.socket(zmq.PUB), P.BUS, self.lamport)
         self.pub.sock.connect(cfg.endpoint(cfg.bus_in_port))
         sub = self.socket(zmq.SUB, self.on_bus)
@@ -181,7 +182,24 @@ class Server:
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            try:
+                self.start()
+            except Exception as exc:
+                self.log.warn(f"cannot start: {startup.describe(exc)}")
+                raise
+            self.loop()
+        finally:
+            self.close()
+
+    def start(self) -> None:
+        """The port, the folder, the sockets: a problem with any stops the server here,
+        and ``__main__`` says it in one line."""
+        # the port before the folder is loaded: one in use changes nothing in it
+        self.links.open()
         events = self.store.load()
+        for problem in self.store.problems:
+            self.log.warn(problem)
         for problem in self.store.rejected:
             self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
                           f"{problem}")
@@ -189,6 +207,8 @@ class Server:
             files = ", ".join(f"{name} {n}" for name, n in sorted(self.store.unverified.items()))
             self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
                           f"checksum (written before checksums), loaded unverified: {files}")
+        if self.store.needs_repair is not None:
+            self.membership.folder_damaged(self.store.needs_repair)
         loaded = self.repl.load(events)
         mine = self.state.seq_of(self.id)
         if mine < self.issued.highest:
@@ -203,24 +223,23 @@ class Server:
         self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
                       f"digest {self.state.digest()[:12]}; joining")
-        try:
-            while self.membership.running:
-                now = time.monotonic()
-                wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
-                ready = self.poller.poll(max(0.0, wake - now) * 1000)
-                self.membership.check_frozen(time.monotonic())
-                for sock, _ in ready:
-                    handler = self._handlers.get(sock)
-                    if handler is not None:
-                        self._drain(sock, handler)
-                self.log.guard(self.after_batch)
-                now = time.monotonic()
-                if now >= self.tick_at:
-                    self.tick_at = now + self.config.tick_every
-                    self.log.guard(self.tick, now)
-                self.log.flush_if_due()
-        finally:
-            self.close()
+
+    def loop(self) -> None:
+        while self.membership.running:
+            now = time.monotonic()
+            wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
+            ready = self.poller.poll(max(0.0, wake - now) * 1000)
+            self.membership.check_frozen(time.monotonic())
+            for sock, _ in ready:
+                handler = self._handlers.get(sock)
+                if handler is not None:
+                    self._drain(sock, handler)
+            self.log.guard(self.after_batch)
+            now = time.monotonic()
+            if now >= self.tick_at:
+                self.tick_at = now + self.config.tick_every
+                self.log.guard(self.tick, now)
+            self.log.flush_if_due()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         """Read up to ``drain`` messages; the poll said the first one is there."""
@@ -305,6 +324,15 @@ class Server:
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)
 
+    def on_repaired(self) -> None:
+        """A peer gave back what my damaged folder lost: the marker goes (if it cannot,
+        the next start only syncs again before serving)."""
+        try:
+            self.store.repaired()
+        except OSError as exc:
+            self.log.warn(f"cannot remove {self.store.marker} ({exc.strerror}): the next "
+                          f"start syncs from a peer again before serving")
+
     def request_leave(self, *_args) -> None:
         """The SIGTERM handler: only a flag, so no socket is used inside a signal handler."""
         self.membership.request_leave()
@@ -337,7 +365,7 @@ class Server:
         new = self.repl.on_EVENTS(msg, now)
         self.log.recv(f"server-{peer_id}", f"EVENTS {len(msg.events)} events, {new} new, "
                       f"more={msg.more}")
-        self.catchup.answered(peer_id, msg.more, now)
+        self.catchup.answered(peer_id, msg.more, now, new)
         if msg.more:
             mine = self.state.vv()
             self.links.fetch(peer_id, {o: mine.get(o, 0) for o in {e.origin for e in msg.events}})
