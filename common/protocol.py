@@ -99,6 +99,7 @@ Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 VersionVector = Annotated[dict[ServerId, Count], Meta(max_length=MAX_SERVER_ID)]
 """``{origin server id: highest contiguous seq held}``; on the wire the keys are strings."""
 Phase = Literal["joining", "syncing", "serving", "leaving"]
+Durability = Literal["fsync", "flush"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
 
@@ -234,6 +235,10 @@ class ServerStatus(Struct, **_message()):
     peers: Annotated[list[ServerId], Meta(max_length=MAX_SERVER_ID)]
     waiting: Optional[Annotated[str, Meta(max_length=200)]] = None
     """Why a server that is not serving cannot go on (no peer holds what it must sync)."""
+    durability: Optional[Durability] = None
+    """What a copy held by this server means: ``fsync`` (on disk: survives a power loss)
+    or ``flush`` (in the OS page cache: survives a kill of the process, not a power
+    loss); None from a process that stores nothing (the benchmark's echo server)."""
 
 
 class Ready(Struct, **_message()):

@@ -23,7 +23,7 @@ def main(
     clock_chaos: bool = typer.Option(False, "--clock-chaos", envvar="SOCIAL_CLOCK_CHAOS",
                                      help="Push the clock randomly by up to ±1 s at random intervals."),
     drop_rate: Optional[float] = typer.Option(None, "--drop-rate", help="TEST ONLY: drop this fraction of incoming replication messages."),
-    fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before each ack."),
+    fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before acking (one fsync per loop turn): acks survive a power loss."),
 ) -> None:
     from common.clock import PhysicalClock
     from servers.node import Server

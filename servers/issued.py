@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from servers.store import fsync_dir
+
 
 class IssuedSeq:
     def __init__(self, path: Path, fsync: bool = False) -> None:
@@ -40,7 +42,10 @@ class IssuedSeq:
         if seq <= self.highest:
             return
         if self._fd is None:
+            created = not self.path.exists()
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            if created and self.fsync:    # its name must survive a power loss too
+                fsync_dir(self.path.parent)
         os.pwrite(self._fd, b"%020d\n" % seq, 0)
         if self.fsync:
             os.fsync(self._fd)

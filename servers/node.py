@@ -46,6 +46,14 @@ from servers.requests import ClientRequests
 from servers.state import SocialState
 from servers.store import EventStore
 
+DURABILITY = {
+    "flush": "durability flush: a write counts as held here once my log has flushed it to "
+             "the OS, not fsynced (a power loss of the host may drop roughly the last 30 s "
+             "of acked writes; --fsync for more)",
+    "fsync": "durability fsync: a write counts as held here once my log has fsynced it "
+             "(one fsync per loop turn)"}
+"""What a copy held here means, for the start-up line (``durability`` in ``status``)."""
+
 LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
                                P.TIME_REPLY, P.TIME_ADJUST})
 """Bus messages whose receipt gets a log line here (the others log in their handler;
@@ -222,7 +230,12 @@ class Server:
         self.open_sockets()
         self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
-                      f"digest {self.state.digest()[:12]}; joining")
+                      f"digest {self.state.digest()[:12]}; {DURABILITY[self.durability]}; "
+                      f"joining")
+
+    @property
+    def durability(self) -> str:
+        return "fsync" if self.config.fsync else "flush"
 
     def loop(self) -> None:
         while self.membership.running:
@@ -340,7 +353,7 @@ class Server:
     def status(self, now: float) -> P.ServerStatus:
         return P.ServerStatus(
             id=self.id, phase=self.membership.phase, events=self.state.count,
-            digest=self.state.digest(), lamport=self.lamport.value, vv=self.state.vv(),
+            digest=self.state.digest(), lamport=self.lamport.value, vv=self.repl.durable_vv(),
             coordinator=self.election.coordinator, epoch=self.election.epoch,
             clock_offset_ms=self.berkeley.offset_ms,
             clock_skew_ms=round(self.clock.skew() * 1000, 3),
@@ -348,12 +361,13 @@ class Server:
             under_replicated=self.repl.under_replicated(now),
             repl_lag_hist=self.lag.hist.counts,
             peers=sorted(p.id for p in self.peers.live(now)),
-            waiting=self.membership.waiting)
+            waiting=self.membership.waiting, durability=self.durability)
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)
         events = self.state.events_after(msg.after, limit + 1)
-        return P.Events(sender=self.id, events=events[:limit], vv=self.state.vv(),
+        # my vector as far as it is durable: the asker may be an origin counting copies
+        return P.Events(sender=self.id, events=events[:limit], vv=self.repl.durable_vv(),
                         more=len(events) > limit)
 
     def on_ack(self, msg: P.Ack, now: float) -> None:

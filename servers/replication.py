@@ -110,6 +110,17 @@ class Replication:
         self.peers.update_vv(msg.sender, msg.vv)
         return new
 
+    def durable_vv(self) -> dict[int, int]:
+        """My version vector without the events applied this turn (``fresh``: in the
+        log's buffer, not yet flushed or fsynced): what I may tell a peer I hold, since
+        an origin counts it as a copy of its writes. The end of the turn makes them
+        durable, then announces them."""
+        vv = self.state.vv()
+        for event in self.fresh:
+            if event.seq - 1 < vv[event.origin]:
+                vv[event.origin] = event.seq - 1
+        return vv
+
     def event(self, event_id: str) -> P.Event | None:
         """The event that counts for a request id, if held."""
         return self.state.events.get(event_id)

@@ -283,6 +283,10 @@ def test_a_server_whose_db_json_is_damaged_moves_it_aside_syncs_and_then_serves(
     assert (folder / "db.json.corrupt-1").read_bytes() == content
     acked += [_post(c, f"after {i}", server=1 + i % 3) for i in range(3)]
     _all_there(c, acked)
+    rows = c.servers()
+    assert {row["durability"] for row in rows.values()} == {"flush"}
+    table = c.cli(None, "status", json=False)
+    assert "durability" in table.splitlines()[0] and "flush" in table
 
 
 @pytest.mark.timeout(150)
@@ -290,7 +294,7 @@ def test_a_server_whose_db_json_was_deleted_says_so_and_waits_for_a_serving_peer
     """Alone, it waits (log and status); once its peers serve, it syncs from one of
     them, then serves. Servers 1 and 2 take every write, so server 3 owes no events of
     its own: only the damage rule keeps it from serving what is left."""
-    c = make_cluster(env=FAST_FOLDS).start(3)
+    c = make_cluster(env=FAST_FOLDS).start(3, "--fsync")
     c.wait_serving({1, 2, 3})
     acked = _acked_and_folded(c, servers=(1, 2))
     for name in ("server-1", "server-2", "server-3"):
@@ -298,19 +302,21 @@ def test_a_server_whose_db_json_was_deleted_says_so_and_waits_for_a_serving_peer
     folder = c.config.server_data_dir(3)
     (folder / "db.json").unlink()
 
-    c.start_server(3)
+    c.start_server(3, "--fsync")
     waiting = "my data folder was damaged (db.json missing): waiting for a peer to sync from"
     wait_until(lambda: f"not serving: {waiting}" in c.log_since_start("server-3"),
                timeout=15, what="server 3 to say it waits for a peer")
     row = wait_until(lambda: c.servers().get(3, {}).get("waiting") and c.servers()[3],
                      timeout=10, what="status to say why server 3 waits")
     assert row["phase"] == "syncing" and row["waiting"] == waiting
+    assert row["durability"] == "fsync"
     log = c.log_since_start("server-3")
     assert f"WARNING: {folder / 'db.json'} is missing (deleted?): what it held is pulled " \
            f"again from a peer before serving" in log
+    assert "durability fsync: a write counts as held here once my log has fsynced it" in log
 
-    c.start_server(1)
-    c.start_server(2)
+    c.start_server(1, "--fsync")
+    c.start_server(2, "--fsync")
     c.wait_serving({1, 2, 3}, timeout=30)
     _one_start_that_repaired_before_serving(c, "db.json missing")
     acked += [_post(c, f"after {i}", server=1 + i % 3) for i in range(3)]
