@@ -110,7 +110,7 @@ def timeline(follow: bool = typer.Option(False, "--follow", "-f",
 
 
 @app.command()
-def bench(quick: bool = typer.Option(False, "--quick", help="Under 30 s: smaller store, ~1 s per phase (for CI)."),
+def bench(quick: bool = typer.Option(False, "--quick", help="About 35 s: smaller store, ~1 s per phase (for CI)."),
           out: str = typer.Option("bench.json", "--out", help="Write the figures here as JSON."),
           stored: Optional[int] = typer.Option(
               None, "--stored", min=1000,

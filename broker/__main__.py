@@ -1,14 +1,11 @@
 """``python -m broker``: run the broker in the foreground until SIGINT/SIGTERM."""
 from __future__ import annotations
 
-import sys
-
 import typer
-import zmq
 
 from common import cli_options as O
-from common.config import ConfigError, load_config
-from common.ownership import InUse
+from common import startup
+from common.config import load_config
 
 app = typer.Typer(add_completion=False, help="Run the broker: request load balancer and PUB/SUB bus.")
 
@@ -23,13 +20,9 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
                                                "intervals (it follows the coordinator's clock).")) -> None:
     from broker.broker import serve
     from common.clock import PhysicalClock
-    try:
+    with startup.one_line():         # a start-up problem is one line and exit code 1
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
         serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))
-    except (ConfigError, InUse, zmq.ZMQError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1)
-
 
 if __name__ == "__main__":
     app()

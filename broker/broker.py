@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from common import protocol as P
+from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
@@ -75,10 +76,10 @@ class Bus:
                 sock.sndhwm = self._config.hwm
                 sock.rcvhwm = self._config.hwm
             xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
-            xsub.bind(self._config.endpoint(self._config.bus_in_port))
-            xpub.bind(self._config.endpoint(self._config.bus_out_port))
+            startup.bind(xsub, self._config.endpoint(self._config.bus_in_port))
+            startup.bind(xpub, self._config.endpoint(self._config.bus_out_port))
             control.connect(self._control_addr)
-        except zmq.ZMQError as exc:
+        except (startup.CannotStart, zmq.ZMQError) as exc:
             self._error = exc
             self._ready.set()
             return
@@ -136,7 +137,7 @@ class Broker:
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
-        sock.bind(self.config.endpoint(port))
+        startup.bind(sock, self.config.endpoint(port))
         return sock
 
     # --- main loop ------------------------------------------------------------

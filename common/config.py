@@ -70,7 +70,9 @@ class Config:
     replicas: int = 3
     """Copies a write must have before it is acknowledged."""
     fsync: bool = False
-    """fsync the write-ahead log before acking (survives power loss, slower)."""
+    """fsync the write-ahead log before a write counts as held here, one fsync per loop
+    turn (group commit): acks survive a power loss of the host, at a cost the benchmark
+    measures. Without it an ack survives the kill of any process, not a power loss."""
     checkpoint_min: int = 5000
     """Fold the write-ahead log into TinyDB after at least this many events..."""
     checkpoint_ratio: float = 0.5

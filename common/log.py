@@ -57,7 +57,8 @@ class ProcessLog:
         self.lamport = lamport
         self.clock = clock
         path = Path(path)
-        self._lock = claim(path) if exclusive else None
+        self._lock = claim(path, need="every process needs its log file writable") \
+            if exclusive else None
         path.parent.mkdir(parents=True, exist_ok=True)
         logger.remove()
         self._sink = logger.add(str(path), format="{message}", level="DEBUG",

@@ -17,6 +17,7 @@ waits briefly for its children to let go.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -32,18 +33,52 @@ class InUse(OSError):
     """Another live process owns the folder or file; ``str()`` is the line to print."""
 
 
+class CannotWrite(OSError):
+    """The folder or file cannot be created or written (read-only, no permission, a
+    file where a folder should be); ``str()`` is the line to print::
+
+        cannot write data/server-3 (Read-only file system): a server needs its data folder writable
+    """
+
+    def __init__(self, name: Path | str, exc: OSError, need: str | None = None) -> None:
+        why = None
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename:
+            why = _not_a_folder(Path(exc.filename), Path(name))
+        line = f"cannot write {name} ({why or exc.strerror or exc})"
+        super().__init__(exc.errno, line + (f": {need}" if need else ""))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _not_a_folder(path: Path, name: Path) -> str | None:
+    """``data is a file, not a folder`` when ``path`` or a folder above it is a file
+    (``it is …`` when that is ``name``)."""
+    for where in (path, *path.parents):
+        if where.is_dir():
+            return None
+        if where.exists():
+            return f"{'it' if where == name else where} is a file, not a folder"
+    return None
+
+
 def claim(path: Path | str, name: Path | str | None = None, record_pid: bool = False,
-          orphan_wait: float = ORPHAN_WAIT) -> int:
+          orphan_wait: float = ORPHAN_WAIT, need: str | None = None) -> int:
     """Lock ``path`` for this process (created if missing, otherwise left as it is);
     returns the descriptor, which holds the lock until it is closed.
 
     Raises ``InUse``, naming ``name`` (default ``path``) and the holder's pid, at
-    once if a live process holds the lock. ``record_pid`` writes this process's pid
-    into the file once it is ours (for a lock file, not for a log; best effort: a
-    full disk leaves the file as it was)."""
+    once if a live process holds the lock, and ``CannotWrite`` (naming the same,
+    and saying ``need``) if the file cannot be created or opened for writing: a
+    read-only folder is refused here, before anything is written. ``record_pid``
+    writes this process's pid into the file once it is ours (for a lock file, not
+    for a log; best effort: a full disk leaves the file as it was)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise CannotWrite(name or path, exc, need) from None
     deadline = time.monotonic() + orphan_wait
     while True:
         try:

@@ -99,6 +99,7 @@ Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 VersionVector = Annotated[dict[ServerId, Count], Meta(max_length=MAX_SERVER_ID)]
 """``{origin server id: highest contiguous seq held}``; on the wire the keys are strings."""
 Phase = Literal["joining", "syncing", "serving", "leaving", "halted"]
+Durability = Literal["fsync", "flush"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
 Fingerprint = Annotated[int, Meta(ge=0, le=2 ** 63 - 1)]
@@ -250,6 +251,10 @@ class ServerStatus(Struct, **_message()):
     """Events this server replaced by the copy the others agree on (anti-entropy)."""
     sums: Fingerprints = {}
     """The fingerprint of each origin's events held (``Fingerprints``)."""
+    durability: Optional[Durability] = None
+    """What a copy held by this server means: ``fsync`` (on disk: survives a power loss)
+    or ``flush`` (in the OS page cache: survives a kill of the process, not a power
+    loss); None from a process that stores nothing (the benchmark's echo server)."""
 
 
 class Ready(Struct, **_message()):

@@ -21,10 +21,10 @@ import sys
 from typing import Optional
 
 import typer
-import zmq
 
 from common import cli_options as O
-from common.config import ConfigError, load_config
+from common import startup
+from common.config import load_config
 
 app = typer.Typer(add_completion=False, help="Run one server: storage, replication, election, clock sync.")
 
@@ -39,24 +39,17 @@ def main(
     clock_chaos: bool = typer.Option(False, "--clock-chaos", envvar="SOCIAL_CLOCK_CHAOS",
                                      help="Push the clock randomly by up to ±1 s at random intervals."),
     drop_rate: Optional[float] = typer.Option(None, "--drop-rate", help="TEST ONLY: drop this fraction of incoming replication messages."),
-    fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before each ack."),
+    fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before acking (one fsync per loop turn): acks survive a power loss."),
 ) -> None:
     from common.clock import PhysicalClock
     from servers.node import RESTART, Server
-    try:
+    with startup.one_line():         # a start-up problem is one line and exit code 1
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir,
                              drop_rate=drop_rate, fsync=fsync)
         server = Server(config, server_id, PhysicalClock(clock_offset, clock_drift_ppm, clock_chaos))
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1)
-    signal.signal(signal.SIGTERM, server.request_leave)
-    signal.signal(signal.SIGINT, server.request_leave)
-    try:
+        signal.signal(signal.SIGTERM, server.request_leave)
+        signal.signal(signal.SIGINT, server.request_leave)
         outcome = server.run()
-    except zmq.ZMQError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1)
     if outcome == RESTART:
         restart()
 

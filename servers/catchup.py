@@ -18,6 +18,8 @@ Pure logic: no sockets, no clock reads; ``now`` is ``time.monotonic()``.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from common import protocol as P
 from servers.peers import Peers
 from servers.state import SocialState
@@ -34,6 +36,7 @@ class CatchUp:
         self.lag_since: dict[int, float] = {}            # origin -> when I saw I lag
         self.fetching: dict[int, float] = {}             # peer -> deadline of its pull
         self.gaps_repaired = 0
+        self.pulled: Counter = Counter()                 # peer -> new events its pulls gave
 
     # --- gaps -------------------------------------------------------------------
     def park(self, event: P.Event) -> None:
@@ -87,12 +90,19 @@ class CatchUp:
                         ahead[origin] = peer.id
         return ahead
 
-    def answered(self, peer_id: int, more: bool, now: float) -> None:
-        """A peer's EVENTS came: the pull is done, or (``more``) goes on at once."""
+    def answered(self, peer_id: int, more: bool, now: float, new: int = 0) -> None:
+        """A peer's EVENTS came, with ``new`` events I lacked: the pull is done, or
+        (``more``) goes on at once."""
+        self.pulled[peer_id] += new
         if more:
             self.fetching[peer_id] = now + self.fetch_timeout
         else:
             self.fetching.pop(peer_id, None)
+
+    def take_pulled(self) -> Counter:
+        """The new events each peer's pulls gave since the last call."""
+        pulled, self.pulled = self.pulled, Counter()
+        return pulled
 
     def forget(self, peer_id: int) -> None:
         """A peer is gone: its outstanding pull will never be answered."""
@@ -128,6 +138,11 @@ class CatchUp:
         """A live peer holds more of ``origin`` than I do."""
         mine = self.state.seq_of(origin)
         return any(p.vv.get(origin, 0) > mine for p in self.peers.live(now))
+
+    def serving_peer(self, now: float) -> tuple[int, dict[int, int]] | None:
+        """A live serving peer (the lowest id) and what it holds now, or None."""
+        serving = sorted(self.peers.serving(now), key=lambda p: p.id)
+        return (serving[0].id, dict(serving[0].vv)) if serving else None
 
     def caught_up(self, target: dict[int, int]) -> bool:
         mine = self.state.vv()

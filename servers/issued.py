@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from servers.store import DiskError
+from servers.store import DiskError, fsync_dir
 
 
 class IssuedSeq:
@@ -44,7 +44,10 @@ class IssuedSeq:
             return
         try:
             if self._fd is None:
+                created = not self.path.exists()
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if created and self.fsync:    # its name must survive a power loss too
+                    fsync_dir(self.path.parent)
             os.pwrite(self._fd, b"%020d\n" % seq, 0)
             if self.fsync:
                 os.fsync(self._fd)

@@ -19,6 +19,13 @@ broker, until it restarts itself.
   cluster has moved on, so it leaves the pool and catches up again as a joining
   server does, before it answers anyone.
 * A peer's BEAT updates its phase and vector; a BYE marks it gone at once.
+* **A damaged folder** (``folder_damaged``: db.json was not a TinyDB file, or
+  missing, so events were lost and nobody can say which): syncing ends only once
+  the server holds everything a *serving* peer held when it was picked -- one
+  complete sync from a peer -- on top of the usual target (which covers only what
+  the live peers hold, and nothing when none is live yet). Without a serving peer
+  it waits, and says so (log and ``waiting``); once repaired it says so and calls
+  ``on_repaired`` (the store removes its marker).
 
 Pure logic apart from the callbacks it is given: no sockets, no clock reads;
 ``now`` is ``time.monotonic()``.
@@ -29,7 +36,7 @@ from typing import Callable
 
 from common import protocol as P
 from common.config import Config
-from common.log import ProcessLog
+from common.log import ProcessLog, vv_brief
 from servers.catchup import CatchUp
 from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
 
@@ -46,7 +53,8 @@ class Membership:
                  on_phase: Callable[[str, str, float], None],
                  on_peer_gone: Callable[[int], None],
                  reconnect_broker: Callable[[], None],
-                 must_hold: dict[int, int] | None = None) -> None:
+                 must_hold: dict[int, int] | None = None,
+                 on_repaired: Callable[[], None] | None = None) -> None:
         self.my_id = my_id
         self.config = config
         self.peers = peers
@@ -61,12 +69,16 @@ class Membership:
         self._on_phase = on_phase
         self._on_peer_gone = on_peer_gone
         self._reconnect_broker = reconnect_broker
+        self._on_repaired = on_repaired or (lambda: None)
         self.phase = JOINING
         self.phase_since = now
         self.target: dict[int, int] = {}
         self.must_hold = must_hold or {}
         """What I must hold before I serve whatever the peers say: my own issued events."""
         self.waiting: str | None = None          # why syncing cannot finish, for status
+        self.damaged: str | None = None
+        """What of my folder was damaged (``db.json``), until a peer gave back what it lost."""
+        self.repair_from: tuple[int, dict[int, int]] | None = None   # the peer, what it held
         self.running = True
         self.leave_requested = False
         self.leave_deadline = 0.0
@@ -110,6 +122,11 @@ class Membership:
             self.log.recv(f"server-{sender}", "peer appeared")
         return new
 
+    def folder_damaged(self, what: str) -> None:
+        """My folder lost events no one can name (``what``: ``db.json``): I serve only
+        after one complete sync from a serving peer."""
+        self.damaged = what
+
     def request_leave(self) -> None:
         """SIGTERM: only a flag (the handler runs inside a signal handler)."""
         self.leave_requested = True
@@ -146,23 +163,57 @@ class Membership:
             self.note_waiting(now)
             clock_set = (self._clock_synced()
                          or now - self.phase_since >= self.config.join_clock_wait)
-            if self.catchup.caught_up(self.target) and clock_set:
+            whole = self.repaired(now)
+            if whole and self.catchup.caught_up(self.target) and clock_set:
                 status = self._status(now)
-                self.set_phase(SERVING, f"caught up: {status.events} events, "
-                                        f"digest {status.digest[:12]}", now)
+                self.set_phase(SERVING, f"caught up: {status.events} events, digest "
+                                        f"{status.digest[:12]}; {self.pulled()}", now)
                 self._to_broker(P.Ready(id=self.my_id))
         elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
             self.running = False
 
+    def repaired(self, now: float) -> bool:
+        """Whether my folder is whole: never damaged, or I hold all that a serving peer
+        held when I picked it (picked again if it is no longer serving)."""
+        if self.damaged is None:
+            return True
+        if self.repair_from is None or \
+                self.repair_from[0] not in {p.id for p in self.peers.serving(now)}:
+            self.repair_from = self.catchup.serving_peer(now)
+            if self.repair_from is None:
+                return False
+        peer_id, held = self.repair_from
+        if not self.catchup.caught_up(held):
+            return False
+        if self.log is not None:
+            self.log.note(f"repaired ({self.damaged}): I hold all that server-{peer_id} "
+                          f"held when I began to sync from it, {vv_brief(held)}")
+        self.damaged = self.repair_from = None
+        self._on_repaired()
+        return True
+
+    def pulled(self) -> str:
+        """``pulled 1,234 events: 1,000 from server-1, 234 from server-2``, since syncing began."""
+        pulled = self.catchup.take_pulled()
+        total = sum(pulled.values())
+        if not total:
+            return "nothing pulled"
+        return f"pulled {total:,} events: " + ", ".join(
+            f"{n:,} from server-{peer}" for peer, n in sorted(pulled.items()) if n)
+
     def note_waiting(self, now: float) -> None:
-        """Say once (log and status) when my own events are missing and no live peer
-        holds them: I wait, and do not serve, rather than number new writes again."""
+        """Say once (log and status) when I cannot finish syncing: my own events are
+        missing and no live peer holds them (I would number new writes again), or my
+        folder was damaged and no peer serves to sync from."""
         waiting = None
         for origin, seq in self.must_hold.items():
             held = self.catchup.held(origin)
             if held < seq and not self.catchup.reachable(origin, now):
                 waiting = (f"my folder holds my events up to seq {held}, but I issued "
                            f"up to {seq}: waiting for a peer that holds them")
+        if waiting is None and self.damaged is not None and not self.peers.serving(now):
+            waiting = (f"my data folder was damaged ({self.damaged}): waiting for a peer to "
+                       f"sync from")
         if waiting is not None and waiting != self.waiting and self.log is not None:
             self.log.warn(f"not serving: {waiting}")
         self.waiting = waiting
@@ -174,6 +225,8 @@ class Membership:
         self.phase = phase
         self.waiting = None
         self.phase_since = now
+        if phase == JOINING:
+            self.catchup.take_pulled()           # what this catch-up pulls, counted anew
         self._on_phase(old, phase, now)
 
     def check_frozen(self, now: float) -> None:

@@ -33,6 +33,7 @@ import time
 import zmq
 
 from common import protocol as P
+from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
@@ -53,6 +54,14 @@ from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
 from servers.state import SocialState
 from servers.store import DiskError, EventStore, probe_folder
+
+DURABILITY = {
+    "flush": "durability flush: a write counts as held here once my log has flushed it to "
+             "the OS, not fsynced (a power loss of the host may drop roughly the last 30 s "
+             "of acked writes; --fsync for more)",
+    "fsync": "durability fsync: a write counts as held here once my log has fsynced it "
+             "(one fsync per loop turn)"}
+"""What a copy held here means, for the start-up line (``durability`` in ``status``)."""
 
 LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
                                P.TIME_REPLY, P.TIME_ADJUST})
@@ -113,7 +122,7 @@ class Server:
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
             on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
-            must_hold={server_id: self.issued.highest})
+            must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired)
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
                                replicas=config.replicas, reply=self.reply,
@@ -166,8 +175,8 @@ class Server:
         sock.close(0)
 
     def open_sockets(self) -> None:
+        """The bus and the broker (the peer port is bound first, in ``start``)."""
         cfg = self.config
-        self.links.open()
         self.pub = P.Endpoint(self.socket(zmq.PUB), P.BUS, self.lamport)
         self.pub.sock.connect(cfg.endpoint(cfg.bus_in_port))
         sub = self.socket(zmq.SUB, self.on_bus)
@@ -212,7 +221,11 @@ class Server:
         """Serve until told to stop (``STOPPED``), or until a halted server's folder
         takes writes again (``RESTART``: the caller starts the process afresh)."""
         try:
-            self.start()
+            try:
+                self.start()
+            except Exception as exc:
+                self.log.warn(f"cannot start: {startup.describe(exc)}")
+                raise
             while self.membership.running and not self.disk.restart:
                 self.turn()
         finally:
@@ -221,9 +234,14 @@ class Server:
         return RESTART if restart else STOPPED
 
     def start(self) -> None:
-        """Load the folder, open the sockets, and join -- or halt at once if the
-        folder takes no write (a full disk): never serve on a disk that cannot hold."""
+        """The port, the folder, the sockets: a problem with any stops the server here,
+        and ``__main__`` says it in one line; a folder that takes no write (a full
+        disk) halts it at once: it never serves on a disk that cannot hold."""
+        # the port before the folder is loaded: one in use changes nothing in it
+        self.links.open()
         events = self.store.load()
+        for problem in self.store.problems:
+            self.log.warn(problem)
         for problem in self.store.rejected:
             self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
                           f"{problem}")
@@ -234,6 +252,8 @@ class Server:
         if self.store.stale_tmp:
             self.log.note(f"removed {self.store.folder / 'db.tmp'}, left by a fold cut short "
                           f"(db.json and the log segments hold every event)")
+        if self.store.needs_repair is not None:
+            self.membership.folder_damaged(self.store.needs_repair)
         loaded = self.repl.load(events)
         mine = self.state.seq_of(self.id)
         if mine < self.issued.highest:
@@ -252,10 +272,14 @@ class Server:
         self.open_sockets()
         self.gc.settle()
         self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
-                      f"digest {self.state.digest()[:12]}; "
+                      f"digest {self.state.digest()[:12]}; {DURABILITY[self.durability]}; "
                       f"{'joining' if failure is None else 'halted'}")
         if failure is not None:
             self.halt(failure, time.monotonic(), at_start=True)
+
+    @property
+    def durability(self) -> str:
+        return "fsync" if self.config.fsync else "flush"
 
     def turn(self) -> None:
         """One turn of the loop: wait for messages or a deadline, handle what came,
@@ -413,14 +437,24 @@ class Server:
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)
 
+    def on_repaired(self) -> None:
+        """A peer gave back what my damaged folder lost: the marker goes (if it cannot,
+        the next start only syncs again before serving)."""
+        try:
+            self.store.repaired()
+        except OSError as exc:
+            self.log.warn(f"cannot remove {self.store.marker} ({exc.strerror}): the next "
+                          f"start syncs from a peer again before serving")
+
     def request_leave(self, *_args) -> None:
         """The SIGTERM handler: only a flag, so no socket is used inside a signal handler."""
         self.membership.request_leave()
 
     def status(self, now: float) -> P.ServerStatus:
+        vv, sums = self.repl.durable_vv()      # BEAT sends these: what I hold durably
         return P.ServerStatus(
             id=self.id, phase=self.membership.phase, events=self.state.count,
-            digest=self.state.digest(), lamport=self.lamport.value, vv=self.state.vv(),
+            digest=self.state.digest(), lamport=self.lamport.value, vv=vv,
             coordinator=self.election.coordinator, epoch=self.election.epoch,
             clock_offset_ms=self.berkeley.offset_ms,
             clock_skew_ms=round(self.clock.skew() * 1000, 3),
@@ -429,13 +463,15 @@ class Server:
             repl_lag_hist=self.lag.hist.counts,
             peers=sorted(p.id for p in self.peers.live(now)),
             waiting=self.membership.waiting, repairs=self.repair.repaired,
-            sums=self.state.sums())
+            sums=sums, durability=self.durability)
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)
         events = self.state.events_after(msg.after, limit + 1)
-        return P.Events(sender=self.id, events=events[:limit], vv=self.state.vv(),
-                        more=len(events) > limit, sums=self.state.sums())
+        # my vector as far as it is durable: the asker may be an origin counting copies
+        vv, sums = self.repl.durable_vv()
+        return P.Events(sender=self.id, events=events[:limit], vv=vv,
+                        more=len(events) > limit, sums=sums)
 
     def on_ack(self, msg: P.Ack, now: float) -> None:
         if not self.fault_drops():
@@ -446,7 +482,7 @@ class Server:
         new = self.repl.on_EVENTS(msg, now)
         self.log.recv(f"server-{peer_id}", f"EVENTS {len(msg.events)} events, {new} new, "
                       f"more={msg.more}")
-        self.catchup.answered(peer_id, msg.more, now)
+        self.catchup.answered(peer_id, msg.more, now, new)
         if msg.more:
             mine = self.state.vv()
             self.links.fetch(peer_id, {o: mine.get(o, 0) for o in {e.origin for e in msg.events}})

@@ -20,6 +20,7 @@ from typing import Callable
 import zmq
 
 from common import protocol as P
+from common import startup
 from common.config import Config
 from common.log import ProcessLog, vv_brief
 
@@ -46,7 +47,7 @@ class PeerLinks:
     def open(self) -> None:
         sock = self._open_socket(zmq.ROUTER, self.on_router)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PEER_REQUEST_BYTES)
-        sock.bind(self.config.endpoint(self.config.peer_port(self.my_id)))
+        startup.bind(sock, self.config.endpoint(self.config.peer_port(self.my_id)))
         self.router = P.Endpoint(sock, P.PEER_REQUEST, self.lamport)
 
     def dealer(self, peer_id: int) -> P.Endpoint:

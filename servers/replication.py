@@ -136,6 +136,19 @@ class Replication:
         self.peers.update_vv(msg.sender, msg.vv, msg.sums)
         return new
 
+    def durable_vv(self) -> tuple[dict[int, int], dict[int, int]]:
+        """My version vector without the events applied this turn (``fresh``: in the
+        log's buffer, not yet flushed or fsynced), and the fingerprints that go with
+        it: what I may tell a peer I hold, since an origin counts it as a copy of its
+        writes. The end of the turn makes them durable, then announces them."""
+        vv = self.state.vv()
+        if not self.fresh:
+            return vv, self.state.sums()
+        for event in self.fresh:
+            if event.seq - 1 < vv[event.origin]:
+                vv[event.origin] = event.seq - 1
+        return vv, {o: self.state.sum_at(o, seq) for o, seq in vv.items()}
+
     def event(self, event_id: str) -> P.Event | None:
         """The event that counts for a request id, if held."""
         return self.state.events.get(event_id)

@@ -19,6 +19,9 @@ On disk, under ``data/server-<id>/``::
                          replaced atomically
     wal-000007.jsonl     log segments not yet folded, one JSON event per line (+ "sum")
     rejected.jsonl       stored records that failed validation at load (never applied)
+    db.json.corrupt-1    a db.json that was not a TinyDB file, moved aside at load
+    DAMAGED              while the folder is known to have lost events that no peer has
+                         given back yet: why, in one line
     LOCK                 flock'ed by the server owning the folder (and its checkpointer)
     db.tmp               the next db.json while a fold writes it (removed if it fails)
     .write-probe         written and deleted by a halted server learning if it can write
@@ -54,6 +57,17 @@ the network is (``protocol.Event``) and checked against the checksum its record
 carries (``records.py``); one that fails either is set aside, named in
 ``rejected`` (file, record, reason) for the server to log, and never applied.
 Records written before checksums load as unverified, counted in ``unverified``.
+
+A damaged ``db.json`` loses what it held, and the server cannot name what that was:
+one that is not valid JSON, or not shaped as TinyDB writes it, is moved aside (to
+``db.json.corrupt-N``, never over an earlier one); one that is missing while the log
+segments show that a fold happened (the lowest segment number is above 1: an empty
+last segment is written to again at the next start, never folded, so only a fold of
+events moves the numbers on) is reported as deleted. Either way the store writes
+``DAMAGED`` first, then an empty valid ``db.json``, and says so in ``needs_repair``:
+the server syncs from a serving peer before it serves (``membership.py``) and then
+calls ``repaired()``, which removes the marker. A kill in between leaves the marker,
+so the next start syncs first too.
 """
 from __future__ import annotations
 
@@ -82,6 +96,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 REJECTED = "rejected.jsonl"
 """Stored records that failed validation at load, kept for the operator."""
+TINYDB = "db.json"
+DAMAGED = "DAMAGED"
+"""Present while the folder is known to have lost events no peer has given back yet."""
+CORRUPT = "db.json.corrupt-"
+"""A damaged db.json is moved to this name with the first number not yet taken."""
+TAG_CHARS = 40
+"""What the damage was, as ``status`` shows it (``waiting``), is cut to this length."""
+
+
+class DamagedFile(ValueError):
+    """db.json is not a TinyDB file (``read_folder`` without a ``damaged`` handler)."""
 WRITE_CHUNK = 1 << 20
 """Bytes of TinyDB's file written back to disk at a time."""
 PROBE_FILE = ".write-probe"
@@ -233,28 +258,89 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_folder(folder: Path, set_aside=None, unverified: Counter | None = None
-                ) -> tuple[dict[tuple[int, int], P.Event], list[Path]]:
+def segment_number(path: Path) -> int:
+    """``wal-000007.jsonl`` -> 7."""
+    return int(path.stem[4:])
+
+
+def log_segments(folder: Path) -> list[Path]:
+    """The folder's log segments by number (a stray ``wal-copy.jsonl`` is not one)."""
+    found = [p for p in folder.glob("wal-*.jsonl") if _number(p.stem[4:])]
+    return sorted(found, key=segment_number)
+
+
+def _number(text: str) -> bool:
+    """Decimal digits only (``str.isdigit`` alone takes "²" and "٣")."""
+    return text.isascii() and text.isdigit()
+
+
+def tinydb_problem(raw: bytes) -> tuple[dict | None, str | None]:
+    """db.json's content as TinyDB holds it (tables of documents by number, each an
+    object), or None and what is wrong with it: the checkpointer and the load can
+    only work on that shape."""
+    if not raw:
+        return None, "is empty"
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, f"is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})"
+    if not isinstance(data, dict):
+        return None, f"is not a TinyDB file (the top level is {_kind(data)}, not an object)"
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            return None, f"is not a TinyDB file (table {name!r} is {_kind(table)}, not an object)"
+        for doc_id, doc in table.items():
+            if not _number(doc_id):
+                return None, (f"is not a TinyDB file (table {name!r} has a document id "
+                              f"{doc_id[:20]!r}, not a number)")
+            if not isinstance(doc, dict):
+                return None, (f"is not a TinyDB file (document {doc_id} of table {name!r} "
+                              f"is {_kind(doc)}, not an object)")
+    return data, None
+
+
+def _kind(value) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def read_folder(folder: Path, set_aside=None, unverified: Counter | None = None,
+                damaged=None) -> tuple[dict[tuple[int, int], P.Event], list[Path]]:
     """Every valid event in a data folder by ``(origin, seq)``, each once, and its
     log segments in order: TinyDB first, then the segments. An event in both (a
     fold killed after it replaced db.json, before it deleted the segment) counts
     once, as the segment has it: the next fold rewrites it in place. A record
     invalid or failing its checksum goes to ``set_aside(where, raw)``; those with
-    no checksum (written before checksums) are counted in ``unverified[file]``."""
-    db = open_tinydb(folder / "db.json", False)
+    no checksum (written before checksums) are counted in ``unverified[file]``.
+
+    A db.json that is not a TinyDB file (``tinydb_problem``), or one missing although
+    the segments show a fold happened, goes to ``damaged(path, problem)`` (which must
+    put it out of the way: the checkpointer could not fold into it) and loads nothing;
+    without a handler it raises ``DamagedFile``. Reading changes nothing itself."""
+    path = folder / TINYDB
+    segments = log_segments(folder)
     held: dict[tuple[int, int], P.Event] = {}
-    for doc in db.table("events"):
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = None
+    data, problem = tinydb_problem(raw) if raw is not None else ({}, None)
+    if raw is None and segments and segment_number(segments[0]) > 1:
+        problem = "is missing (deleted?)"
+    if problem is not None:
+        if damaged is None:
+            raise DamagedFile(f"{path} {problem}")
+        damaged(path, problem)
+    for number, doc in (data or {}).get("events", {}).items():
         try:
             event, verified = read_document(doc)
         except P.ProtocolError as exc:
             if set_aside is not None:
-                set_aside(f"{db.storage.path} document {doc.doc_id}: {exc}", P.dumps(dict(doc)))
+                set_aside(f"{path} document {number}: {exc}", P.dumps(doc))
             continue
         held[key(event)] = event
         if not verified and unverified is not None:
-            unverified[db.storage.path.name] += 1
-    db.close()
-    segments = sorted(folder.glob("wal-*.jsonl"))
+            unverified[path.name] += 1
     for segment in segments:
         for event in read_segment(segment, set_aside, unverified):
             held[key(event)] = event
@@ -270,7 +356,8 @@ class EventStore:
                  retry_s: float = 60.0) -> None:
         self.folder = Path(folder)
         # before anything else: a second process on this folder must change nothing
-        self._lock = claim(self.folder / LOCK_FILE, name=self.folder, record_pid=True)
+        self._lock = claim(self.folder / LOCK_FILE, name=self.folder, record_pid=True,
+                           need="a server needs its data folder writable")
         self.fsync = fsync
         self.checkpoint_min = checkpoint_min
         self.checkpoint_ratio = checkpoint_ratio
@@ -279,6 +366,8 @@ class EventStore:
         self.close_wait = close_wait      # a stopping server waits this long for a fold
         self.retry_s = retry_s            # a fold that failed is tried again this much later
         self.rejected: list[str] = []     # stored records set aside at load: file, record, why
+        self.problems: list[str] = []     # what was wrong with the folder at load, a line each
+        self.needs_repair: str | None = None   # what was damaged, until a peer gave it back
         self.unverified: Counter = Counter()   # records loaded without a checksum, by file
         self.stale_tmp = False            # load removed a db.tmp left by a fold cut short
         self.stored = 0                   # events in TinyDB or handed to the checkpointer
@@ -301,10 +390,18 @@ class EventStore:
     # --- start-up -------------------------------------------------------------
     def load(self) -> list[P.Event]:
         """Every valid event on disk, each once (``read_folder``); then the log
-        segments go to the checkpointer, and a new segment is opened. A folder that
-        cannot take the new segment leaves ``failed`` set (the events still load)."""
-        held, segments = read_folder(self.folder, self._set_aside, self.unverified)
-        self._segment_no = int(segments[-1].stem[4:]) if segments else 0
+        segments go to the checkpointer, and a new segment is opened (the last one
+        again if nothing was ever written to it). A folder that cannot take the new
+        segment leaves ``failed`` set (the events still load)."""
+        self._read_marker()
+        held, segments = read_folder(self.folder, self._set_aside, self.unverified,
+                                     self._damaged)
+        if segments and segments[-1].stat().st_size == 0:
+            # never written: folded, it would move the numbers on with no event in
+            # db.json, and a later start would take db.json for deleted
+            self._segment_no = segment_number(segments.pop()) - 1
+        else:
+            self._segment_no = segment_number(segments[-1]) if segments else 0
         # no checkpointer can be writing it: it shares our lock, and none runs yet
         self.stale_tmp = AtomicJSONStorage(str(self.folder / "db.json")).discard()
         self._start_checkpointer()
@@ -316,6 +413,65 @@ class EventStore:
         except DiskError:
             pass                # in self.failed, for the server
         return list(held.values())
+
+    # --- a damaged folder ------------------------------------------------------
+    @property
+    def marker(self) -> Path:
+        return self.folder / DAMAGED
+
+    def _read_marker(self) -> None:
+        """A marker left by an earlier start: that damage is not repaired yet."""
+        try:
+            text = self.marker.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        first = text.splitlines()[0] if text.strip() else ""
+        tag = "".join(c for c in first if c.isprintable())[:TAG_CHARS].strip() or "unknown"
+        self.needs_repair = tag
+        self.problems.append(f"{self.folder} was damaged at an earlier start ({tag}) and no "
+                             f"peer has given back what it lost yet: {self._repair_plan()}")
+
+    def _damaged(self, path: Path, problem: str) -> None:
+        """``read_folder`` found db.json damaged or missing: the marker first (durable),
+        then the file moved aside, then an empty db.json in its place, so that the
+        damage is known at every later start until a peer repairs it, and only then."""
+        moved = ""
+        tag = path.name if path.exists() else f"{path.name} missing"
+        self._write_marker(f"{tag}\n{path} {problem}\n")
+        if path.exists():
+            target = self._corrupt_name()
+            os.rename(path, target)
+            moved = f": moved to {target}"
+        empty = AtomicJSONStorage(str(path))
+        empty.write({})
+        empty.stage()
+        empty.replace()                   # and fsynced the folder
+        self.needs_repair = tag
+        self.problems.append(f"{path} {problem}{moved}{'; ' if moved else ': '}"
+                             f"{self._repair_plan()}")
+
+    def _repair_plan(self) -> str:
+        return (f"what it held is pulled again from a peer before serving (if no peer "
+                f"will ever hold it, delete {self.marker} to serve what is left)")
+
+    def _corrupt_name(self) -> Path:
+        n = 1
+        while (self.folder / f"{CORRUPT}{n}").exists():
+            n += 1
+        return self.folder / f"{CORRUPT}{n}"
+
+    def _write_marker(self, text: str) -> None:
+        with open(self.marker, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.folder)
+
+    def repaired(self) -> None:
+        """A peer gave back what the folder lost: forget the damage."""
+        self.marker.unlink(missing_ok=True)
+        fsync_dir(self.folder)
+        self.needs_repair = None
 
     def _set_aside(self, where: str, raw: bytes) -> None:
         """Keep an invalid stored record in ``rejected.jsonl`` for the operator (it is

@@ -12,7 +12,7 @@ from common.processes import ROOT
 REQUIRED = ["baseline_rps", "posts_per_s", "ratio", "p50_ms", "p99_ms", "p99_half_load_ms",
             "growth_ratio", "feed_rps", "feed_p99_ms", "chat_rps", "chat_p99_ms",
             "catchup_s", "failover_s", "pool_residency_s", "cpus",
-            "baseline_cpu_us_per_req", "cpu_us_per_post"]
+            "baseline_cpu_us_per_req", "cpu_us_per_post", "posts_per_s_fsync", "p99_ms_fsync"]
 
 
 def _is_number(value) -> bool:
@@ -38,3 +38,4 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert figures["python"] and figures["date"]
     assert "posts/s" in done.stdout            # the progress lines and the table are printed
     assert "CPU per acked post" in done.stdout
+    assert "writes with --fsync" in done.stdout and "acked posts, 8 clients, --fsync" in done.stdout

@@ -38,7 +38,7 @@ class Rig:
     """One Membership and everything it is given; ``run`` is the server's loop."""
 
     def __init__(self, synced: bool = True, idle: bool = True, now: float = T0,
-                 must_hold: dict | None = None) -> None:
+                 must_hold: dict | None = None, damaged: str | None = None) -> None:
         self.now = now
         self.state = SocialState()
         self.peers = Peers(ME, CONFIG.peer_timeout)
@@ -49,6 +49,7 @@ class Rig:
         self.phases: list[tuple[str, str, float]] = []
         self.gone: list[int] = []
         self.reconnects = 0
+        self.repairs = 0
         self.synced = synced
         self.idle = idle
         self.live_peers: dict[int, tuple[str, dict]] = {}   # who beats on the bus, and what
@@ -58,7 +59,9 @@ class Rig:
             wall_clock=lambda: WALL, clock_synced=lambda: self.synced,
             idle=lambda: self.idle, on_phase=lambda o, n, t: self.phases.append((o, n, t)),
             on_peer_gone=self.gone.append, reconnect_broker=self._reconnect,
-            must_hold=must_hold)
+            must_hold=must_hold, on_repaired=self._repaired)
+        if damaged is not None:
+            self.m.folder_damaged(damaged)
 
     def _publish(self, msg) -> None:
         P.validate(msg)
@@ -70,6 +73,14 @@ class Rig:
 
     def _reconnect(self) -> None:
         self.reconnects += 1
+
+    def _repaired(self) -> None:
+        self.repairs += 1
+
+    def hold(self, origin: int, upto: int) -> None:
+        """Events of ``origin`` up to ``upto`` arrive (pulled, or on the bus)."""
+        for seq in range(self.state.seq_of(origin) + 1, upto + 1):
+            self.state.apply(ev(origin, seq))
 
     def status(self, now: float) -> P.ServerStatus:
         return P.ServerStatus(
@@ -191,6 +202,93 @@ def test_a_target_whose_only_holder_leaves_is_lowered():
     r.m.on_BYE(P.Bye(sender=2), r.now)
     r.run(STEP)
     assert r.m.target == {2: 0} and r.m.phase == SERVING
+
+
+# --- a damaged folder (issue 11, row 4) -----------------------------------------------------
+DAMAGE_WAIT = "my data folder was damaged (db.json): waiting for a peer to sync from"
+
+
+def test_a_damaged_folder_waits_for_a_serving_peer_then_serves_once_it_holds_what_that_held():
+    """db.json was junk: what it held is unknown. Alone, the server has caught up with
+    everyone live (nobody) but must not serve; a syncing peer is no source either (it
+    may have lost the same); a serving one is, once its events are all here."""
+    r = Rig(damaged="db.json")
+    r.run(3 * HB + 10 * HB)
+    assert r.m.phase == SYNCING and r.sent(P.Ready) == []
+    assert r.m.waiting == DAMAGE_WAIT and r.status(r.now).waiting == DAMAGE_WAIT
+    assert r.log.has(f"WARNING not serving: {DAMAGE_WAIT}")
+    r.live_peers[2] = (SYNCING, {2: 4})                   # damaged too, perhaps
+    r.run(10 * HB)
+    assert r.m.phase == SYNCING and r.m.waiting == DAMAGE_WAIT
+    r.live_peers[3] = (SERVING, {2: 4, 3: 2})
+    r.run(HB)
+    assert r.m.phase == SYNCING and r.m.waiting is None   # a source: syncing from it
+    r.hold(2, 4)
+    r.run(HB)
+    assert r.m.phase == SYNCING and r.repairs == 0        # 3:1..2 still missing
+    r.hold(3, 2)
+    r.run(HB, until=lambda: r.m.phase == SERVING)
+    assert r.m.phase == SERVING and len(r.sent(P.Ready)) == 1 and r.repairs == 1
+    assert r.log.has("repaired (db.json): I hold all that server-3 held when I began to "
+                     "sync from it, {2:4,3:2}")
+    assert r.m.damaged is None
+    r.now = r.m.beat_sent_at + 10.0                      # a stall later: no second repair
+    r.run(3 * HB + HB, until=lambda: r.m.phase == SERVING)
+    assert r.m.phase == SERVING and r.repairs == 1
+
+
+def test_a_repair_is_measured_against_what_the_peer_held_when_picked_not_what_it_holds_now():
+    """Under writes a serving peer is always a little ahead: the repair ends once its
+    holdings at the pick are here, as a snapshot would, or it could go on forever."""
+    r = Rig(damaged="db.json missing")
+    r.live_peers[2] = (SERVING, {2: 3})
+    r.run(3 * HB + HB)
+    assert r.m.phase == SYNCING and r.m.repair_from == (2, {2: 3})
+    r.live_peers[2] = (SERVING, {2: 9})
+    r.hold(2, 3)
+    r.run(HB, until=lambda: r.m.phase == SERVING)
+    assert r.m.phase == SERVING and r.repairs == 1
+    assert r.log.has("repaired (db.json missing): I hold all that server-2 held")
+
+
+def test_a_repair_whose_peer_stops_serving_is_taken_up_with_another():
+    r = Rig(damaged="db.json")
+    r.live_peers[2] = (SERVING, {2: 5})
+    r.run(3 * HB + HB)
+    assert r.m.repair_from == (2, {2: 5})
+    del r.live_peers[2]
+    r.m.on_BYE(P.Bye(sender=2), r.now)
+    r.run(HB)
+    assert r.m.phase == SYNCING and r.m.waiting == DAMAGE_WAIT and r.repairs == 0
+    r.live_peers[3] = (SERVING, {3: 1})
+    r.hold(3, 1)
+    r.run(HB, until=lambda: r.m.phase == SERVING)
+    assert r.m.phase == SERVING and r.log.has("I hold all that server-3 held")
+
+
+def test_my_own_missing_events_are_said_before_the_damage():
+    r = Rig(must_hold={ME: 2}, damaged="db.json")
+    r.run(3 * HB + HB)
+    assert "issued up to 2" in r.m.waiting
+
+
+def test_the_line_that_ends_a_sync_says_how_many_events_were_pulled_from_whom():
+    r = Rig()
+    r.live_peers[2] = (SERVING, {2: 3, 3: 1})
+    r.live_peers[3] = (SERVING, {3: 1})
+    r.run(3 * HB)
+    assert r.m.phase == SYNCING
+    r.hold(2, 3)
+    r.catchup.answered(2, False, r.now, new=3)
+    r.hold(3, 1)
+    r.catchup.answered(3, False, r.now, new=1)
+    r.run(HB, until=lambda: r.m.phase == SERVING)
+    assert r.log.has("caught up: 4 events, digest ")
+    assert r.log.has("; pulled 4 events: 3 from server-2, 1 from server-3")
+    r.catchup.answered(2, False, r.now, new=5)           # a gap pulled while serving...
+    r.now = r.m.beat_sent_at + 10.0                      # ...is not counted in the next sync
+    r.run(3 * HB + HB, until=lambda: r.m.phase == SERVING)
+    assert r.log.lines[-1].endswith("; nothing pulled")
 
 
 # --- the stall check ------------------------------------------------------------------------

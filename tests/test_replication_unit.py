@@ -239,6 +239,27 @@ def test_events_apply_in_seq_order_and_early_ones_wait_for_catch_up():
     assert [e.seq for e in fresh] == [1, 2, 3, 4] and outbox == []
 
 
+def test_events_applied_this_turn_are_not_reported_held_until_the_turn_made_them_durable():
+    """A FETCH answered mid-turn carries my vector to a peer that may be their origin,
+    counting copies: events still in the log's buffer must not count (a kill then
+    would lose a copy the origin acked with)."""
+    repl, state, _peers, store = make()
+    for seq in (1, 2):
+        repl.receive(ev(2, seq))
+    repl.take_turn()
+    store.sync()                                         # the end of a turn
+    for seq in (3, 4):
+        repl.receive(ev(2, seq))
+    repl.receive(ev(3, 1))
+    mine = write(repl, 1)[0]
+    assert state.vv() == {2: 4, 3: 1, ME: 1}
+    vv, sums = repl.durable_vv()
+    assert vv == {2: 2, 3: 0, ME: 0}
+    assert sums == {2: state.sum_at(2, 2), 3: 0, ME: 0}
+    repl.take_turn()                                     # made durable, then announced
+    assert repl.durable_vv() == (state.vv(), state.sums()) and mine.seq == 1
+
+
 def test_duplicates_are_ignored_and_vectors_only_grow():
     repl, state, peers, store = make()
     add_peer(peers, 2, {})

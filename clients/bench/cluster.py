@@ -33,10 +33,13 @@ def bench_user(worker: int) -> str:
 
 
 class BenchCluster:
-    """A broker and servers in a folder of their own on free ports; ``stop()`` ends them."""
+    """A broker and servers in a folder of their own on free ports; ``stop()`` ends them.
+    Its servers run with ``--fsync`` if ``fsync``, else with ``--no-fsync`` (whatever
+    ``SOCIAL_FSYNC`` says), so each figure says which mode it measured."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, fsync: bool = False) -> None:
         self.folder = folder
+        self.fsync = fsync
         self.config = load_config(port_base=free_port_base(), host="127.0.0.1",
                                   data_dir=str(folder / "data"), log_dir=str(folder / "logs"))
         self.group = ProcessGroup(self.config)
@@ -55,8 +58,11 @@ class BenchCluster:
                 self.group.start(f"echo-{server_id}",
                                  ["clients.bench.echo", "--id", str(server_id)])
             else:
-                self.group.start_server(server_id)
+                self.start_server(server_id)
         self.wait_serving(range(1, servers + 1), timeout)
+
+    def start_server(self, server_id: int) -> None:
+        self.group.start_server(server_id, "--fsync" if self.fsync else "--no-fsync")
 
     def seed(self, server_ids, posts: int, clients: int) -> int:
         """The same log segment in each server's folder; returns the events written."""

@@ -7,7 +7,9 @@ What it measures, in three fresh clusters (tmp folder, free ports, 127.0.0.1):
 2. **Writes** (3 servers, 1,000 posts stored): acked posts/s with 8 clients (and
    the CPU time per acked post of broker and servers) and with 1, messages/s with
    8, latency percentiles, then p99 with the clients paced to half of the
-   8-client rate.
+   8-client rate. Then the same 8-client write load on a cluster whose servers run
+   with ``--fsync`` (an ack waits for an fsync of the log on 3 servers, one fsync
+   per loop turn: group commit), so both durability modes are measured in one run.
 3. **Replication lag**: a 4th server joins the same cluster (replicas stay 3, so an
    ack no longer means every server holds the write); each origin measures, from
    its peers' ACKs, when every server holds each of its writes, and the phase
@@ -74,7 +76,7 @@ TARGETS = {  # issues 6 and 10, shown next to the figures; tests assert none of 
 
 # --- the run ----------------------------------------------------------------------------------
 class Bench:
-    STEPS = 11
+    STEPS = 12
 
     def __init__(self, plan: Plan, root: Path) -> None:
         self.plan = plan
@@ -101,13 +103,14 @@ class Bench:
         self.in_step = False
 
     # --- helpers ---------------------------------------------------------------------------------
-    def cluster(self, name: str) -> BenchCluster:
-        return BenchCluster(self.root / name)
+    def cluster(self, name: str, fsync: bool = False) -> BenchCluster:
+        return BenchCluster(self.root / name, fsync)
 
     def start_cluster(self, cluster: BenchCluster, servers: int, echo: bool = False,
                       stored: int = 0) -> None:
         began = time.monotonic()
-        kind = "echo servers" if echo else "servers"
+        kind = ("echo servers" if echo
+                else f"servers ({'--fsync' if cluster.fsync else 'no fsync'})")
         if stored:
             events = cluster.seed(range(1, servers + 1), stored, self.plan.clients)
         cluster.start(servers, echo, self.plan.start_timeout)
@@ -163,6 +166,7 @@ class Bench:
         try:
             self.attempt("baseline", self.baseline)
             self.attempt("writes", self.writes)
+            self.attempt("writes with --fsync", self.writes_fsync)
             self.attempt("growth, reads and recovery", self.large)
         finally:
             self.workers.stop()
@@ -219,11 +223,29 @@ class Bench:
         finally:
             cluster.stop()
 
+    def writes_fsync(self) -> None:
+        """The 8-client write phase again, every server fsyncing its log before it
+        counts a copy (``--fsync``): what the durability of an ack costs."""
+        cluster = self.cluster("writes-fsync", fsync=True)
+        try:
+            self.start_cluster(cluster, 3, stored=self.plan.stored_small)
+            f = self.figures
+            self.step(f"writes with --fsync, 8 clients, {self.plan.stored_small:,} stored")
+            result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT})
+            f["posts_per_s_fsync"] = result.rate
+            f["p50_ms_fsync"], f["p99_ms_fsync"] = result.ms(50), result.ms(99)
+            if f.get("posts_per_s"):
+                f["fsync_ratio"] = result.rate / f["posts_per_s"]
+            self.done(f"{result.rate:,.0f} posts/s, p50 {f['p50_ms_fsync']:.2f} ms, "
+                      f"p99 {f['p99_ms_fsync']:.2f} ms")
+        finally:
+            cluster.stop()
+
     def replication_lag(self, cluster: BenchCluster, rate: float) -> None:
         """Origins measure it (``servers/replication_lag.py``): from the answer to a
         write until every live server's ACK covers it. Their histograms are read
         before and after the load; the difference is this phase's."""
-        cluster.group.start_server(4)
+        cluster.start_server(4)
         cluster.wait_serving([4], self.plan.start_timeout)
         self.step(f"replication lag, 4 servers (3 replicas), {rate:,.0f} posts/s")
         ids = range(1, 5)
@@ -282,7 +304,7 @@ class Bench:
     def catch_up(self, cluster: BenchCluster) -> None:
         self.step("catch-up of a new server (python -m servers --id 4)")
         began = time.monotonic()
-        cluster.group.start_server(4)
+        cluster.start_server(4)
         row = wait_until(lambda: cluster.serving(4), self.plan.start_timeout, interval=0.05,
                          what="server 4 serving")
         self.figures["catchup_s"] = time.monotonic() - began
@@ -349,6 +371,10 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         *cpu("baseline_", "req", "request, broker + echo servers"),
         ("acked posts, 8 clients", num("posts_per_s", unit=" /s"), TARGETS["posts_per_s"]),
         *cpu("", "post", "acked post, broker + servers"),
+        ("acked posts, 8 clients, --fsync",
+         f"{num('posts_per_s_fsync', unit=' /s')} ({num('fsync_ratio', '{:.2f}')} of the rate "
+         f"without), p50 / p99 {num('p50_ms_fsync', '{:.2f}')} / "
+         f"{num('p99_ms_fsync', '{:.2f}')} ms", ""),
         ("ratio to baseline", num("ratio", "{:.2f}"), TARGETS["ratio"]),
         ("latency p50 / p95 / p99",
          f"{num('p50_ms', '{:.2f}')} / {num('p95_ms', '{:.2f}')} / {num('p99_ms', '{:.2f}')} ms", ""),
@@ -401,7 +427,9 @@ def run_bench(quick: bool = False, out: Path = Path("bench.json"),
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "quick": quick, "phase_s": plan.phase_s, "clients": plan.clients,
                    "stored_small": plan.stored_small, "stored_large": plan.stored_large,
-                   "replicas": bench.config.replicas, "fsync": bench.config.fsync,
+                   "replicas": bench.config.replicas,
+                   "durability": "servers run --no-fsync but in writes-fsync (the *_fsync "
+                                 "figures), where they run --fsync",
                    "seconds": round(time.monotonic() - began, 1), "failures": bench.failures}
         Path(out).write_text(json.dumps(figures, indent=2) + "\n")
         if completed:
