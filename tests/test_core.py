@@ -206,11 +206,11 @@ def test_origins_measure_when_every_server_holds_each_write(make_cluster):
     def measured() -> int:
         return sum(Histogram.parse(row["repl_lag_hist"]).total
                    for row in c.servers().values() if row["alive"])
-    for i in range(5):                       # alice's first command registers her: 6 writes
+    for i in range(5):          # alice's first command registers her and logs in: 7 writes
         assert c.cli("alice", "post", f"lag {i}")["replicas"] == 3
     # each answered write is counted once, by its origin, when the last server's
     # version vector covers it (heartbeats carry the counts to the broker)
-    wait_until(lambda: measured() == 6, timeout=5, what="6 lag measurements")
+    wait_until(lambda: measured() == 7, timeout=5, what="7 lag measurements")
     table = c.cli("alice", "status", json=False)      # the counts shown summed up
     assert "repl_lag_hist" in table and "p99<=" in table and "[0, " not in table
 
