@@ -26,7 +26,8 @@ from servers.requests import ClientRequests, RequestError
 
 
 SETTLE_FOR = 3.0
-"""Seconds a registration waits at most for what its peers held (``_settled``)."""
+"""Seconds an account event's answer waits at most for every peer (``_settled``)."""
+SETTLED_KINDS = frozenset({P.EV_ACCOUNT, P.EV_SESSION, P.EV_LOGOUT})
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Settling:
     waiter: object
     holders: int
     deadline: float
+    kind: str
     target: dict | None = None
 
 
@@ -151,8 +153,8 @@ class ClientDesk:
         ready = []
         for waiter, holders in self.replication.ready(now):
             event = self.replication.event(waiter.event_id)
-            if event is not None and event.kind == P.EV_ACCOUNT:
-                self._settling.append(Settling(waiter, holders, now + SETTLE_FOR))
+            if event is not None and event.kind in SETTLED_KINDS:
+                self._settling.append(Settling(waiter, holders, now + SETTLE_FOR, event.kind))
             else:
                 ready.append((waiter, holders))
         if self._settling:
@@ -173,22 +175,25 @@ class ClientDesk:
                            self.requests.result(event, holders))
             self.lag.answered(event, now)
 
-    # --- registrations: answered once a rival's could not be missed ----------------------------
+    # --- accounts: answered once every server holds them ---------------------------------------
     def _settled(self, now: float) -> list:
-        """The registrations that may be answered now. Two servers may register one
-        name at once; the one earlier in the total order owns it everywhere. A server
-        that made a rival registration made it before it held ours, so the vector in
-        its ACK of ours covers its rival: once every live peer holds ours and we hold
-        everything their vectors said then, ``Accounts.outcome`` sees any rival, and
-        the loser is told (after ``SETTLE_FOR`` at most, in case a peer's events
-        never come)."""
+        """The register, login and logout events that may be answered now: once every
+        live peer holds them (not only ``replicas`` of them), so that a session is
+        taken, or a logout refused, by whichever server the next request reaches.
+
+        Two servers may register one name at once; the one earlier in the total order
+        owns it everywhere. A server that made a rival registration made it before it
+        held ours, so the vector in its ACK of ours covers its rival: once every live
+        peer holds ours and we hold everything their vectors said then,
+        ``Accounts.outcome`` sees any rival, and the loser is told. (After
+        ``SETTLE_FOR`` at most, in case a peer's events never come.)"""
         done, still = [], []
         vv = self.replication.state.vv()
         for s in self._settling:
             peers = self.replication.peers.live(now)
             if s.target is None and all(p.holds(s.waiter.origin, s.waiter.seq) for p in peers):
                 s.target = {}
-                for p in peers:
+                for p in peers if s.kind == P.EV_ACCOUNT else ():
                     for origin, seq in p.vv.items():
                         s.target[origin] = max(seq, s.target.get(origin, 0))
             caught_up = s.target is not None and all(vv.get(o, 0) >= seq
