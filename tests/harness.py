@@ -44,6 +44,9 @@ CHEAP_ACCOUNTS = {
     "SOCIAL_ARGON2_MEMORY_KIB": "64",
     "SOCIAL_AUTH_HASHES_PER_S": "100000",
 }
+SIGN_UP_EVENTS = 2
+"""Events a user's registration through the harness makes: their account (register)
+and their session (login)."""
 PASSWORD = "harness-pass-7Qx2"
 """Every test user's password: in the CLI's environment (``SOCIAL_PASSWORD``), so
 each ``python -m clients`` logs in (registering first) by itself, and used by

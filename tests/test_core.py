@@ -19,11 +19,10 @@ from common import protocol as P
 from common.histogram import Histogram
 from common.processes import wait_until
 from tests import wire
-from tests.harness import Cluster
+from tests.harness import SIGN_UP_EVENTS, Cluster
 
 SERVERS = (1, 2, 3)
-SIGN_UP = 2
-"""Events a user's registration makes: their account, then their session (login)."""
+SIGN_UP = SIGN_UP_EVENTS
 
 
 # --- helpers -----------------------------------------------------------------------
