@@ -319,11 +319,10 @@ class Broker:
             self.log.warn(f"dropped {msg.TYPE} without a route on the backend")
 
     def forward_reply(self, identity: bytes, route: bytes, msg: P.Reply, raw_body: bytes) -> None:
+        failures = None
         if self.throttle.by_rid:
             failures = self.throttle.answered(msg.rid, msg.ok, msg.code, time.monotonic(),
                                               P.ERR_UNAUTHORIZED)
-            if failures and not msg.ok:
-                self.log.note(f"login rid={msg.rid} failed ({failures} in a row)")
         try:
             self.frontend.relay(P.REPLY, raw_body, route, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -331,8 +330,9 @@ class Broker:
             return
         self.reached(route)
         server = self._by_identity.get(identity, "?")
+        failed = f" (login failures in a row: {failures})" if failures else ""
         self.log.line("reply", f"server-{server}->{client_peer(route)}",
-                      f"REP rid={msg.rid} ok={msg.ok}")
+                      f"REP rid={msg.rid} ok={msg.ok}{failed}")
 
     def _register(self, identity: bytes, server_id: int) -> ServerEntry:
         entry = self.servers.get(server_id)
