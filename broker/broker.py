@@ -11,6 +11,10 @@ itself from what the servers' heartbeats told it.
 Bus: an XSUB/XPUB proxy (``zmq.proxy_steerable``, in C, on its own thread)
 that relays replication, heartbeat, election and clock traffic between the
 servers. The broker does not read bus traffic.
+
+Logins: the broker sees every login and its reply, so it throttles password
+guesses for the whole cluster (``broker/throttle.py``). It checks no password and
+no token itself: the servers do.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
+
+from broker.throttle import LoginThrottle
 
 DROPPING_LIMIT = 10_000
 """User connections whose dropped replies are counted at most (then the count restarts)."""
@@ -131,6 +137,8 @@ class Broker:
         self.replies_dropped = 0
         self._dropping: dict[bytes, int] = {}      # user connection -> replies dropped in a row
         self.gc = GcPacer()
+        self.throttle = LoginThrottle(config.login_free_failures, config.login_delay,
+                                      config.login_max_delay)
 
     def _bind(self, port: int, hwm: int, max_message: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -207,6 +215,12 @@ class Broker:
             self.log.recv(peer, f"status rid={req.rid}")
             self.reply(client, req.rid, self.status())
             return
+        if req.op == P.OP_LOGIN:
+            why = self.throttle.refuse(req.user, req.rid, time.monotonic())
+            if why is not None:
+                self.log.recv(peer, f"login rid={req.rid} throttled: {why}")
+                self.reply_error(client, req.rid, P.ERR_THROTTLED, why)
+                return
         self.route(client, peer, req, frames[-1])
 
     def route(self, client: bytes, peer: str, req: P.Request, raw_body: bytes) -> None:
@@ -306,6 +320,10 @@ class Broker:
             self.log.warn(f"dropped {msg.TYPE} without a route on the backend")
 
     def forward_reply(self, identity: bytes, route: bytes, msg: P.Reply, raw_body: bytes) -> None:
+        failures = None
+        if self.throttle.by_rid:
+            failures = self.throttle.answered(msg.rid, msg.ok, msg.code, time.monotonic(),
+                                              P.ERR_UNAUTHORIZED)
         try:
             self.frontend.relay(P.REPLY, raw_body, route, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -313,8 +331,9 @@ class Broker:
             return
         self.reached(route)
         server = self._by_identity.get(identity, "?")
+        failed = f" (login failures in a row: {failures})" if failures else ""
         self.log.line("reply", f"server-{server}->{client_peer(route)}",
-                      f"REP rid={msg.rid} ok={msg.ok}")
+                      f"REP rid={msg.rid} ok={msg.ok}{failed}")
 
     def _register(self, identity: bytes, server_id: int) -> ServerEntry:
         entry = self.servers.get(server_id)

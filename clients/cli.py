@@ -1,7 +1,9 @@
 """The user's command line: ``python -m clients --user alice post "hello"``.
 
-Every command sends one request (after a registration on the user's first
-command) and prints the result, readable by default or as exactly one JSON
+``register`` claims a name with a password, ``login`` opens a session (its token
+is kept in the user's state file), ``logout`` closes it on every server. Every
+other command sends one request with the session's token (logging in first when
+``SOCIAL_PASSWORD`` is set and no session is saved) and prints the result, readable by default or as exactly one JSON
 document with ``--json``. Errors print one ``error: ...`` line on stderr and
 exit with code 1.
 
@@ -11,6 +13,9 @@ The session (ZeroMQ, the log) is imported only when a command runs, so
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import os
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Callable
 
@@ -98,11 +103,88 @@ def run(ctx: typer.Context, op: str, args: dict, show: Renderer, as_json: bool,
         typer.echo(show(result, options.user, args))
 
 
-def call(options: GlobalOptions, op: str, args: dict, server: int | None) -> dict:
+PASSWORD_ENV = "SOCIAL_PASSWORD"
+"""For scripts and bots: the password, so that commands log in by themselves."""
+
+
+def session_for(options: GlobalOptions):
     from clients.session import UserSession
-    with UserSession(options.config(), options.user, options.clock_offset,
-                     options.clock_chaos) as session:
+    return UserSession(options.config(), options.user, options.clock_offset,
+                       options.clock_chaos, password=os.environ.get(PASSWORD_ENV))
+
+
+def call(options: GlobalOptions, op: str, args: dict, server: int | None) -> dict:
+    with session_for(options) as session:
         return session.call(op, args, server)
+
+
+def read_password(from_stdin: bool, confirm: bool) -> str:
+    """``--password-stdin`` (one line), else ``SOCIAL_PASSWORD``, else asked twice
+    (``confirm``) or once with getpass; never echoed, never logged."""
+    from clients.connection import ClientError
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    first = getpass.getpass("password: ")
+    if confirm and getpass.getpass("password again: ") != first:
+        raise ClientError(protocol.ERR_BAD_REQUEST, "the two passwords differ")
+    return first
+
+
+def account(ctx: typer.Context, what: str, show: Renderer, as_json: bool,
+            from_stdin: bool = False) -> None:
+    """register, login or logout: like ``run``, with the password read first."""
+    from clients.connection import ClientError
+    options: GlobalOptions = ctx.obj
+    try:
+        if options.user is None:
+            raise ClientError(protocol.ERR_BAD_REQUEST,
+                              f"{what} needs a user: pass --user NAME or set SOCIAL_USER")
+        password = None if what == "logout" else read_password(from_stdin, what == "register")
+        with session_for(options) as session:
+            if what == "register":
+                result = {**session.register(password), **session.login(password)}
+            elif what == "login":
+                result = session.login(password)
+            else:
+                result = session.logout()
+    except (ClientError, ConfigError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (KeyboardInterrupt, EOFError):
+        typer.echo("error: no password given", err=True)
+        raise typer.Exit(1) from None
+    if as_json or options.json:
+        typer.echo(protocol.dumps(result).decode())
+    else:
+        typer.echo(show(result, options.user, {}))
+
+
+PasswordStdin = Annotated[bool, typer.Option(
+    "--password-stdin", help="Read the password from the first line of stdin.")]
+
+
+# --- accounts ----------------------------------------------------------------
+@app.command()
+def register(ctx: typer.Context, password_stdin: PasswordStdin = False,
+             json: JsonFlag = False) -> None:
+    """Claim your user name with a password (asked twice), and log in."""
+    account(ctx, "register", render.register, json, password_stdin)
+
+
+@app.command()
+def login(ctx: typer.Context, password_stdin: PasswordStdin = False,
+          json: JsonFlag = False) -> None:
+    """Open a session: its token is kept in your state file (mode 0600)."""
+    account(ctx, "login", render.login, json, password_stdin)
+
+
+@app.command()
+def logout(ctx: typer.Context, json: JsonFlag = False) -> None:
+    """Close your session on every server."""
+    account(ctx, "logout", render.logout, json)
 
 
 # --- the commands ------------------------------------------------------------
@@ -218,7 +300,6 @@ def listen(ctx: typer.Context,
     """
     import time
     from clients.connection import ClientError
-    from clients.session import UserSession
     options: GlobalOptions = ctx.obj
     as_json = json or options.json
     stop_at = None if seconds is None else time.monotonic() + seconds
@@ -228,9 +309,8 @@ def listen(ctx: typer.Context,
             typer.echo(protocol.dumps(item).decode() if as_json else render.push(item))
 
     try:
-        with UserSession(options.config(), options.user, options.clock_offset,
-                         options.clock_chaos) as session:
-            session.call(protocol.OP_USERS, {}, None)        # registers a first-time user
+        with session_for(options) as session:
+            session.call(protocol.OP_USERS, {}, None)        # logs in, if need be
             since = session.lamport.value
             if not as_json:
                 typer.echo(f"listening as {options.user} (Ctrl-C to stop)")

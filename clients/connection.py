@@ -65,6 +65,8 @@ class Connection:
         self.clock = clock
         self.log = log
         self.endpoint = config.endpoint(config.frontend_port)
+        self.token: str | None = None
+        """The session token every request carries (``login`` sets it)."""
         self.clock_correction = 0.0
         """The sum of every Cristian correction this connection applied (seconds)."""
         self._context = zmq.Context()
@@ -72,16 +74,20 @@ class Connection:
         self._socket = self._open_socket()
 
     # --- the public verbs -------------------------------------------------
-    def build(self, op: str, args: dict, server: int | None = None) -> protocol.Request:
-        """A validated request with a fresh rid; ClientError if it is invalid."""
+    def build(self, op: str, args: dict, server: int | None = None,
+              token: str | None = None) -> protocol.Request:
+        """A validated request with a fresh rid, carrying ``token`` (by default the
+        connection's); ClientError if it is invalid."""
         try:
-            return protocol.request(new_rid(), op, self.user, args, server, self.clock.stamp())
+            return protocol.request(new_rid(), op, self.user, args, server, self.clock.stamp(),
+                                    token or self.token)
         except protocol.ProtocolError as exc:
             raise ClientError(protocol.ERR_BAD_REQUEST, str(exc)) from None
 
-    def request(self, op: str, args: dict, server: int | None = None) -> dict:
+    def request(self, op: str, args: dict, server: int | None = None,
+                token: str | None = None) -> dict:
         """Run one operation; returns its result with ``server`` (who answered) added."""
-        return self.exchange(self.build(op, args, server))
+        return self.exchange(self.build(op, args, server, token))
 
     def exchange(self, body: protocol.Request) -> dict:
         """Lazy Pirate: send ``body`` until a final reply or the deadline."""

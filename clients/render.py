@@ -43,6 +43,25 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def _until(expires: object) -> str:
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+
+
+def register(result: dict, user: str | None, args: dict) -> str:
+    return (f"registered {result.get('user', user)}; logged in until "
+            f"{_until(result.get('expires'))}")
+
+
+def login(result: dict, user: str | None, args: dict) -> str:
+    return f"logged in as {result.get('user', user)} until {_until(result.get('expires'))}"
+
+
+def logout(result: dict, user: str | None, args: dict) -> str:
+    return f"logged out {result.get('user', user)} on every server"
+
+
 def post(result: dict, user: str | None, args: dict) -> str:
     item = result.get("post", {})
     return (f"posted as {item.get('author', user)} (id {item.get('id', '?')}, "

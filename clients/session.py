@@ -1,10 +1,18 @@
 """One command run on behalf of one user: clocks, saved state, log, connection.
 
-A session loads the user's state (their Lamport clock and clock correction),
-opens the process log and the connection, and on close saves the state again
--- also after an error, so the Lamport clock never goes backwards.
+A session loads the user's state (their Lamport clock, clock correction and
+session token), opens the process log and the connection, and on close saves the
+state again -- also after an error, so the Lamport clock never goes backwards.
+
+Every request but ``register``, ``login`` and ``status`` carries the saved token.
+With a password at hand (``SOCIAL_PASSWORD``, for scripts and bots), a command
+with no valid token logs in by itself first -- registering a name nobody owns --
+and logs in again once if the servers refuse the token (expired or logged out).
 """
 from __future__ import annotations
+
+import secrets
+import time
 
 from common import protocol
 from common.clock import LamportClock, PhysicalClock
@@ -20,10 +28,11 @@ ANONYMOUS_PROCESS = "client-status"
 
 class UserSession:
     def __init__(self, config: Config, user: str | None, clock_offset: float = 0.0,
-                 clock_chaos: bool = False) -> None:
+                 clock_chaos: bool = False, password: str | None = None) -> None:
         if user is not None:
             _check_user(user)
         self.user = user
+        self.password = password or None
         self.state = UserState.load(config.client_state_path(user)) if user else None
         learned = self.state.clock_offset if self.state else 0.0
         self.lamport = LamportClock(self.state.lamport if self.state else 0)
@@ -39,23 +48,67 @@ class UserSession:
         self.close()
 
     def call(self, op: str, args: dict, server: int | None = None) -> dict:
-        """Run ``op``; a user's first command registers them first.
+        """Run ``op`` with the user's session; log in first if a password is at hand
+        and no valid token is saved.
 
-        The request is validated before registering, so bad input changes
-        nothing; ``status`` is the broker's and registers no one.
+        The request is validated before logging in, so bad input changes
+        nothing; ``status`` is the broker's and needs no one.
         """
         if self.user is None and op not in protocol.BROKER_OPS:
             raise ClientError(protocol.ERR_BAD_REQUEST,
                               f"{op} needs a user: pass --user NAME or set SOCIAL_USER")
-        self.connection.build(op, args, server)
-        if self._needs_registration(op):
-            self.connection.request(protocol.OP_REGISTER, {})
-            self.state.registered = True
+        if op in protocol.BROKER_OPS:
+            return self.connection.request(op, args, server)
+        self.connection.build(op, args, server, token=_SAMPLE_TOKEN)
+        logged_in_now = self.ensure_session()
+        try:
+            return self.connection.request(op, args, server)
+        except ClientError as exc:
+            if exc.code != protocol.ERR_UNAUTHORIZED or not self.password or logged_in_now:
+                raise
+        self.state.token = None                  # refused: expired or logged out elsewhere
+        self.login(self.password)
         return self.connection.request(op, args, server)
 
-    def _needs_registration(self, op: str) -> bool:
-        return (self.state is not None and not self.state.registered
-                and op not in protocol.BROKER_OPS)
+    def ensure_session(self) -> bool:
+        """Use the saved token; or, with a password, log in (registering the name
+        if nobody owns it). True if it logged in now."""
+        token = self.state.session(time.time())
+        if token is not None:
+            self.connection.token = token
+            return False
+        if not self.password:
+            return False                         # the servers will say: log in first
+        try:
+            self.login(self.password)
+        except ClientError as exc:
+            if exc.code != protocol.ERR_NO_ACCOUNT:
+                raise
+            self.register(self.password)
+            self.login(self.password)
+        return True
+
+    def register(self, password: str) -> dict:
+        """Claim the user's name with ``password`` (the servers keep its argon2id hash)."""
+        _check_password(password)
+        return self.connection.request(protocol.OP_REGISTER, {"password": password})
+
+    def login(self, password: str) -> dict:
+        """A new session: a fresh 256-bit token, saved once the servers hold its hash."""
+        token = secrets.token_urlsafe(32)
+        result = self.connection.request(protocol.OP_LOGIN, {"password": password},
+                                         token=token)
+        self.state.token, self.state.expires = token, float(result["expires"])
+        self.connection.token = token
+        return result
+
+    def logout(self) -> dict:
+        """Revoke the saved token on every server; forgotten here whatever the answer."""
+        token = self.state.token
+        self.state.token, self.state.expires = None, 0.0
+        if token is None:
+            raise ClientError(protocol.ERR_UNAUTHORIZED, f"{self.user} is not logged in")
+        return self.connection.request(protocol.OP_LOGOUT, {}, token=token)
 
     def close(self) -> None:
         if self.state is not None:
@@ -64,6 +117,17 @@ class UserSession:
             self.state.save()
         self.connection.close()
         self.log.close()
+
+
+_SAMPLE_TOKEN = "x" * 43
+"""Stands for the token while a request is validated before logging in."""
+
+
+def _check_password(password: str) -> None:
+    if not protocol.MIN_PASSWORD <= len(password) <= protocol.MAX_PASSWORD:
+        raise ClientError(protocol.ERR_BAD_REQUEST,
+                          f"a password needs {protocol.MIN_PASSWORD} to "
+                          f"{protocol.MAX_PASSWORD} characters")
 
 
 def _check_user(user: str) -> None:

@@ -2,9 +2,13 @@
 
 Each CLI command is a new process, but a user is one process in the system's
 eyes: their Lamport clock must never go backwards, and their physical clock's
-learned correction should survive too. Both live in a small JSON file::
+learned correction should survive too; so does their session token (``login``).
+All live in a small JSON file, readable by its owner only (mode 0600: the token
+acts as the user)::
 
-    {"lamport": 42, "clock_offset": -0.0123, "registered": true}
+    {"lamport": 42, "clock_offset": -0.0123, "token": "kV3…", "expires": 1767225600.0}
+
+A file of before accounts (``"registered": true``, no token) still loads.
 """
 from __future__ import annotations
 
@@ -25,8 +29,14 @@ class UserState:
     """The user's Lamport clock at the end of their last command."""
     clock_offset: float = 0.0
     """Seconds of Cristian correction learned so far; re-applied at start."""
-    registered: bool = False
-    """Whether the servers have acknowledged this user's registration."""
+    token: str | None = None
+    """The session token of the last login (None: logged out, or never logged in)."""
+    expires: float = 0.0
+    """When the servers stop taking ``token`` (seconds since 1970)."""
+
+    def session(self, now: float) -> str | None:
+        """The saved token, unless it has expired (or is about to)."""
+        return self.token if self.token and now < self.expires - 60.0 else None
 
     @classmethod
     def load(cls, path: Path | str) -> "UserState":
@@ -38,16 +48,21 @@ class UserState:
             return cls(path)
         if not _is_valid(saved):
             return cls(path)
-        return cls(path, saved["lamport"], float(saved["clock_offset"]), saved["registered"])
+        token, expires = saved.get("token"), saved.get("expires", 0.0)
+        if not (isinstance(token, str) and isinstance(expires, (int, float))
+                and not isinstance(expires, bool)):
+            token, expires = None, 0.0
+        return cls(path, saved["lamport"], float(saved["clock_offset"]), token, float(expires))
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old file or the new, never half of one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = orjson.dumps({"lamport": self.lamport, "clock_offset": self.clock_offset,
-                             "registered": self.registered})
+                             "token": self.token, "expires": self.expires})
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                    suffix=".tmp")
+                                    suffix=".tmp")         # mode 0600, and so the file
         try:
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
             os.replace(temp, self.path)
@@ -62,5 +77,4 @@ def _is_valid(saved: object) -> bool:
     lamport, offset = saved.get("lamport"), saved.get("clock_offset")
     return (isinstance(lamport, int) and not isinstance(lamport, bool)
             and 0 <= lamport <= protocol.MAX_STAMP - 1
-            and isinstance(offset, (int, float)) and not isinstance(offset, bool)
-            and isinstance(saved.get("registered"), bool))
+            and isinstance(offset, (int, float)) and not isinstance(offset, bool))

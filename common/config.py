@@ -119,6 +119,23 @@ class Config:
     clock_tolerance: float = 0.005
     """Seconds the broker's clock may differ from the coordinator's before it is corrected."""
 
+    # --- accounts ------------------------------------------------------------
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 12288
+    """argon2id parameters of a new password hash: OWASP's m=12 MiB, t=3, p=1, about
+    20 ms here. A hash runs on a server's loop thread, so it must stay tens of ms."""
+    auth_hashes_per_s: float = 20.0
+    """Password hashes (register, login) a server runs per second at most; beyond,
+    ``unavailable`` (clients retry). 20 x 20 ms keeps the loop at least half free."""
+    session_ttl: float = 30 * 86400.0
+    """Seconds a session token stays valid after login."""
+    login_free_failures: int = 5
+    """Failed logins of one user the broker lets through before throttling them..."""
+    login_delay: float = 1.0
+    """...then it refuses their logins for this many seconds, doubling per failure..."""
+    login_max_delay: float = 900.0
+    """...up to this."""
+
     # --- test-only fault switches ------------------------------------------
     drop_rate: float = 0.0
     """Fraction of incoming replication bus messages a server drops (tests only)."""
@@ -199,6 +216,13 @@ class Config:
             raise ConfigError("clock_tolerance must be positive")
         if self.checkpoint_retry_s <= 0 or self.disk_probe_every <= 0:
             raise ConfigError("checkpoint_retry_s and disk_probe_every must be positive")
+        if self.argon2_time_cost < 1 or self.argon2_memory_kib < 8:
+            raise ConfigError("argon2 needs time_cost >= 1 and memory_kib >= 8")
+        if self.auth_hashes_per_s < 1 or self.session_ttl <= 0:
+            raise ConfigError("auth_hashes_per_s must be at least 1, session_ttl positive")
+        if self.login_free_failures < 1 or not 0 < self.login_delay <= self.login_max_delay:
+            raise ConfigError("login throttling needs free failures >= 1 and "
+                              "0 < login_delay <= login_max_delay")
         return self
 
 

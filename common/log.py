@@ -134,8 +134,16 @@ def _describe_cause(args: tuple) -> str:
         return "a periodic job"
     first = args[0]
     if isinstance(first, list) and first and isinstance(first[0], bytes):
-        return " ".join(repr(f[:80]) for f in first)
+        return " ".join(_frame(f) for f in first)
     return repr(first)[:200]
+
+
+def _frame(frame: bytes) -> str:
+    """A frame's start for a log line; a body that holds a password or a token is
+    left out (it would put the secret in the log)."""
+    if b'"password"' in frame or b'"token"' in frame:
+        return f"<a body of {len(frame)} bytes with a password or token, not shown>"
+    return repr(frame[:80])
 
 
 def client_peer(route: bytes) -> str:
@@ -154,13 +162,29 @@ def _value(v) -> str:
     return str(v)
 
 
+SECRET_PREFIX = 8
+"""Characters of a token's hash (or a password's hash) a log line may show: enough
+to tell two sessions apart, never enough to use one."""
+
+
+def secret(name: str, value):
+    """A field as a log line may show it: a password never, a token never (its
+    field in a request is the token itself), a hash by its first characters."""
+    if name == "password":
+        return "<hidden>"
+    if name in ("token", "hash") and isinstance(value, str):
+        return value[:SECRET_PREFIX] + "…"
+    return value
+
+
 def brief(body, width: int = 120) -> str:
     """``key=value`` pairs of a message (a Struct) or a dict, cut to ``width``
-    characters; the sender and fields left at their default are left out."""
+    characters; the sender and fields left at their default are left out.
+    Passwords and tokens never show (``secret``)."""
     if not isinstance(body, dict):
         body = {f: getattr(body, f) for f in body.__struct_fields__
                 if f not in ("sender",) and getattr(body, f) is not None}
-    text = " ".join(f"{k}={_value(v)}" for k, v in body.items() if k != "from")
+    text = " ".join(f"{k}={_value(secret(k, v))}" for k, v in body.items() if k != "from")
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -175,6 +199,9 @@ def args_brief(args) -> str:
     for name in args.__struct_fields__:
         value = getattr(args, name)
         if value is None:
+            continue
+        if name == "password":
+            parts.append("password=<hidden>")
             continue
         if isinstance(value, str) and len(value) > 40:
             value = value[:40] + "…"

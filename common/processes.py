@@ -92,8 +92,9 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen] = {}
         self._err_marks: dict[str, int] = {}   # size of each logs/<name>.err when started
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        """Start ``python -m ARGS`` as ``name`` (refused while one by that name runs)."""
+    def start(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        """Start ``python -m ARGS`` as ``name`` (refused while one by that name runs),
+        with ``env`` added to the group's environment."""
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
@@ -104,7 +105,8 @@ class ProcessGroup:
         err_path.parent.mkdir(parents=True, exist_ok=True)
         self._err_marks[name] = err_path.stat().st_size if err_path.exists() else 0
         with open(err_path, "ab") as err:
-            proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=self.env,
+            proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT,
+                                    env={**self.env, **env} if env else self.env,
                                     stdout=subprocess.DEVNULL if self.quiet else None,
                                     stderr=err, start_new_session=True)
         self.procs[name] = proc

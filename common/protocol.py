@@ -75,6 +75,11 @@ MAX_PEER_REQUEST_BYTES = 1024 * 1024
 MAX_BUS_BYTES = 64 * 1024 * 1024
 """The broker's bus refuses messages above this (one origin's EVENT of a loop turn
 is at most ``Config.drain`` events, well below it)."""
+MAX_PASSWORD = 1024
+"""Characters a password may have: argon2 takes any length, but a bound keeps the
+request small and the work of hashing it known."""
+MIN_PASSWORD = 8
+"""Characters a new password needs at least (``register``)."""
 USER_PATTERN = r"^[a-z0-9_]{1,32}$"
 USER_RE = re.compile(USER_PATTERN)
 RID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"
@@ -102,6 +107,15 @@ Phase = Literal["joining", "syncing", "serving", "leaving", "halted"]
 Durability = Literal["fsync", "flush"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
+Password = Annotated[str, Meta(min_length=1, max_length=MAX_PASSWORD)]
+Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43,128}$")]
+"""A session token as the client sends it: ``secrets.token_urlsafe(32)`` (256 bits)
+or longer; the servers keep only its sha256 (``TokenHash``)."""
+TokenHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+PasswordHash = Annotated[str, Meta(max_length=256, pattern=(
+    r"^\$argon2id\$v=19\$m=[0-9]{1,7},t=[0-9]{1,3},p=[0-9]{1,2}"
+    r"\$[A-Za-z0-9+/]{11,64}\$[A-Za-z0-9+/]{16,128}$"))]
+"""An argon2id hash in its PHC string form (parameters, salt, hash)."""
 Fingerprint = Annotated[int, Meta(ge=0, le=2 ** 63 - 1)]
 """The XOR of one 63-bit hash per event of a set (``servers/state.py``): order-free,
 updated in O(1) per event, equal for two sets of one origin's seqs 1..n exactly
@@ -138,20 +152,27 @@ OP_CHAT = "chat"
 OP_NOTIFICATIONS = "notifications"
 OP_STATUS = "status"
 OP_LISTEN = "listen"
+OP_LOGIN = "login"
+OP_LOGOUT = "logout"
 
 WRITE_OPS = frozenset({OP_REGISTER, OP_POST, OP_FOLLOW, OP_UNFOLLOW, OP_DM,
-                       OP_NOTIFICATIONS, OP_LISTEN})
+                       OP_NOTIFICATIONS, OP_LISTEN, OP_LOGIN, OP_LOGOUT})
 """Operations that create a replicated event (notifications and listen mark items shown)."""
+OPEN_OPS = frozenset({OP_REGISTER, OP_LOGIN})
+"""The operations a server serves without a session token: every other (but the
+broker's ``status``) needs a valid token of the request's ``user``."""
 READ_OPS = frozenset({OP_FEED, OP_FOLLOWING, OP_USERS, OP_CHAT})
 BROKER_OPS = frozenset({OP_STATUS})
 SEEN_OPS = frozenset({OP_LISTEN, OP_NOTIFICATIONS})
 """Operations that mark items seen: the broker sends each user's to one server."""
 ALL_OPS = WRITE_OPS | READ_OPS | BROKER_OPS
 Op = Literal["register", "post", "feed", "follow", "unfollow", "following", "users",
-             "dm", "chat", "notifications", "status", "listen"]
+             "dm", "chat", "notifications", "status", "listen", "login", "logout"]
 
 OP_ARGS: dict[str, tuple[str, ...]] = {
-    OP_REGISTER: (),
+    OP_REGISTER: ("password",),
+    OP_LOGIN: ("password",),
+    OP_LOGOUT: (),
     OP_POST: ("text",),
     OP_FEED: ("limit",),
     OP_FOLLOW: ("target",),
@@ -167,7 +188,9 @@ OP_ARGS: dict[str, tuple[str, ...]] = {
 """The arguments each operation takes, all required, and no others. ``listen`` is
 a long poll: the server answers as soon as there are posts by followed users not
 yet shown or direct messages (stamped after ``since``) not yet delivered to this
-user, marks them shown, or answers empty after ``wait`` seconds."""
+user, marks them shown, or answers empty after ``wait`` seconds. ``login`` carries
+the new session's token in the request's ``token`` field, ``logout`` the token to
+revoke."""
 
 
 class Args(Struct, omit_defaults=True, rename={"with_": "with"}, **_message()):
@@ -179,10 +202,18 @@ class Args(Struct, omit_defaults=True, rename={"with_": "with"}, **_message()):
     with_: Optional[UserName] = None
     wait: Optional[Annotated[float, Meta(ge=0.0, le=MAX_LISTEN_WAIT)]] = None
     since: Optional[Stamp] = None
+    password: Optional[Password] = None
+
+    def __repr__(self) -> str:                 # never a password in a traceback or a log
+        shown = {name: getattr(self, name) for name in self.__struct_fields__
+                 if getattr(self, name) is not None}
+        if "password" in shown:
+            shown["password"] = "<hidden>"
+        return f"Args({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 _ARG_NAMES = {"text": "text", "limit": "limit", "target": "target", "to": "to",
-              "with": "with_", "wait": "wait", "since": "since"}
+              "with": "with_", "wait": "wait", "since": "since", "password": "password"}
 
 
 class Request(Struct, **_message()):
@@ -194,6 +225,14 @@ class Request(Struct, **_message()):
     args: Args
     server: Optional[ServerId]
     time: UnixTime
+    token: Optional[Token] = None
+    """The user's session token (``login``: the new session's); the server checks it
+    and keeps only its sha256."""
+
+    def __repr__(self) -> str:                 # never a token in a traceback or a log
+        return (f"Request(rid={self.rid!r}, op={self.op!r}, user={self.user!r}, "
+                f"args={self.args!r}, server={self.server!r}, "
+                f"token={'<hidden>' if self.token else None})")
 
     def __post_init__(self) -> None:
         given = {name for name, attr in _ARG_NAMES.items() if getattr(self.args, attr) is not None}
@@ -209,6 +248,8 @@ class Request(Struct, **_message()):
             return
         if self.user is None:
             raise ValueError(f"{self.op} needs a user")
+        if self.op == OP_LOGIN and self.token is None:
+            raise ValueError("login needs a token (the new session's)")
         other = self.args.target or self.args.to
         if other == self.user and self.op in (OP_FOLLOW, OP_UNFOLLOW):
             raise ValueError("you cannot follow yourself")
@@ -285,13 +326,23 @@ EV_FOLLOW = "follow"
 EV_UNFOLLOW = "unfollow"
 EV_DM = "dm"
 EV_SEEN = "seen"
-EVENT_KINDS = frozenset({EV_REGISTER, EV_POST, EV_FOLLOW, EV_UNFOLLOW, EV_DM, EV_SEEN})
+EV_ACCOUNT = "account"
+EV_SESSION = "session"
+EV_LOGOUT = "logout"
+EVENT_KINDS = frozenset({EV_REGISTER, EV_POST, EV_FOLLOW, EV_UNFOLLOW, EV_DM, EV_SEEN,
+                         EV_ACCOUNT, EV_SESSION, EV_LOGOUT})
 EVENT_DATA: dict[str, tuple[str, ...]] = {
     EV_REGISTER: (), EV_POST: ("text",), EV_FOLLOW: ("target",), EV_UNFOLLOW: ("target",),
-    EV_DM: ("to", "text"), EV_SEEN: ("shown", "delivered")}
+    EV_DM: ("to", "text"), EV_SEEN: ("shown", "delivered"), EV_ACCOUNT: ("hash",),
+    EV_SESSION: ("token", "expires", "account"), EV_LOGOUT: ("token",)}
 """The data each kind of event carries. SEEN: posts shown to the user
-(notifications, listen) and messages pushed to them (listen)."""
-EventKind = Literal["register", "post", "follow", "unfollow", "dm", "seen"]
+(notifications, listen) and messages pushed to them (listen). ACCOUNT (``register``):
+the argon2id hash of the password, never the password. SESSION (``login``): the
+sha256 of the token, its expiry and the id of the ACCOUNT event the password was
+checked against. LOGOUT: the sha256 of the token revoked. REGISTER events (no
+data) are the registrations of before accounts: they name a user, claim nothing."""
+EventKind = Literal["register", "post", "follow", "unfollow", "dm", "seen", "account",
+                    "session", "logout"]
 
 
 class EventData(Struct, omit_defaults=True, **_message()):
@@ -301,6 +352,14 @@ class EventData(Struct, omit_defaults=True, **_message()):
     to: Optional[UserName] = None
     shown: Optional[IdList] = None
     delivered: Optional[IdList] = None
+    hash: Optional[PasswordHash] = None
+    token: Optional[TokenHash] = None
+    expires: Optional[UnixTime] = None
+    account: Optional[Rid] = None
+
+
+_DATA_FIELDS = ("text", "target", "to", "shown", "delivered", "hash", "token", "expires",
+                "account")
 
 
 class Event(Struct, **_message()):
@@ -316,8 +375,7 @@ class Event(Struct, **_message()):
 
     def __post_init__(self) -> None:
         data = self.data
-        given = {name for name in ("text", "target", "to", "shown", "delivered")
-                 if getattr(data, name) is not None}
+        given = {name for name in _DATA_FIELDS if getattr(data, name) is not None}
         if given != set(EVENT_DATA[self.kind]):
             raise ValueError(f"a {self.kind} event carries {', '.join(EVENT_DATA[self.kind]) or 'no data'}")
         if data.text is not None and not data.text.strip():
@@ -531,6 +589,10 @@ ERR_UNKNOWN_USER = "unknown_user"    # names a user who never used the system
 ERR_UNAVAILABLE = "unavailable"      # no server can take it now: retry
 ERR_NO_SUCH_SERVER = "no_such_server"  # --server names a server not serving
 ERR_INTERNAL = "internal"
+ERR_UNAUTHORIZED = "unauthorized"    # no session token, or not a valid one of this user
+ERR_NAME_TAKEN = "name_taken"        # register: the name has an owner already
+ERR_NO_ACCOUNT = "no_account"        # login: nobody registered this name (register first)
+ERR_THROTTLED = "throttled"          # login: too many failures; the error says how long
 RETRYABLE_ERRORS = frozenset({ERR_UNAVAILABLE})
 
 
@@ -655,14 +717,14 @@ def validate(msg) -> None:
 
 
 def request(rid: str, op: str, user: str | None, args: dict, server: int | None,
-            time: float) -> Request:
+            time: float, token: str | None = None) -> Request:
     """A validated Request from plain arguments (the CLI's and the bots'); ProtocolError."""
     text = args.get("text")
     if isinstance(text, str) and not text.strip():
         raise ProtocolError("text must not be empty")
     try:
         return msgspec.convert({"rid": rid, "op": op, "user": user, "args": args,
-                                "server": server, "time": time}, Request)
+                                "server": server, "time": time, "token": token}, Request)
     except msgspec.ValidationError as exc:
         raise ProtocolError(_readable(str(exc))) from None
 
@@ -686,6 +748,10 @@ def _readable(error: str) -> str:
         return f"limit must be a whole number from 1 to {MAX_LIMIT}"
     if "blank" in error:
         return "text must not be empty"
+    if "$.args.password" in error:
+        return f"password must be 1 to {MAX_PASSWORD} characters"
+    if "$.token" in error:
+        return "token must be 43 to 128 characters of [A-Za-z0-9_-]"
     for name in ("target", "to", "with"):
         if f"$.args.{name}" in error:
             return f"{name!r} must be a user name matching [a-z0-9_]{{1,32}}"

@@ -4,19 +4,39 @@ park listens, and answer each write once enough servers hold it.
 It holds no socket and no reference to the server: replies go out through the
 ``reply`` function it is given, events are made by ``Replication``, and what each
 operation means is in ``requests.py``. Requests arrive already decoded and
-validated (``protocol.Request``).
+validated (``protocol.Request``). Every request but ``register`` and ``login``
+needs a valid session token of its ``user`` (``servers/accounts.py``): the desk
+checks it before anything is read or written, so a request acts only as the
+token's owner, and reads (``chat A B``, ``notifications``, ``listen``) are only
+ever of the requester's own data.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.log import ProcessLog, args_brief
+from servers.accounts import Accounts
 from servers.listeners import Listeners
 from servers.replication import Replication
 from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests, RequestError
+
+
+SETTLE_FOR = 3.0
+"""Seconds an account event's answer waits at most for every peer (``_settled``)."""
+SETTLED_KINDS = frozenset({P.EV_ACCOUNT, P.EV_SESSION, P.EV_LOGOUT})
+
+
+@dataclass
+class Settling:
+    waiter: object
+    holders: int
+    deadline: float
+    kind: str
+    target: dict | None = None
 
 
 class ClientDesk:
@@ -24,7 +44,7 @@ class ClientDesk:
                  listeners: Listeners, lag: ReplicationLag, lamport: LamportClock,
                  clock: PhysicalClock, log: ProcessLog | None, *, replicas: int,
                  reply: Callable[[bytes, P.Reply], None],
-                 unavailable: Callable[[], str | None]) -> None:
+                 unavailable: Callable[[], str | None], accounts: Accounts) -> None:
         self.my_id = my_id
         self.requests = requests
         self.replication = replication
@@ -34,6 +54,8 @@ class ClientDesk:
         self.clock = clock
         self.log = log
         self.replicas = replicas
+        self.accounts = accounts
+        self._settling: list[Settling] = []
         self._reply = reply
         self._unavailable = unavailable
         """None while serving; else why not (``server-2 is syncing``)."""
@@ -57,36 +79,47 @@ class ClientDesk:
             if why is not None:
                 raise RequestError(P.ERR_UNAVAILABLE, why)
             if msg.op in P.READ_OPS:
+                self.accounts.authorize(msg.user, msg.token, self.clock.now())
                 self.reply(route, msg.rid, msg.user, self.requests.read(msg.op, msg.user, msg.args))
             elif msg.op in P.WRITE_OPS:
-                self.write(route, msg.rid, msg.op, msg.user, msg.args, now)
+                self.write(route, msg.rid, msg.op, msg.user, msg.args, now, msg.token)
             else:
                 raise RequestError(P.ERR_BAD_REQUEST, f"{msg.op} is answered by the broker")
         except RequestError as exc:
             self.reply(route, msg.rid, msg.user, code=exc.code, error=str(exc))
 
     def write(self, route: bytes, rid: str, op: str, user: str, args: P.Args, now: float,
-              listen_until: float | None = None) -> None:
+              token: str | None, listen_until: float | None = None) -> None:
         """Make the event of a write (or find it, for a retry) and wait for its copies."""
+        wall = self.clock.now()
         existing = self.replication.event(rid)
         if existing is not None:                 # a retry: applied once, answered again
-            if existing.user != user:
-                raise RequestError(P.ERR_BAD_REQUEST, "request id already used by another user")
+            self.accounts.same_request(existing, op, user, args, token, now, wall)
             if self.log is not None:
                 self.log.note(f"retry of {rid}: already applied as "
                               f"{existing.origin}:{existing.seq}")
             self.replication.wait(route, rid, existing, now)
             return
+        if op in (P.OP_REGISTER, P.OP_LOGIN, P.OP_LOGOUT):
+            kind, data = self.accounts.plan(op, user, args, token, now, wall)
+            self._create(route, rid, kind, user, data, now)
+            return
+        self.accounts.authorize(user, token, wall)
         if op == P.OP_LISTEN:
             self.listeners.drop(rid)             # re-sent: a retry, or the user stopping
         plan = self.requests.plan(op, user, args)
         if isinstance(plan, dict):               # nothing to write
             if op == P.OP_LISTEN and args.wait > 0:
-                self.listeners.park(route, rid, user, args, listen_until or now + args.wait)
+                self.listeners.park(route, rid, user, args, listen_until or now + args.wait,
+                                    token)
             else:
                 self.reply(route, rid, user, plan)
             return
         kind, data = plan
+        self._create(route, rid, kind, user, data, now)
+
+    def _create(self, route: bytes, rid: str, kind: str, user: str, data: P.EventData,
+                now: float) -> None:
         event = self.replication.create(kind, user, data, rid, self.lamport.tick(),
                                         self.clock.stamp())
         self.replication.wait(route, rid, event, now)
@@ -100,7 +133,8 @@ class ClientDesk:
                 why = self._unavailable()
                 if why is not None:
                     raise RequestError(P.ERR_UNAVAILABLE, why)
-                self.write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, now, p.deadline)
+                self.write(p.route, p.rid, P.OP_LISTEN, p.user, p.args, now, p.token,
+                           p.deadline)
             except RequestError as exc:
                 self.reply(p.route, p.rid, p.user, code=exc.code, error=str(exc))
 
@@ -125,12 +159,54 @@ class ClientDesk:
     # --- replies out -------------------------------------------------------------------
     def answer_acked(self, now: float) -> None:
         """Answer every write that now has enough copies (once per loop turn)."""
+        ready = []
         for waiter, holders in self.replication.ready(now):
+            event = self.replication.event(waiter.event_id)
+            if event is not None and event.kind in SETTLED_KINDS:
+                self._settling.append(Settling(waiter, holders, now + SETTLE_FOR, event.kind))
+            else:
+                ready.append((waiter, holders))
+        if self._settling:
+            ready += self._settled(now)
+        for waiter, holders in ready:
             event = self.replication.event(waiter.event_id)
             if event is None:
                 continue
             if holders < self.replicas and self.log is not None:
                 self.log.warn(f"under-replicated: {waiter.event_id} acked with {holders} "
                               f"of {self.replicas} copies (too few servers alive)")
-            self.reply(waiter.route, waiter.rid, event.user, self.requests.result(event, holders))
+            try:
+                self.accounts.outcome(event, self.clock.now())
+            except RequestError as exc:          # a register that lost its name at the end
+                self.reply(waiter.route, waiter.rid, event.user, code=exc.code, error=str(exc))
+            else:
+                self.reply(waiter.route, waiter.rid, event.user,
+                           self.requests.result(event, holders))
             self.lag.answered(event, now)
+
+    # --- accounts: answered once every server holds them ---------------------------------------
+    def _settled(self, now: float) -> list:
+        """The register, login and logout events that may be answered now: once every
+        live peer holds them (not only ``replicas`` of them), so that a session is
+        taken, or a logout refused, by whichever server the next request reaches.
+
+        Two servers may register one name at once; the one earlier in the total order
+        owns it everywhere. A server that made a rival registration made it before it
+        held ours, so the vector in its ACK of ours covers its rival: once every live
+        peer holds ours and we hold everything their vectors said then,
+        ``Accounts.outcome`` sees any rival, and the loser is told. (After
+        ``SETTLE_FOR`` at most, in case a peer's events never come.)"""
+        done, still = [], []
+        vv = self.replication.state.vv()
+        for s in self._settling:
+            peers = self.replication.peers.live(now)
+            if s.target is None and all(p.holds(s.waiter.origin, s.waiter.seq) for p in peers):
+                s.target = {}
+                for p in peers if s.kind == P.EV_ACCOUNT else ():
+                    for origin, seq in p.vv.items():
+                        s.target[origin] = max(seq, s.target.get(origin, 0))
+            caught_up = s.target is not None and all(vv.get(o, 0) >= seq
+                                                     for o, seq in s.target.items())
+            (done if caught_up or now >= s.deadline else still).append(s)
+        self._settling = still
+        return [(s.waiter, s.holders) for s in done]

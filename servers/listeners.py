@@ -24,6 +24,7 @@ class Parked:
     user: str
     args: P.Args
     deadline: float          # monotonic
+    token: str | None = None  # checked again when it is answered (logged out meanwhile?)
 
 
 class Listeners:
@@ -35,9 +36,10 @@ class Listeners:
     def __len__(self) -> int:
         return len(self._rids)
 
-    def park(self, route: bytes, rid: str, user: str, args: P.Args, deadline: float) -> None:
+    def park(self, route: bytes, rid: str, user: str, args: P.Args, deadline: float,
+             token: str | None = None) -> None:
         self.drop(rid)
-        self.by_user.setdefault(user, {})[rid] = Parked(route, rid, user, args, deadline)
+        self.by_user.setdefault(user, {})[rid] = Parked(route, rid, user, args, deadline, token)
         self._rids[rid] = user
         heapq.heappush(self._deadlines, (deadline, rid))
 

@@ -38,6 +38,7 @@ from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, brief, event_brief
+from servers.accounts import Accounts
 from servers.berkeley import BerkeleySync
 from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
@@ -126,7 +127,8 @@ class Server:
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
                                replicas=config.replicas, reply=self.reply,
-                               unavailable=self.unavailable)
+                               unavailable=self.unavailable,
+                               accounts=Accounts.from_config(self.state, config))
         self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
                                self.close_socket, on_ack=self.on_ack,
                                answers={P.Fetch: self.answer_fetch,

@@ -46,11 +46,8 @@ class ClientRequests:
 
     # --- writes -------------------------------------------------------------------
     def plan(self, op: str, user: str, args: P.Args) -> tuple[str, P.EventData] | dict:
-        """The (kind, data) of the event to write, or a result when nothing is to be written."""
-        if op == P.OP_REGISTER:
-            if user in self.state.users:
-                return {"user": user, "new": False, "replicas": None}
-            return P.EV_REGISTER, P.EventData()
+        """The (kind, data) of the event to write, or a result when nothing is to be written
+        (register, login and logout are ``servers/accounts.py``'s)."""
         if op == P.OP_POST:
             return P.EV_POST, P.EventData(text=args.text)
         if op == P.OP_FOLLOW:
@@ -97,8 +94,13 @@ class ClientRequests:
             body = {"message": dm_view(event)}
         elif kind in (P.EV_FOLLOW, P.EV_UNFOLLOW):
             body = {"follow": follow_view(event)}
-        elif kind == P.EV_REGISTER:
+        elif kind in (P.EV_REGISTER, P.EV_ACCOUNT):
             body = {"user": event.user, "new": True}
+        elif kind == P.EV_SESSION:
+            body = {"user": event.user, "expires": event.data.expires,
+                    "session": event.data.token[:8]}
+        elif kind == P.EV_LOGOUT:
+            body = {"user": event.user, "logged_out": True, "session": event.data.token[:8]}
         else:  # EV_SEEN: what it marked shown, oldest first
             body = self._seen_result(event)
         body["replicas"] = replicas

@@ -11,6 +11,13 @@ servers that each made an event of it (the first died before replicating),
 both events keep their place in their origin's log, but only the one with the
 smaller order key counts: every server picks the same one, and the write is
 applied exactly once.
+
+Accounts follow the same rule, so every server agrees on them whatever order the
+events came in: a name's owner is its ACCOUNT event that counts with the smallest
+order key (two servers that registered one name at once: the later loses,
+everywhere); a session token is valid while a SESSION event of it counts that was
+granted against the owner's ACCOUNT event, has not expired, and no LOGOUT of it by
+the same user counts.
 """
 from __future__ import annotations
 
@@ -63,6 +70,9 @@ class SocialState:
         self.shown: dict[str, set[str]] = {}         # posts shown (notifications, listen)
         self.inbox: dict[str, list[Key]] = {}        # user -> messages to them
         self.delivered: dict[str, set[str]] = {}     # messages pushed by listen
+        self.accounts: dict[str, list[Key]] = {}     # user -> their ACCOUNT events, oldest first
+        self.sessions: dict[str, list[Key]] = {}     # token hash -> SESSION events of it
+        self.logouts: dict[str, list[Key]] = {}      # token hash -> LOGOUT events of it
         self._digest = 0
 
     # --- replication bookkeeping -------------------------------------------------
@@ -201,6 +211,12 @@ class SocialState:
         elif kind == P.EV_SEEN:
             edit(self.seen_by.setdefault(user, []), key)
             self._refresh_shown(user)
+        elif kind == P.EV_ACCOUNT:
+            _edit_index(self.accounts, user, key, sign)
+        elif kind == P.EV_SESSION:
+            _edit_index(self.sessions, data.token, key, sign)
+        elif kind == P.EV_LOGOUT:
+            _edit_index(self.logouts, data.token, key, sign)
 
     def _refresh_following(self, pair: tuple[str, str]) -> None:
         user, target = pair
@@ -224,6 +240,29 @@ class SocialState:
             delivered.update(data.delivered)
         self.shown[user] = shown
         self.delivered[user] = delivered
+
+    # --- accounts ---------------------------------------------------------------------------
+    def owner(self, user: str) -> P.Event | None:
+        """The ACCOUNT event that owns ``user``: of those that count, the first in
+        the total order. None: nobody has claimed the name."""
+        keys = self.accounts.get(user)
+        return self.events[keys[0][1]] if keys else None
+
+    def session_of(self, token_hash: str, user: str, now: float) -> P.Event | None:
+        """The SESSION event that makes ``token_hash`` a valid token of ``user`` at
+        wall time ``now``; None if there is none: never granted, granted to someone
+        else or against an account that lost its name, expired, or logged out."""
+        owner = self.owner(user)
+        if owner is None:
+            return None
+        if any(self.events[k[1]].user == user for k in self.logouts.get(token_hash, ())):
+            return None
+        for key in self.sessions.get(token_hash, ()):
+            session = self.events[key[1]]
+            if (session.user == user and session.data.account == owner.id
+                    and session.data.expires > now):
+                return session
+        return None
 
     # --- queries (what users see) --------------------------------------------------------
     def event_by_key(self, key: Key) -> P.Event:
@@ -283,6 +322,17 @@ class SocialState:
         start = bisect_right(inbox, (since, "\uffff"))
         messages = [dm_view(self.events[k[1]]) for k in inbox[start:] if k[1] not in delivered]
         return posts, messages
+
+
+def _edit_index(index: dict[str, list[Key]], name: str, key: Key, sign: int) -> None:
+    """Add or withdraw ``key`` in the sorted list ``index[name]``; no empty lists kept."""
+    if sign > 0:
+        insort(index.setdefault(name, []), key)
+        return
+    keys = index.get(name, [])
+    _remove(keys, key)
+    if not keys:
+        index.pop(name, None)
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:

@@ -266,19 +266,19 @@ def read_everything(cluster: Cluster, servers, users: list[str]) -> Holdings:
     for server in servers:
         conn = cluster.connection(users[0], 20.0)
         try:
-            feeds[server] = {u: _pinned(conn, u, P.OP_FEED, {"limit": READ_LIMIT}, server)["posts"]
-                             for u in users}
+            feeds[server] = {u: _pinned(conn, u, P.OP_FEED, {"limit": READ_LIMIT}, server,
+                                        cluster)["posts"] for u in users}
             chats[server] = {(a, b): _pinned(conn, a, P.OP_CHAT, {"with": b, "limit": READ_LIMIT},
-                                             server)["messages"] for a, b in pairs}
-            following[server] = {u: _pinned(conn, u, P.OP_FOLLOWING, {}, server)["following"]
-                                 for u in users}
+                                             server, cluster)["messages"] for a, b in pairs}
+            following[server] = {u: _pinned(conn, u, P.OP_FOLLOWING, {}, server,
+                                            cluster)["following"] for u in users}
         finally:
             conn.close()
     return Holdings(feeds, chats, following)
 
 
-def _pinned(conn, user: str, op: str, args: dict, server: int) -> dict:
-    conn.user = user
+def _pinned(conn, user: str, op: str, args: dict, server: int, cluster: Cluster) -> dict:
+    conn.user, conn.token = user, cluster.login(user)     # read as that user, with their session
     result = conn.request(op, args, server)
     assert result["server"] == server, f"{op} pinned to {server} answered by {result['server']}"
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json as jsonlib
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,22 @@ FAST_TIMING = {
 }
 """Environment overrides every process of a test cluster gets."""
 
+CHEAP_ACCOUNTS = {
+    # a password hash of ~0.1 ms instead of ~20 ms, and no budget that refuses a burst
+    # of them: tests register hundreds of users at once (tests/test_accounts.py keeps
+    # the real parameters)
+    "SOCIAL_ARGON2_TIME_COST": "1",
+    "SOCIAL_ARGON2_MEMORY_KIB": "64",
+    "SOCIAL_AUTH_HASHES_PER_S": "100000",
+}
+SIGN_UP_EVENTS = 2
+"""Events a user's registration through the harness makes: their account (register)
+and their session (login)."""
+PASSWORD = "harness-pass-7Qx2"
+"""Every test user's password: in the CLI's environment (``SOCIAL_PASSWORD``), so
+each ``python -m clients`` logs in (registering first) by itself, and used by
+``Cluster.login`` for the in-process connections."""
+
 LOG_TAIL_LINES = 40
 
 SERVING_LINE = "| local - | phase syncing -> serving"
@@ -46,13 +63,14 @@ class Cluster:
 
     def __init__(self, folder: Path, env: dict | None = None) -> None:
         self.folder = Path(folder)
-        self.env_extra = {**FAST_TIMING, **(env or {})}
+        self.env_extra = {**FAST_TIMING, **CHEAP_ACCOUNTS, **(env or {})}
         # the harness reads the same settings its processes do
         overrides = {k[len("SOCIAL_"):].lower(): v for k, v in self.env_extra.items()}
         self.config = load_config(port_base=free_port_base(), data_dir=str(self.folder / "data"),
                                   log_dir=str(self.folder / "logs"), **_typed(overrides))
         self.group = ProcessGroup(self.config, self.env_extra)
-        self.env = cluster_env(self.config, self.env_extra)
+        self.env = {**cluster_env(self.config, self.env_extra), "SOCIAL_PASSWORD": PASSWORD}
+        self.tokens: dict[str, str] = {}       # user -> session token (Cluster.login)
         self._ctx = zmq.Context()
         self._ctx.linger = 0
         self._log_marks: dict[str, int] = {}   # log size when each process last started
@@ -87,16 +105,65 @@ class Cluster:
         self._ctx.destroy(0)
 
     # --- talking to it ---------------------------------------------------------------
-    def connection(self, user: str | None = None, deadline: float = 10.0) -> Connection:
-        """A Lazy Pirate connection for python-level requests; close it after use."""
+    def connection(self, user: str | None = None, deadline: float = 10.0,
+                   login: bool = True) -> Connection:
+        """A Lazy Pirate connection for python-level requests, logged in as ``user``
+        (registered first if need be) unless ``login`` is False; close it after use."""
+        conn = self._bare_connection(user, deadline)
+        if user is not None and login:
+            try:
+                conn.token = self.login(user, deadline=deadline)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _bare_connection(self, user: str | None, deadline: float) -> Connection:
         config = dataclasses.replace(self.config, request_deadline=deadline,
                                      request_timeout=min(self.config.request_timeout, deadline))
         return Connection(config.validate(), user, LamportClock(), PhysicalClock())
 
-    def request(self, user: str | None, op: str, args: dict, server: int | None = None,
-                deadline: float = 10.0) -> dict:
-        conn = self.connection(user, deadline)
+    def login(self, user: str, password: str = PASSWORD, fresh: bool = False,
+              deadline: float = 10.0) -> str:
+        """A session token of ``user`` (kept for the next call unless ``fresh``): logs
+        in, registering the name first if nobody owns it."""
+        if user in self.tokens and not fresh:
+            return self.tokens[user]
+        conn = self._bare_connection(user, deadline)
         try:
+            token = new_token()
+            try:
+                conn.request(P.OP_LOGIN, {"password": password}, token=token)
+            except ClientError as exc:
+                if exc.code != P.ERR_NO_ACCOUNT:
+                    raise
+                conn.request(P.OP_REGISTER, {"password": password})
+                conn.request(P.OP_LOGIN, {"password": password}, token=token)
+        finally:
+            conn.close()
+        self.tokens[user] = token
+        return token
+
+    def request(self, user: str | None, op: str, args: dict, server: int | None = None,
+                deadline: float = 10.0, token: str | None = None) -> dict:
+        """One request as ``user``, logged in (or with ``token``, as given). A register
+        without a password registers with the harness's and logs in."""
+        if op == P.OP_REGISTER and "password" not in args:
+            self.login(user, deadline=deadline)
+            return {"user": user, "new": True}
+        if token is not None or user is None or op in P.OPEN_OPS:
+            conn = self._bare_connection(user, deadline)
+            conn.token = token
+        else:
+            conn = self.connection(user, deadline)
+        try:
+            try:
+                return conn.request(op, args, server)
+            except ClientError as exc:       # a kept token of a cluster since wiped
+                if exc.code != P.ERR_UNAUTHORIZED or token is not None or \
+                        user not in self.tokens or conn.token != self.tokens[user]:
+                    raise
+            conn.token = self.login(user, fresh=True, deadline=deadline)
             return conn.request(op, args, server)
         finally:
             conn.close()
@@ -199,6 +266,10 @@ class Cluster:
     def log_text(self, name: str) -> str:
         path = self.config.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
 
 
 def _typed(overrides: dict[str, str]) -> dict:

@@ -47,10 +47,20 @@ def frames(msg_type: str, body: dict, lamport: int | str = 1) -> list[bytes]:
 
 
 def request(op: str, user: str | None, args: dict, rid: str | None = None,
-            server: int | None = None) -> dict:
-    """A REQ body as clients send it."""
-    return {"rid": rid or uuid.uuid4().hex[:16], "op": op, "user": user, "args": args,
+            server: int | None = None, token: str | None = None) -> dict:
+    """A REQ body as clients send it (with a session token: ``Cluster.login``)."""
+    body = {"rid": rid or uuid.uuid4().hex[:16], "op": op, "user": user, "args": args,
             "server": server, "time": time.time()}
+    if token is not None:
+        body["token"] = token
+    return body
+
+
+def signed_request(cluster: Cluster, op: str, user: str, args: dict, rid: str | None = None,
+                   server: int | None = None) -> dict:
+    """A REQ body of ``user`` with a valid session token (logged in, registered first
+    if need be, through the harness): raw frames that the servers take as the user's."""
+    return request(op, user, args, rid, server, cluster.login(user))
 
 
 def heartbeat(server_id: int, **status) -> dict:

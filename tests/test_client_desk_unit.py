@@ -7,6 +7,7 @@ the listens of the users they concern, answer the writes that have their copies.
 """
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
+from servers.accounts import Accounts
 from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
 from servers.listeners import Listeners
@@ -31,6 +33,11 @@ T0 = 1000.0
 ME = 1
 WALL = 1.7e9
 USERS = ("alice", "bob", "carol", "dave")
+PASSWORD = "desk-pass-123"
+
+
+def token_of(user: str) -> str:
+    return f"{user}-token-".ljust(43, "x")
 
 
 def req(rid: str, op: str, user: str | None, **args) -> P.Request:
@@ -56,20 +63,30 @@ class Desk:
         self.replies: list[tuple[bytes, P.Reply]] = []
         self.why: str | None = None
         self.events_made = 0
+        self.tokens: dict[str, str] = {}
+        self.accounts = Accounts(self.state, time_cost=1, memory_kib=64, hashes_per_s=1e6)
         self.desk = ClientDesk(ME, ClientRequests(self.state), self.repl, self.listeners,
                                ReplicationLag(ME), LamportClock(), PhysicalClock(), self.log,
                                replicas=replicas, reply=self._reply,
-                               unavailable=lambda: self.why)
+                               unavailable=lambda: self.why, accounts=self.accounts)
 
     def _reply(self, route: bytes, reply: P.Reply) -> None:
         P.validate(reply)
         self.replies.append((route, reply))
 
     def send(self, msg: P.Request, route: bytes | None = None) -> list[P.Reply]:
-        """A request in; the replies it got at once."""
+        """A request in (with its user's session token, once they logged in); the
+        replies it got at once."""
+        msg = self.signed(msg)
         before = len(self.replies)
         self.desk.on_REQ(route or msg.user.encode(), msg, self.now)
         return [r for _, r in self.replies[before:]]
+
+    def signed(self, msg: P.Request) -> P.Request:
+        """``msg`` with its user's token, once they logged in (unless it has one)."""
+        if msg.token is None and msg.user in self.tokens and msg.op not in P.OPEN_OPS:
+            return msgspec.structs.replace(msg, token=self.tokens[msg.user])
+        return msg
 
     def turn(self) -> list[tuple[bytes, P.Reply]]:
         """Server.after_batch: the replies of this loop turn."""
@@ -91,11 +108,19 @@ class Desk:
 
     def setup(self, follows=(("bob", "alice"),)) -> "Desk":
         for user in USERS:
-            assert self.ask(req(f"reg-{user}", P.OP_REGISTER, user)).ok
+            self.sign_up(user)
         for user, target in follows:
             assert self.ask(req(f"f-{user}-{target}", P.OP_FOLLOW, user, target=target)).ok
         self.events_made = 0
         return self
+
+    def sign_up(self, user: str) -> None:
+        """Register and log in (each answered within its turn)."""
+        assert self.ask(req(f"reg-{user}", P.OP_REGISTER, user, password=PASSWORD)).ok
+        login = P.request(f"in-{user}", P.OP_LOGIN, user, {"password": PASSWORD}, None, WALL,
+                          token_of(user))
+        assert self.ask(login).ok
+        self.tokens[user] = token_of(user)
 
     def add_peer(self, pid: int, phase: str = SERVING) -> None:
         self.peers.table[pid] = Peer(pid, T0 + 100.0, phase, {})
@@ -301,7 +326,8 @@ def test_a_resent_listen_that_is_answered_leaves_no_park_behind(how):
         d.repl.receive(P.Event(id="p2", kind=P.EV_POST, user="alice", lamport=900, ts=WALL,
                                origin=2, seq=1, data=P.EventData(text="from a peer")))
     n = len(d.replies)
-    d.desk.on_REQ(b"bob", listen("lb", "bob", wait=0.0 if how == "stop" else 5.0), d.now)
+    d.desk.on_REQ(b"bob", d.signed(listen("lb", "bob", wait=0.0 if how == "stop" else 5.0)),
+                  d.now)
     d.desk.answer_acked(d.now)
     [(_, reply)] = d.replies[n:]
     assert reply.ok and reply.rid == "lb" and len(d.listeners) == 0

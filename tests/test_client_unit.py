@@ -126,21 +126,37 @@ def connection_to(tmp_path):
 
 
 # --- UserState ----------------------------------------------------------------
-def test_user_state_round_trips_through_its_file(tmp_path):
+TOKEN = "t" * 43
+
+
+def test_user_state_round_trips_through_its_file_readable_by_its_owner_only(tmp_path):
     path = tmp_path / "clients" / "alice.json"
-    UserState(path, lamport=42, clock_offset=-0.25, registered=True).save()
-    assert UserState.load(path) == UserState(path, 42, -0.25, True)
+    UserState(path, lamport=42, clock_offset=-0.25, token=TOKEN, expires=2e9).save()
+    assert UserState.load(path) == UserState(path, 42, -0.25, TOKEN, 2e9)
     assert [p.name for p in path.parent.iterdir()] == ["alice.json"], "no temp file left"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    assert path.parent.stat().st_mode & 0o077 == 0, oct(path.parent.stat().st_mode)
 
 
 def test_missing_state_file_gives_a_fresh_state(tmp_path):
     path = tmp_path / "nobody.json"
-    assert UserState.load(path) == UserState(path, 0, 0.0, False)
+    assert UserState.load(path) == UserState(path, 0, 0.0, None, 0.0)
+
+
+def test_a_state_file_of_before_accounts_loads_without_a_session(tmp_path):
+    path = tmp_path / "alice.json"
+    path.write_bytes(b'{"lamport": 7, "clock_offset": 0.5, "registered": true}')
+    assert UserState.load(path) == UserState(path, 7, 0.5, None, 0.0)
+
+
+def test_an_expired_token_is_not_used(tmp_path):
+    state = UserState(tmp_path / "a.json", token=TOKEN, expires=1000.0)
+    assert state.session(900.0) == TOKEN and state.session(999.0) is None
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"",
                                      b'{"lamport": "7", "clock_offset": 0, "registered": true}',
-                                     b'{"lamport": 7, "clock_offset": 0}'])
+                                     b'{"lamport": 7}'])
 def test_corrupt_state_file_gives_a_fresh_state(tmp_path, content):
     path = tmp_path / "alice.json"
     path.write_bytes(content)
@@ -281,7 +297,7 @@ def test_invalid_input_fails_before_anything_is_sent(start_broker, connection_to
 def cli(tmp_path, monkeypatch):
     """Runs the CLI with its folders in tmp_path and no SOCIAL_* from outside."""
     for name in ("USER", "PORT_BASE", "HOST", "DATA_DIR", "LOG_DIR", "REQUEST_DEADLINE",
-                 "REQUEST_TIMEOUT", "CLOCK_OFFSET", "CLOCK_CHAOS"):
+                 "REQUEST_TIMEOUT", "CLOCK_OFFSET", "CLOCK_CHAOS", "PASSWORD"):
         monkeypatch.delenv(f"SOCIAL_{name}", raising=False)
     runner = CliRunner()
 
@@ -304,7 +320,7 @@ def test_cli_empty_post_fails_locally_with_exit_code_1(cli, tmp_path, text, erro
     assert result.exit_code == 1
     assert result.stderr.strip() == error
     assert result.stdout == ""
-    assert not saved_state(tmp_path, "alice").registered
+    assert saved_state(tmp_path, "alice").token is None
 
 
 def test_cli_needs_a_user_for_everything_but_status(cli):
@@ -320,22 +336,73 @@ def test_cli_refuses_a_bad_user_name(cli, tmp_path):
     assert not (tmp_path / "evil.json").exists()
 
 
-def test_cli_registers_once_and_prints_one_json_document(cli, tmp_path, start_broker):
+def account_broker(start_broker, post: dict, accounts: set[str]):
+    """A fake broker that knows accounts: login fails ``no_account`` for a name not
+    in ``accounts`` (register adds it); everything else is answered ``post``."""
+    def script(m, n):
+        msg = m.msg
+        if msg.op == protocol.OP_LOGIN and msg.user not in accounts:
+            return [reply(msg.rid, code=protocol.ERR_NO_ACCOUNT, lamport=50)]
+        if msg.op == protocol.OP_REGISTER:
+            accounts.add(msg.user)
+            return [reply(msg.rid, {"user": msg.user, "new": True}, lamport=50)]
+        if msg.op == protocol.OP_LOGIN:
+            return [reply(msg.rid, {"user": msg.user, "expires": time.time() + 3600}, lamport=50)]
+        return [reply(msg.rid, {"post": post, "replicas": 3}, lamport=50)]
+    return start_broker(script)
+
+
+def test_cli_with_a_password_registers_logs_in_once_and_prints_one_json_document(
+        cli, tmp_path, start_broker, monkeypatch):
+    monkeypatch.setenv("SOCIAL_PASSWORD", "secret-for-tests")
     post = {"id": "p1", "author": "alice", "text": "hi", "lamport": 7, "timestamp": 1.0}
-    broker = start_broker(lambda m, n: [reply(m.msg.rid, {"post": post, "replicas": 3},
-                                              lamport=50)])
+    broker = account_broker(start_broker, post, set())
     first = cli("--user", "alice", "post", "hi", "--json", port=broker.port)
     assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout) == {"post": post, "replicas": 3, "server": 1}
-    assert broker.ops == ["register", "post"]
+    assert broker.ops == ["login", "register", "login", "post"]
+    login, post_request = broker.requests[2].msg, broker.requests[3].msg
+    assert login.args.password == "secret-for-tests" and len(login.token) >= 43
+    assert post_request.token == login.token, "the request carries the session's token"
     state = saved_state(tmp_path, "alice")
-    assert state.registered and state.lamport == 53
+    assert state.token == login.token and state.lamport == 57
 
     second = cli("--user", "alice", "--json", "users", port=broker.port)
     assert second.exit_code == 0, second.stderr
     assert json.loads(second.stdout)["server"] == 1
-    assert broker.ops == ["register", "post", "users"]
-    assert broker.requests[-1].lamport == 54, "the Lamport clock survived the restart"
+    assert broker.ops == ["login", "register", "login", "post", "users"], "logged in once"
+    assert broker.requests[-1].msg.token == login.token
+    assert broker.requests[-1].lamport == 58, "the Lamport clock survived the restart"
+
+
+def test_cli_without_a_session_sends_no_token_and_the_servers_say_why(cli, start_broker):
+    broker = start_broker(lambda m, n: [reply(m.msg.rid, code=protocol.ERR_UNAUTHORIZED,
+                                              error="alice is not logged in")])
+    result = cli("--user", "alice", "users", port=broker.port)
+    assert result.exit_code == 1 and "not logged in" in result.stderr
+    assert broker.ops == ["users"] and broker.requests[0].msg.token is None
+
+
+def test_cli_register_reads_the_password_from_stdin_and_logout_forgets_the_token(
+        cli, tmp_path, start_broker):
+    broker = account_broker(start_broker, {}, set())
+    runner_input = "a-long-password\n"
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "data"),
+                                      "--log-dir", str(tmp_path / "logs"),
+                                      "--port-base", str(broker.port), "--timeout", "3",
+                                      "--user", "alice", "register", "--password-stdin"],
+                                input=runner_input)
+    assert result.exit_code == 0, result.stderr
+    assert broker.ops == ["register", "login"]
+    assert broker.requests[0].msg.args.password == "a-long-password"
+    assert saved_state(tmp_path, "alice").token == broker.requests[1].msg.token
+    out = cli("--user", "alice", "logout", port=broker.port)
+    assert out.exit_code == 0, out.stderr
+    assert broker.ops[-1] == "logout" and broker.requests[-1].msg.token == \
+        broker.requests[1].msg.token
+    assert saved_state(tmp_path, "alice").token is None
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*"))
+    assert "a-long-password" not in logs and broker.requests[1].msg.token not in logs
 
 
 def test_cli_feed_shows_one_line_per_post(cli, start_broker):

@@ -19,9 +19,10 @@ from common import protocol as P
 from common.histogram import Histogram
 from common.processes import wait_until
 from tests import wire
-from tests.harness import Cluster
+from tests.harness import SIGN_UP_EVENTS, Cluster
 
 SERVERS = (1, 2, 3)
+SIGN_UP = SIGN_UP_EVENTS
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -206,11 +207,11 @@ def test_origins_measure_when_every_server_holds_each_write(make_cluster):
     def measured() -> int:
         return sum(Histogram.parse(row["repl_lag_hist"]).total
                    for row in c.servers().values() if row["alive"])
-    for i in range(5):                       # alice's first command registers her: 6 writes
+    for i in range(5):          # alice's first command registers her and logs in: 7 writes
         assert c.cli("alice", "post", f"lag {i}")["replicas"] == 3
     # each answered write is counted once, by its origin, when the last server's
     # version vector covers it (heartbeats carry the counts to the broker)
-    wait_until(lambda: measured() == 6, timeout=5, what="6 lag measurements")
+    wait_until(lambda: measured() == 7, timeout=5, what="7 lag measurements")
     table = c.cli("alice", "status", json=False)      # the counts shown summed up
     assert "repl_lag_hist" in table and "p99<=" in table and "[0, " not in table
 
@@ -238,7 +239,7 @@ def test_digests_are_equal_within_a_second_after_writes_stop(running: Cluster):
     assert not errors, errors
     live = c.wait_converged(timeout=1.0)
     assert set(live) == set(SERVERS)
-    assert {s["events"] for s in live.values()} == {len(users) * (2 + 2 * 15)}
+    assert {s["events"] for s in live.values()} == {len(users) * (SIGN_UP + 1 + 2 * 15)}
 
 
 def test_every_server_returns_the_same_feed_and_chat_in_the_same_order(running: Cluster):
@@ -300,7 +301,8 @@ def test_a_retried_write_is_applied_once(running: Cluster):
     c = running
     register(c, "alice", "bob")
     body = {"rid": "retry-0000000001", "op": P.OP_POST, "user": "alice",
-            "args": {"text": "exactly once"}, "server": 1, "time": time.time()}
+            "args": {"text": "exactly once"}, "server": 1, "time": time.time(),
+            "token": c.login("alice")}
     sock = c.dealer()
     first = _raw_write(c, sock, body)
     events = c.wait_converged()[1]["events"]
@@ -322,7 +324,8 @@ def test_a_retry_racing_the_original_on_another_server_counts_once(running: Clus
     before = c.wait_converged()[1]["events"]
     sock = c.dealer()
     body = {"rid": "race-00000000001", "op": P.OP_POST, "user": "alice",
-            "args": {"text": "raced"}, "server": 1, "time": time.time()}
+            "args": {"text": "raced"}, "server": 1, "time": time.time(),
+            "token": c.login("alice")}
     # both copies are on their way before either server has heard of the other
     sock.send_multipart(wire.frames(P.REQUEST, 1, body))
     sock.send_multipart(wire.frames(P.REQUEST, 1, {**body, "server": 2}))
@@ -350,7 +353,7 @@ def test_sigkill_right_after_acks_loses_nothing_and_the_server_catches_up(runnin
                        server=1)
     c.kill("server-1")                               # right after the last ack
     assert all(r["replicas"] == 3 for r in acked)
-    held = 2 + len(acked)
+    held = 2 * SIGN_UP + len(acked)
     for server in (2, 3):
         ids = {p["id"] for p in pinned(c, "bob", P.OP_FEED, {"limit": 1000}, server)["posts"]}
         assert ids == {r["post"]["id"] for r in acked}
@@ -384,9 +387,9 @@ def test_acked_writes_survive_sigkill_of_every_server(running: Cluster):
         c.start_server(server)
     c.wait_serving(SERVERS)
     live = c.wait_converged()
-    assert {s["events"] for s in live.values()} == {2 + len(acked)}
+    assert {s["events"] for s in live.values()} == {2 * SIGN_UP + len(acked)}
     for server in SERVERS:
-        assert _reloaded(c, f"server-{server}")[-1] == 2 + len(acked)
+        assert _reloaded(c, f"server-{server}")[-1] == 2 * SIGN_UP + len(acked)
         feed = pinned(c, "bob", P.OP_FEED, {"limit": 1000}, server)["posts"]
         assert len(feed) == 20
         chat = pinned(c, "bob", P.OP_CHAT, {"with": "alice", "limit": 100}, server)["messages"]

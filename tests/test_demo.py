@@ -67,6 +67,7 @@ def test_demo_runs_green_loses_no_acknowledged_write_and_stops_every_process(tmp
     for step in STEPS:
         assert step in out, f"the demo did not tell {step!r}"
     assert "is the new coordinator" in out and "Berkeley round" in out
+    assert "registers with a password drawn at random" in out, "the accounts line is missing"
     assert fact(out, "writes lost") == "0"
     assert int(fact(out, "writes acknowledged").split()[0]) > 20
     assert fact(out, "digests equal").startswith("yes")

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from common.processes import wait_until
-from tests.harness import Cluster
+from tests.harness import PASSWORD, Cluster, new_token
 from tests.hostile_helpers import (ALL_TYPES, BUS_TYPES, DROPPED, REFUSED, SERVERS,
                                    BusForger, LogMark, answering_status,
                                    assert_cluster_healthy, assert_none_died, broker_requests,
@@ -220,6 +220,7 @@ LONG_POST = 450
 def test_feed_of_500_long_posts_gets_a_reply(shared):
     c = shared
     posts = post_many(c, "longposter", (f"{i:03d} " + "x" * (LONG_POST - 4) for i in range(500)))
+    c.login("longreader")                        # its registration is a write: before the digest
     digest = converged_digest(c)
     feed = call(c, "longreader", "feed", {"limit": 500}, deadline=10.0)
     page = feed["posts"]
@@ -234,6 +235,7 @@ def test_feed_of_posts_in_4_byte_characters_gets_a_reply(shared):
     c = shared
     text = "\U0001F600" * 500                     # 500 characters, 2,000 bytes of UTF-8
     posts = post_many(c, "emojiposter", [text] * 200)
+    c.login("emojireader")                       # its registration is a write: before the digest
     digest = converged_digest(c)
     feed = call(c, "emojireader", "feed", {"limit": 1000}, deadline=10.0)
     page = feed["posts"]
@@ -305,17 +307,23 @@ def test_posts_are_acked_while_3000_listens_are_parked(shared):
     batch = c.config.client_hwm // 2
     sock = socket(zmq.DEALER, c.config.endpoint(c.config.frontend_port), sndhwm=0, rcvhwm=0)
     try:
-        registrations = {f"reg-{u}": request("register", u, {}, rid=f"reg-{u}") for u in users}
-        replies = {}
-        for some in batches(registrations, batch):
-            for body in some.values():
-                sock.send_multipart(frames("REQ", body))
-            replies.update(collect_replies(sock, set(some), 120, "registrations"))
-        refused = [r for r in replies.values() if not r["ok"]]
-        assert not refused, f"{len(refused)} registrations refused, e.g. {refused[0]}"
+        tokens = {u: new_token() for u in users}
+        registrations = {f"reg-{u}": request("register", u, {"password": PASSWORD},
+                                             rid=f"reg-{u}") for u in users}
+        logins = {f"in-{u}": request("login", u, {"password": PASSWORD}, rid=f"in-{u}",
+                                     token=tokens[u]) for u in users}
+        for what, bodies in (("registrations", registrations), ("logins", logins)):
+            replies = {}
+            for some in batches(bodies, batch):
+                for body in some.values():
+                    sock.send_multipart(frames("REQ", body))
+                replies.update(collect_replies(sock, set(some), 120, what))
+            refused = [r for r in replies.values() if not r["ok"]]
+            assert not refused, f"{len(refused)} {what} refused, e.g. {refused[0]}"
 
         routed = broker_requests(c)
-        listens = {f"park-{u}": request("listen", u, {"wait": 30, "since": 0}, rid=f"park-{u}")
+        listens = {f"park-{u}": request("listen", u, {"wait": 30, "since": 0}, rid=f"park-{u}",
+                                        token=tokens[u])
                    for u in users}
         for body in listens.values():
             sock.send_multipart(frames("REQ", body))

@@ -19,7 +19,7 @@ from common.processes import wait_until
 from tests.faults import (DEFAULT_TIMING, RELOADED_RE, BusyReaders, Writers, audit, fetched, freeze,
                           log_after, log_mark, read_everything, restart_broker,
                           thaw, wait_log, wait_out_of_pool, write_posts)
-from tests.harness import SERVING_LINE, Cluster
+from tests.harness import SERVING_LINE, SIGN_UP_EVENTS, Cluster
 
 USERS = ["ann", "ben", "cat"]
 JOIN_EVENTS = 20_000
@@ -95,7 +95,7 @@ def test_join_time_with_20000_events_in_the_cluster(running: Cluster):
     write_posts(c, JOIN_EVENTS, connections=10)
     wrote = time.monotonic() - started
     events = c.wait_converged(timeout=30)[1]["events"]
-    assert events == JOIN_EVENTS + 1
+    assert events == JOIN_EVENTS + SIGN_UP_EVENTS
 
     started = time.monotonic()
     c.start_server(4)
@@ -115,14 +115,14 @@ def test_join_time_with_20000_events_in_the_cluster(running: Cluster):
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_a_restarted_server_fetches_only_what_it_missed(running: Cluster, stop: str):
     c = running
-    held = 1 + len(write_posts(c, 300, 3))
+    held = SIGN_UP_EVENTS + len(write_posts(c, 300, 3))
     c.wait_converged(timeout=15)
     if stop == "sigterm":
         assert c.terminate("server-1") == 0
     else:
         c.kill("server-1")
     missed = len(write_posts(c, 25, 1, user="late"))
-    missed += 1                                              # "late" registered
+    missed += SIGN_UP_EVENTS                                 # "late" registered
 
     c.start_server(1)
     c.wait_serving({1}, timeout=20)
@@ -345,7 +345,8 @@ def test_bus_messages_dropped_on_purpose_are_detected_and_pulled(cluster: Cluste
     writers.stop()
     assert not writers.errors, writers.errors
     live = c.wait_converged(timeout=15)
-    assert {s["events"] for s in live.values()} == {len(USERS) + writers.count()}
+    assert {s["events"] for s in live.values()} == {len(USERS) * SIGN_UP_EVENTS
+                                                    + writers.count()}
     repaired = {server: fetched(c.log_text(f"server-{server}"))[1] for server in (1, 2, 3)}
     print(f"\n[gaps] 30% of EVENT/ACK messages dropped; events pulled by FETCH per server: "
           f"{repaired} of {writers.count()} writes")

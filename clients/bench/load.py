@@ -44,6 +44,7 @@ class Load:
     rate: float | None = None        # requests/s on a fixed schedule; None: flat out
     record_acks: bool = False        # return (rid, ack time) of every ok reply
     setup: tuple = ()                # (op, args) requests before the window, not counted
+    password: str = ""               # log in with it before the setup (not measured)
     tag: int = 0                     # which run() this Load belongs to
 
 
@@ -128,6 +129,10 @@ def worker_main(worker: int, tasks, results) -> None:
 def setup_problem(client: BrokerClient, load: Load) -> str | None:
     """Send the setup requests; what went wrong, or None."""
     try:
+        if load.password:                # accounts: a session first, outside the window
+            problem = client.log_in(load.password, REPLY_TIMEOUT)
+            if problem:
+                return f"setup {problem}"
         for op, args in load.setup:
             _, ok, code = call(client, op, args)
             if not ok:

@@ -22,6 +22,7 @@ by listen), ``error`` and ``stopped``.
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -92,7 +93,15 @@ class Bot:
         self.stopping = True
 
     def register(self) -> None:
-        self.write(P.OP_REGISTER, {}, "register")
+        """Register (with the password of SOCIAL_PASSWORD) and log in."""
+        try:
+            self.session.ensure_session()
+        except ClientError as exc:
+            self.errors += 1
+            self.report("error", action="register", code=exc.code, error=exc.message)
+            return
+        self.acks += 1
+        self.report("register", server=None)
 
     def wait_for_peers(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -209,7 +218,8 @@ def main(user: Annotated[str, typer.Option(help="The bot's user name.")],
          data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir) -> None:
     config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
     names = [p for p in peers.split(",") if p and p != user]
-    with UserSession(config, user, clock_chaos=clock_chaos) as session:
+    password = os.environ.get("SOCIAL_PASSWORD")
+    with UserSession(config, user, clock_chaos=clock_chaos, password=password) as session:
         bot = Bot(session, names, report, random.Random(seed), max_posts)
         signal.signal(signal.SIGTERM, bot.stop)
         signal.signal(signal.SIGINT, bot.stop)

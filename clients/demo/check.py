@@ -7,6 +7,8 @@ one row per server the demo started, and the run's facts.
 """
 from __future__ import annotations
 
+import secrets
+
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -40,9 +42,11 @@ class Check:
 class Verification:
     """The demo's check and summary, reading as the bot users from each live server."""
 
-    def __init__(self, config: Config, users: list[str], narrator: Narrator) -> None:
+    def __init__(self, config: Config, users: list[str], narrator: Narrator,
+                 passwords: dict[str, str]) -> None:
         self.config = config
         self.users = users
+        self.passwords = passwords
         self.narrator = narrator
         self.activity = narrator.activity
         self.watch = narrator.watch
@@ -67,6 +71,9 @@ class Verification:
         if conn is None:
             conn = Connection(self.config, user, LamportClock(), PhysicalClock())
             self._readers[user] = conn
+            token = secrets.token_urlsafe(32)        # a session of its own, as the user
+            conn.request(P.OP_LOGIN, {"password": self.passwords[user]}, token=token)
+            conn.token = token
         return conn
 
     def chat(self, a: str, b: str, sid: int) -> list[dict]:

@@ -24,6 +24,7 @@ This module runs the scenario; ``clients/demo/narrator.py`` tells it (with what
 """
 from __future__ import annotations
 
+import secrets
 import signal
 import subprocess
 import sys
@@ -77,8 +78,10 @@ class DemoProcesses(ProcessGroup):
         with open(self.pid_file, "a") as f:
             f.write(f"{name} {proc.pid}\n")
 
-    def start_bot(self, user: str, *args: str) -> subprocess.Popen:
-        return self.start(f"bot-{user}", ["clients.demo.bots", "--user", user, *args])
+    def start_bot(self, user: str, password: str, *args: str) -> subprocess.Popen:
+        """A bot, its password in its environment (never on a command line: ``ps`` shows those)."""
+        return self.start(f"bot-{user}", ["clients.demo.bots", "--user", user, *args],
+                          env={"SOCIAL_PASSWORD": password})
 
 
 class Demo:
@@ -90,13 +93,14 @@ class Demo:
         self.seconds = seconds
         self.server_count = servers
         self.users = list(BOT_NAMES[:users])
+        self.passwords = {user: secrets.token_urlsafe(12) for user in self.users}
         self.narrator = Narrator(config, self.users, out)
         self.watch = self.narrator.watch
         self.activity = self.narrator.activity
         self.log_dir = Path(config.log_dir)
         self.pid_file = self.log_dir / PID_FILE
         self.group = DemoProcesses(config, {"SOCIAL_CLOCK_CHAOS": "1"}, self.pid_file)
-        self.verification = Verification(config, self.users, self.narrator)
+        self.verification = Verification(config, self.users, self.narrator, self.passwords)
         self.servers = Servers()
         self.killed: int | None = None
 
@@ -166,11 +170,13 @@ class Demo:
         peers = ",".join(self.users)
         max_posts = max(1, READ_LIMIT // (2 * len(self.users)))
         for n, user in enumerate(self.users):
-            self.group.start_bot(user, "--peers", peers, "--seed", str(n),
+            self.group.start_bot(user, self.passwords[user], "--peers", peers, "--seed", str(n),
                                  "--report", str(report_path(self.log_dir, user)),
                                  "--max-posts", str(max_posts))
         say(f"{len(self.users)} bot users start, each a process with its own Lamport "
             f"clock and log: {', '.join(self.users)}")
+        say("each registers with a password drawn at random (the servers keep only its "
+            "argon2id hash) and logs in: every request carries its session token")
         say("they follow, unfollow, post, send messages, and listen (a long poll the "
             "servers answer as soon as a followed user posts or a message arrives)")
         try:
