@@ -106,13 +106,14 @@ class Cluster:
 
     # --- talking to it ---------------------------------------------------------------
     def connection(self, user: str | None = None, deadline: float = 10.0,
-                   login: bool = True) -> Connection:
+                   login: bool = True, server: int | None = None) -> Connection:
         """A Lazy Pirate connection for python-level requests, logged in as ``user``
-        (registered first if need be) unless ``login`` is False; close it after use."""
+        (registered first if need be, through ``server`` if given) unless ``login``
+        is False; close it after use."""
         conn = self._bare_connection(user, deadline)
         if user is not None and login:
             try:
-                conn.token = self.login(user, deadline=deadline)
+                conn.token = self.login(user, deadline=deadline, server=server)
             except BaseException:
                 conn.close()
                 raise
@@ -124,21 +125,22 @@ class Cluster:
         return Connection(config.validate(), user, LamportClock(), PhysicalClock())
 
     def login(self, user: str, password: str = PASSWORD, fresh: bool = False,
-              deadline: float = 10.0) -> str:
+              deadline: float = 10.0, server: int | None = None) -> str:
         """A session token of ``user`` (kept for the next call unless ``fresh``): logs
-        in, registering the name first if nobody owns it."""
+        in, registering the name first if nobody owns it; through ``server`` if given
+        (a test that must know which server originates which events)."""
         if user in self.tokens and not fresh:
             return self.tokens[user]
         conn = self._bare_connection(user, deadline)
         try:
             token = new_token()
             try:
-                conn.request(P.OP_LOGIN, {"password": password}, token=token)
+                conn.request(P.OP_LOGIN, {"password": password}, server, token=token)
             except ClientError as exc:
                 if exc.code != P.ERR_NO_ACCOUNT:
                     raise
-                conn.request(P.OP_REGISTER, {"password": password})
-                conn.request(P.OP_LOGIN, {"password": password}, token=token)
+                conn.request(P.OP_REGISTER, {"password": password}, server)
+                conn.request(P.OP_LOGIN, {"password": password}, server, token=token)
         finally:
             conn.close()
         self.tokens[user] = token
@@ -149,12 +151,12 @@ class Cluster:
         """One request as ``user``, logged in (or with ``token``, as given). A register
         without a password registers with the harness's and logs in."""
         if op == P.OP_REGISTER and "password" not in args:
-            self.login(user, deadline=deadline)
+            self.login(user, deadline=deadline, server=server)
             return {"user": user, "new": True}
         if token is not None or user is None or op in P.OPEN_OPS:
             conn = self._bare_connection(user, deadline)
             conn.token = token
-        else:
+        else:           # logged in through any server: ``server`` may be down on purpose
             conn = self.connection(user, deadline)
         try:
             try:
