@@ -23,10 +23,11 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
                                                "intervals (it follows the coordinator's clock).")) -> None:
     from broker.broker import serve
     from common.clock import PhysicalClock
+    from common.keys import KeyProblem
     try:
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
         serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))
-    except (ConfigError, InUse, zmq.ZMQError) as exc:
+    except (ConfigError, InUse, KeyProblem, OSError, zmq.ZMQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1)
 

@@ -6,6 +6,10 @@ still be queued on it, and a fresh socket is the only way to forget it) and the
 same request -- same ``rid``, so the servers can tell it is a retry -- goes out
 on a new one, until the absolute ``request_deadline`` has passed.
 
+The socket is a CURVE client (stonehouse): a fresh keypair per connection, and the
+broker's public key from the data folder or ``SOCIAL_BROKER_KEY``, checked in the
+handshake, so nobody else can pose as the broker or read the traffic.
+
 Every reply also carries two clocks: its Lamport stamp is merged into the
 user's Lamport clock, and its physical ``time`` corrects the user's physical
 clock by Cristian's algorithm.
@@ -17,7 +21,7 @@ import uuid
 
 import zmq
 
-from common import protocol
+from common import keys, protocol
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
@@ -58,7 +62,8 @@ class Connection:
     """Sends requests to the broker and waits for their replies, retrying."""
 
     def __init__(self, config: Config, user: str | None, lamport: LamportClock,
-                 clock: PhysicalClock, log: ProcessLog | None = None) -> None:
+                 clock: PhysicalClock, log: ProcessLog | None = None,
+                 broker_key: bytes | None = None) -> None:
         self.config = config
         self.user = user
         self.lamport = lamport
@@ -67,9 +72,16 @@ class Connection:
         self.endpoint = config.endpoint(config.frontend_port)
         self.clock_correction = 0.0
         """The sum of every Cristian correction this connection applied (seconds)."""
+        self._public, self._secret = zmq.curve_keypair()   # ephemeral: any key is let in
         self._context = zmq.Context()
         self._context.linger = 0
-        self._socket = self._open_socket()
+        self._socket: zmq.Socket | None = None
+        try:
+            self.broker_key = broker_key or keys.broker_public_key(config.data_dir)
+        except keys.KeyProblem as exc:      # said when a request is sent, not before
+            self.broker_key, self._key_problem = None, str(exc)
+        else:
+            self._socket = self._open_socket()
 
     # --- the public verbs -------------------------------------------------
     def build(self, op: str, args: dict, server: int | None = None) -> protocol.Request:
@@ -85,6 +97,8 @@ class Connection:
 
     def exchange(self, body: protocol.Request) -> dict:
         """Lazy Pirate: send ``body`` until a final reply or the deadline."""
+        if self._socket is None:
+            raise ClientError(protocol.ERR_UNAVAILABLE, self._key_problem)
         # a listen is a long poll: the server may rightly keep it for ``wait`` seconds
         patience = self.config.request_timeout + (
             body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
@@ -114,13 +128,15 @@ class Connection:
             retry_delay = min(self.config.retry_max_delay, retry_delay * 2)
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        if self._socket is not None:
+            self._socket.close(linger=0)
         self._context.term()
 
     # --- sockets ------------------------------------------------------------
     def _open_socket(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
+        keys.client_socket(socket, self._public, self._secret, self.broker_key)
         socket.connect(self.endpoint)
         self._endpoint = protocol.Endpoint(socket, protocol.BROKER_TO_CLIENT, self.lamport)
         return socket

@@ -45,6 +45,7 @@ class Load:
     record_acks: bool = False        # return (rid, ack time) of every ok reply
     setup: tuple = ()                # (op, args) requests before the window, not counted
     tag: int = 0                     # which run() this Load belongs to
+    broker_key: bytes = b""          # the broker's CURVE public key (z85)
 
 
 def call(client: BrokerClient, op: str, args: dict) -> tuple[str, bool | None, str | None]:
@@ -109,7 +110,7 @@ def worker_main(worker: int, tasks, results) -> None:
     ctx.linger = 0
     try:
         while (load := tasks.get()) is not None:
-            client = BrokerClient(ctx, load.endpoint, load.user)
+            client = BrokerClient(ctx, load.endpoint, load.broker_key, load.user)
             try:
                 results.put(("ready", load.tag, worker, setup_problem(client, load)))
                 go = tasks.get()
