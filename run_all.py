@@ -50,7 +50,8 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
     for server_id in range(1, servers + 1):
         group.start_server(server_id)
     print(f"broker on {config.endpoint(config.frontend_port)}, servers 1..{servers}; "
-          f"logs in {config.log_dir}/, data in {config.data_dir}/. Ctrl-C stops all.")
+          f"logs in {config.log_dir}/, data in {config.data_dir}/ (CurveZMQ keys in "
+          f"{config.data_dir}/keys/). Ctrl-C stops all.")
     try:
         while not stopping:
             for name in list(group.procs):

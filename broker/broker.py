@@ -202,9 +202,7 @@ class Broker:
         if now < self._allowlist_at:
             return
         self._allowlist_at = now + ALLOWLIST_EVERY
-        self.security.allowlist.refresh()
-        for note in self.security.allowlist.take_notes():
-            self.log.note(note)
+        self.security.log_news(self.log)
 
     def close(self) -> None:
         self.log.note("broker stopping")

@@ -41,6 +41,7 @@ ANYONE = "client"
 BROKER_KEY_ENV = "SOCIAL_BROKER_KEY"
 Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 """A CURVE key in Z85: 40 characters of the Z85 alphabet (32 bytes)."""
+REFUSED = "refused"
 _ID_NAME = re.compile(r"^server-([1-9][0-9]?)\.key$")
 
 
@@ -316,7 +317,7 @@ class Allowlist:
         with self._lock:
             count = self.refused.count(key)
             if count:
-                self.notes.append(f"refused a CURVE connection with a key not in the allowlist "
+                self.notes.append(f"{REFUSED} a CURVE connection with a key not in the allowlist "
                                   f"({key.decode(errors='replace')}, {count} so far)")
         return False
 
@@ -363,6 +364,14 @@ class Security:
     def client(self, sock: zmq.Socket, server_key: bytes | None = None) -> zmq.Socket:
         """Make ``sock`` a CURVE client of the broker (or of ``server_key``), before it connects."""
         return client_socket(sock, self.public, self.secret, server_key or self.broker_key)
+
+    def log_news(self, log) -> None:
+        """The allowlist re-read if its folder changed; what changed (a note) and the keys
+        refused (a warning) since the last call, logged by the process's loop in ``log``
+        (a ProcessLog: the ZAP thread writes none)."""
+        self.allowlist.refresh()
+        for note in self.allowlist.take_notes():
+            (log.warn if note.startswith(REFUSED) else log.note)(note)
 
     def peer_key(self, server_id: int) -> bytes | None:
         return self.allowlist.key_of(server_name(server_id))

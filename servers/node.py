@@ -326,9 +326,7 @@ class Server:
         self.membership.tick(now)
         if now >= self.allowlist_at:             # admitted keys, refused ones: said here
             self.allowlist_at = now + ALLOWLIST_EVERY
-            self.security.allowlist.refresh()
-            for note in self.security.allowlist.take_notes():
-                self.log.note(note)
+            self.security.log_news(self.log)
         if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
             self.clock_jumps = self.clock.jumps
             self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
