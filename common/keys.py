@@ -356,6 +356,7 @@ class Security:
     def serve(self, sock: zmq.Socket, domain: str = CLUSTER_DOMAIN) -> zmq.Socket:
         """Make ``sock`` a CURVE server (before it binds): ironhouse on the cluster's domain."""
         sock.zap_domain = domain.encode()
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)   # no ZAP handler: no one gets in
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True

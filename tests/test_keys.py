@@ -170,3 +170,38 @@ def test_user_id_names_the_key_of_each_connection(tmp_path):
         security.stop()
     finally:
         ctx.destroy(0)
+
+
+@pytest.mark.timeout(30)
+def test_without_its_zap_handler_a_cluster_socket_lets_no_one_in(tmp_path):
+    """libzmq lets every CURVE client in when no ZAP handler answers, unless the
+    socket enforces its domain: ours do, so a stopped handler fails closed."""
+    from zmq.utils.monitor import recv_monitor_message
+    ctx = zmq.Context()
+    try:
+        security = keys.Security(ctx, tmp_path, keys.BROKER)
+        member_public, member_secret = keys.keypair(tmp_path, "server-7")
+        keys.admit_self(tmp_path, 7, member_public)
+        security.stop()                          # the handler is gone
+        router = security.serve(ctx.socket(zmq.ROUTER))
+        monitor = router.get_monitor_socket()
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        sock = keys.client_socket(ctx.socket(zmq.DEALER), member_public, member_secret,
+                                  security.public)
+        sock.linger = 0
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send(b"hello")
+        events = []
+        while not any(e["event"] & (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH) for e in events):
+            assert monitor.poll(10_000), f"no handshake failure; events {events}"
+            events.append(recv_monitor_message(monitor))
+        assert not any(e["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED for e in events)
+        assert not router.poll(0), "a message got in without a ZAP handler"
+        sock.close(0)
+        router.disable_monitor()
+        monitor.close(0)
+        router.close(0)
+    finally:
+        ctx.destroy(0)
