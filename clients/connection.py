@@ -26,6 +26,8 @@ from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
 
+KEY_POLL = 0.05
+"""Seconds between two looks for the broker's key while a broker starts."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
 
@@ -76,12 +78,19 @@ class Connection:
         self._context = zmq.Context()
         self._context.linger = 0
         self._socket: zmq.Socket | None = None
-        try:
-            self.broker_key = broker_key or keys.broker_public_key(config.data_dir)
-        except keys.KeyProblem as exc:      # said when a request is sent, not before
-            self.broker_key, self._key_problem = None, str(exc)
-        else:
+        self.broker_key = broker_key
+        self._find_broker_key()
+
+    def _find_broker_key(self) -> keys.KeyProblem | None:
+        """Open the socket once the broker's key is known; what is wrong until then (a
+        problem is said when a request is sent, after the request's own checks)."""
+        if self._socket is None:
+            try:
+                self.broker_key = self.broker_key or keys.broker_public_key(self.config.data_dir)
+            except keys.KeyProblem as exc:
+                return exc
             self._socket = self._open_socket()
+        return None
 
     # --- the public verbs -------------------------------------------------
     def build(self, op: str, args: dict, server: int | None = None) -> protocol.Request:
@@ -97,12 +106,11 @@ class Connection:
 
     def exchange(self, body: protocol.Request) -> dict:
         """Lazy Pirate: send ``body`` until a final reply or the deadline."""
-        if self._socket is None:
-            raise ClientError(protocol.ERR_UNAVAILABLE, self._key_problem)
         # a listen is a long poll: the server may rightly keep it for ``wait`` seconds
         patience = self.config.request_timeout + (
             body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
         deadline = time.monotonic() + self.config.request_deadline + patience
+        self._wait_for_broker_key(deadline)
         retry_delay = self.config.retry_first_delay
         tries = 0
         while True:
@@ -126,6 +134,14 @@ class Connection:
                 raise error
             time.sleep(retry_delay)
             retry_delay = min(self.config.retry_max_delay, retry_delay * 2)
+
+    def _wait_for_broker_key(self, deadline: float) -> None:
+        """A broker starting on this data folder writes its key at once: wait for it as
+        for its reply (until ``deadline``); a malformed key fails at once."""
+        while (problem := self._find_broker_key()) is not None:
+            if not isinstance(problem, keys.NoBrokerKey) or time.monotonic() >= deadline:
+                raise ClientError(protocol.ERR_UNAVAILABLE, str(problem))
+            time.sleep(KEY_POLL)
 
     def close(self) -> None:
         if self._socket is not None:

@@ -49,6 +49,10 @@ class KeyProblem(ValueError):
     """A key that cannot be used: malformed, missing, unreadable."""
 
 
+class NoBrokerKey(KeyProblem):
+    """The broker's public key is not (yet) in the data folder: it makes it at start."""
+
+
 def server_name(server_id: int) -> str:
     return f"server-{server_id}"
 
@@ -178,7 +182,7 @@ def broker_public_key(data_dir: str | os.PathLike) -> bytes:
             raise KeyProblem(f"{BROKER_KEY_ENV}: {exc}") from None
     path = key_dir(data_dir) / f"{BROKER}.key"
     if not path.exists():
-        raise KeyProblem(f"no broker key: {path} is missing (start the broker on this data "
+        raise NoBrokerKey(f"no broker key: {path} is missing (start the broker on this data "
                         f"folder, or set {BROKER_KEY_ENV} to a remote broker's public key)")
     return load_public(path)
 
@@ -382,15 +386,10 @@ class Security:
 
 
 def client_socket(sock: zmq.Socket, public: bytes, secret: bytes, server_key: bytes) -> zmq.Socket:
+    """Make ``sock`` a CURVE client with this keypair that talks only to ``server_key``
+    (set before it connects)."""
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_serverkey = server_key
     return sock
-
-
-def ephemeral_client(sock: zmq.Socket, server_key: bytes) -> zmq.Socket:
-    """A user's socket: a fresh keypair (the frontend takes any), the broker's key checked."""
-    public, secret = zmq.curve_keypair()
-    return client_socket(sock, public, secret, server_key)
-
 

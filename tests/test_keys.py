@@ -177,13 +177,12 @@ def test_without_its_zap_handler_a_cluster_socket_lets_no_one_in(tmp_path):
     """libzmq lets every CURVE client in when no ZAP handler answers, unless the
     socket enforces its domain: ours do, so a stopped handler fails closed."""
     from zmq.utils.monitor import recv_monitor_message
-    ctx = zmq.Context()
+    ctx, bare = zmq.Context(), zmq.Context()
     try:
         security = keys.Security(ctx, tmp_path, keys.BROKER)
         member_public, member_secret = keys.keypair(tmp_path, "server-7")
         keys.admit_self(tmp_path, 7, member_public)
-        security.stop()                          # the handler is gone
-        router = security.serve(ctx.socket(zmq.ROUTER))
+        router = security.serve(bare.socket(zmq.ROUTER))   # a context with no ZAP handler
         monitor = router.get_monitor_socket()
         port = router.bind_to_random_port("tcp://127.0.0.1")
         sock = keys.client_socket(ctx.socket(zmq.DEALER), member_public, member_secret,
@@ -203,5 +202,7 @@ def test_without_its_zap_handler_a_cluster_socket_lets_no_one_in(tmp_path):
         router.disable_monitor()
         monitor.close(0)
         router.close(0)
+        security.stop()
     finally:
+        bare.destroy(0)
         ctx.destroy(0)
