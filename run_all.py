@@ -3,6 +3,7 @@
     python run_all.py up --servers 3     broker + servers 1..3 in the foreground; Ctrl-C stops all
     python run_all.py demo               the whole system at work, narrated, in under a minute
     python run_all.py timeline           every process's log merged in Lamport order
+    python run_all.py admit N KEY        let server N on another host in (its public key)
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from common.config import load_config
 from common.processes import ProcessGroup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Run the distributed social network: up, demo, timeline, bench.")
+                  help="Run the distributed social network: up, demo, timeline, bench, admit.")
 
 
 @app.callback()
 def main() -> None:
-    """Run the distributed social network: up, demo, timeline, bench."""
+    """Run the distributed social network: up, demo, timeline, bench, admit."""
 
 
 @app.command()
@@ -49,7 +50,8 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
     for server_id in range(1, servers + 1):
         group.start_server(server_id)
     print(f"broker on {config.endpoint(config.frontend_port)}, servers 1..{servers}; "
-          f"logs in {config.log_dir}/, data in {config.data_dir}/. Ctrl-C stops all.")
+          f"logs in {config.log_dir}/, data in {config.data_dir}/ (CurveZMQ keys in "
+          f"{config.data_dir}/keys/). Ctrl-C stops all.")
     try:
         while not stopping:
             for name in list(group.procs):
@@ -107,6 +109,24 @@ def timeline(follow: bool = typer.Option(False, "--follow", "-f",
         pass
     except BrokenPipeError:                 # `| head`: the reader has had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@app.command()
+def admit(server_id: int = typer.Argument(..., min=1, max=99, help="The server's id (1-99)."),
+          key: str = typer.Argument(..., help="Its CURVE public key (40 Z85 characters), "
+                                              "or a key file holding it (server-N.key)."),
+          data_dir: O.OptStr = O.DataDir) -> None:
+    """Admit server N (on another host) to the cluster's allowlist: the broker and every
+    server on this data folder let its key in within a second, without a restart."""
+    from common import keys
+    folder = load_config(data_dir=data_dir).data_dir
+    try:
+        public = keys.parse_key_argument(key)
+        path = keys.admit(folder, server_id, public)
+    except (keys.KeyProblem, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"admitted server-{server_id} with key {public.decode()} ({path})")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from common import keys
 from common import protocol as P
 from common import startup
 from common.clock import LamportClock, PhysicalClock
@@ -35,6 +36,10 @@ from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
 
 from broker.throttle import LoginThrottle
+
+ALLOWLIST_EVERY = 1.0
+"""Seconds between two looks at the allowlist's folder (the ZAP handler also looks
+at each new connection, so a key admitted a moment ago is let in at once)."""
 
 DROPPING_LIMIT = 10_000
 """User connections whose dropped replies are counted at most (then the count restarts)."""
@@ -57,9 +62,10 @@ class ServerEntry:
 class Bus:
     """The XSUB/XPUB proxy on a thread of its own, stoppable through a PAIR socket."""
 
-    def __init__(self, ctx: zmq.Context, config: Config) -> None:
+    def __init__(self, ctx: zmq.Context, config: Config, security: keys.Security) -> None:
         self._ctx = ctx
         self._config = config
+        self._security = security
         self._control_addr = f"inproc://bus-control-{id(self)}"
         self._control = ctx.socket(zmq.PAIR)
         self._control.bind(self._control_addr)
@@ -82,6 +88,8 @@ class Bus:
                 sock.sndhwm = self._config.hwm
                 sock.rcvhwm = self._config.hwm
             xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
+            for sock in (xsub, xpub):            # ironhouse: cluster keys only, both ways
+                self._security.serve(sock)
             startup.bind(xsub, self._config.endpoint(self._config.bus_in_port))
             startup.bind(xpub, self._config.endpoint(self._config.bus_out_port))
             control.connect(self._control_addr)
@@ -117,34 +125,43 @@ class Broker:
                               flush_every=config.log_flush_every, exclusive=True)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
+        # CURVE on every socket, the ZAP handler up before any binds (the bus proxy
+        # thread shares this context, so this one handler serves its sockets too)
+        self.security = keys.Security(self.ctx, config.data_dir, keys.BROKER)
         # users are strangers: a small queue each (one that stops reading costs at
-        # most client_hwm replies), requests of bounded size, stamps not far ahead
-        frontend = self._bind(config.frontend_port, config.client_hwm, 4 * P.MAX_REQUEST_BYTES)
+        # most client_hwm replies), requests of bounded size, stamps not far ahead;
+        # stonehouse: encrypted, any client key (users prove who they are in requests)
+        frontend = self._bind(config.frontend_port, config.client_hwm, 4 * P.MAX_REQUEST_BYTES,
+                              keys.CLIENTS_DOMAIN)
         frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a reply that cannot be queued is said
         self.frontend = P.Endpoint(frontend, P.CLIENT_TO_BROKER, self.lamport,
                                    max_lead=P.MAX_CLIENT_LEAD)
-        backend = self._bind(config.backend_port, config.hwm, P.MAX_REPLY_BYTES)
+        backend = self._bind(config.backend_port, config.hwm, P.MAX_REPLY_BYTES)   # ironhouse
         backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.backend = P.Endpoint(backend, P.SERVER_TO_BROKER, self.lamport)
-        self.bus = Bus(self.ctx, config)
+        self.bus = Bus(self.ctx, config, self.security)
         self.servers: dict[int, ServerEntry] = {}
         self._by_identity: dict[bytes, int] = {}
         self._rr = itertools.count()
         self._heartbeat_at = 0.0
+        self._allowlist_at = 0.0
         self.running = True
         self.requests = 0
         self.replies_dropped = 0
         self._dropping: dict[bytes, int] = {}      # user connection -> replies dropped in a row
+        self._impostors = keys.Tally()           # (key's id, claim, type) -> refusals
         self.gc = GcPacer()
         self.throttle = LoginThrottle(config.login_free_failures, config.login_delay,
                                       config.login_max_delay)
 
-    def _bind(self, port: int, hwm: int, max_message: int) -> zmq.Socket:
+    def _bind(self, port: int, hwm: int, max_message: int,
+              domain: str = keys.CLUSTER_DOMAIN) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self.security.serve(sock, domain)
         startup.bind(sock, self.config.endpoint(port))
         return sock
 
@@ -164,31 +181,45 @@ class Broker:
                 timeout = max(0.0, wake - time.monotonic())
                 events = dict(poller.poll(min(timeout, 0.25) * 1000))
                 if self.backend.sock in events:
-                    self._drain(self.backend.sock, self.on_backend)
+                    self._drain(self.backend.sock, self.on_backend, P.recv_from)
                 if self.frontend.sock in events:
                     self._drain(self.frontend.sock, self.on_frontend)
                 self.log.guard(self.send_heartbeats)
+                self.log.guard(self.allowlist_changes)
                 self.log.flush_if_due()
                 self.gc.tick(time.monotonic())
         finally:
             self.close()
 
-    def _drain(self, sock: zmq.Socket, handler, limit: int = 500) -> None:
-        """Read up to ``limit`` messages; the poll said the first one is there."""
+    def _drain(self, sock: zmq.Socket, handler, receive=None, limit: int = 500) -> None:
+        """Read up to ``limit`` messages; the poll said the first one is there. With
+        ``receive`` (``P.recv_from``), the handler also gets who sent each one."""
         for i in range(limit):
             if i and not P.readable(sock):
                 return
             try:
-                frames = P.recv(sock, zmq.NOBLOCK)
+                if receive is None:
+                    self.log.guard(handler, P.recv(sock, zmq.NOBLOCK))
+                else:
+                    self.log.guard(handler, *receive(sock, zmq.NOBLOCK))
             except zmq.Again:
                 return
-            self.log.guard(handler, frames)
+
+    def allowlist_changes(self) -> None:
+        """Periodic: the allowlist re-read when its folder changed, and each change (and
+        each refused key) said once, from this loop (the ZAP thread writes no log)."""
+        now = time.monotonic()
+        if now < self._allowlist_at:
+            return
+        self._allowlist_at = now + ALLOWLIST_EVERY
+        self.security.log_news(self.log)
 
     def close(self) -> None:
         self.log.note("broker stopping")
         self.bus.stop()
         self.frontend.sock.close(0)
         self.backend.sock.close(0)
+        self.security.stop()
         self.ctx.term()
         self.log.close()
 
@@ -294,7 +325,10 @@ class Broker:
                           f"{self.config.client_hwm} replies already queued (not reading?)")
 
     # --- servers ---------------------------------------------------------------
-    def on_backend(self, frames: list[bytes]) -> None:
+    def on_backend(self, frames: list[bytes], who: str) -> None:
+        """A server's message; ``who`` is the id its connection's key is registered
+        under (``server-N``): it must be the server the identity (``server-N.<random>``,
+        ``keys.dealer_identity``) and the message name."""
         try:
             incoming = self.backend.receive(frames)
         except P.ProtocolError as exc:
@@ -302,6 +336,11 @@ class Broker:
             return
         identity, route = incoming.envelope
         msg = incoming.msg
+        claimed = msg.server if isinstance(msg, P.Reply) else msg.id
+        if identity.partition(b".")[0] != who.encode() or \
+                (claimed is not None and claimed != _server_number(who)):
+            self.refuse_impostor(who, identity, msg, claimed)
+            return
         entry_id = self._by_identity.get(identity)
         if entry_id is not None:
             self.servers[entry_id].expiry = time.monotonic() + self.config.server_timeout
@@ -318,6 +357,15 @@ class Broker:
             self.on_leave(identity, msg)
         else:
             self.log.warn(f"dropped {msg.TYPE} without a route on the backend")
+
+    def refuse_impostor(self, who: str, identity: bytes, msg, claimed) -> None:
+        """A cluster key speaking for another server: refused, said once per pair (and
+        every thousandth time), nothing changed."""
+        what = f"identity {identity[:40]!r}" + (f", id {claimed}" if claimed is not None else "")
+        count = self._impostors.count((who, what, msg.TYPE))
+        if count:
+            self.log.warn(f"dropped {msg.TYPE} claiming {what}: its connection's key is "
+                          f"{who or 'unknown'}'s ({count} so far)")
 
     def forward_reply(self, identity: bytes, route: bytes, msg: P.Reply, raw_body: bytes) -> None:
         failures = None
@@ -424,6 +472,12 @@ class Broker:
                 "epoch": best.get("epoch") if best else None,
                 "broker": {"lamport": self.lamport.value, "requests": self.requests,
                            "replies_dropped": self.replies_dropped}}
+
+
+def _server_number(who: str) -> int | None:
+    """``server-7`` -> 7 (the ids keys are registered under); None for anything else."""
+    name, _, number = who.partition("-")
+    return int(number) if name == "server" and number.isdigit() else None
 
 
 def _home_rank(user: str, server_id: int) -> int:

@@ -6,6 +6,10 @@ still be queued on it, and a fresh socket is the only way to forget it) and the
 same request -- same ``rid``, so the servers can tell it is a retry -- goes out
 on a new one, until the absolute ``request_deadline`` has passed.
 
+The socket is a CURVE client (stonehouse): a fresh keypair per connection, and the
+broker's public key from the data folder or ``SOCIAL_BROKER_KEY``, checked in the
+handshake, so nobody else can pose as the broker or read the traffic.
+
 Every reply also carries two clocks: its Lamport stamp is merged into the
 user's Lamport clock, and its physical ``time`` corrects the user's physical
 clock by Cristian's algorithm.
@@ -17,11 +21,13 @@ import uuid
 
 import zmq
 
-from common import protocol
+from common import keys, protocol
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
 
+KEY_POLL = 0.05
+"""Seconds between two looks for the broker's key while a broker starts."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
 
@@ -58,7 +64,8 @@ class Connection:
     """Sends requests to the broker and waits for their replies, retrying."""
 
     def __init__(self, config: Config, user: str | None, lamport: LamportClock,
-                 clock: PhysicalClock, log: ProcessLog | None = None) -> None:
+                 clock: PhysicalClock, log: ProcessLog | None = None,
+                 broker_key: bytes | None = None) -> None:
         self.config = config
         self.user = user
         self.lamport = lamport
@@ -69,9 +76,23 @@ class Connection:
         """The session token every request carries (``login`` sets it)."""
         self.clock_correction = 0.0
         """The sum of every Cristian correction this connection applied (seconds)."""
+        self._public, self._secret = zmq.curve_keypair()   # ephemeral: any key is let in
         self._context = zmq.Context()
         self._context.linger = 0
-        self._socket = self._open_socket()
+        self._socket: zmq.Socket | None = None
+        self.broker_key = broker_key
+        self._find_broker_key()
+
+    def _find_broker_key(self) -> keys.KeyProblem | None:
+        """Open the socket once the broker's key is known; what is wrong until then (a
+        problem is said when a request is sent, after the request's own checks)."""
+        if self._socket is None:
+            try:
+                self.broker_key = self.broker_key or keys.broker_public_key(self.config.data_dir)
+            except keys.KeyProblem as exc:
+                return exc
+            self._socket = self._open_socket()
+        return None
 
     # --- the public verbs -------------------------------------------------
     def build(self, op: str, args: dict, server: int | None = None,
@@ -95,6 +116,7 @@ class Connection:
         patience = self.config.request_timeout + (
             body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
         deadline = time.monotonic() + self.config.request_deadline + patience
+        self._wait_for_broker_key(deadline)
         retry_delay = self.config.retry_first_delay
         tries = 0
         while True:
@@ -119,14 +141,24 @@ class Connection:
             time.sleep(retry_delay)
             retry_delay = min(self.config.retry_max_delay, retry_delay * 2)
 
+    def _wait_for_broker_key(self, deadline: float) -> None:
+        """A broker starting on this data folder writes its key at once: wait for it as
+        for its reply (until ``deadline``); a malformed key fails at once."""
+        while (problem := self._find_broker_key()) is not None:
+            if not isinstance(problem, keys.NoBrokerKey) or time.monotonic() >= deadline:
+                raise ClientError(protocol.ERR_UNAVAILABLE, str(problem))
+            time.sleep(KEY_POLL)
+
     def close(self) -> None:
-        self._socket.close(linger=0)
+        if self._socket is not None:
+            self._socket.close(linger=0)
         self._context.term()
 
     # --- sockets ------------------------------------------------------------
     def _open_socket(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         socket.linger = 0
+        keys.client_socket(socket, self._public, self._secret, self.broker_key)
         socket.connect(self.endpoint)
         self._endpoint = protocol.Endpoint(socket, protocol.BROKER_TO_CLIENT, self.lamport)
         return socket

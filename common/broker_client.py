@@ -14,16 +14,21 @@ import uuid
 
 import zmq
 
+from common import keys
 from common import protocol as P
 from common.clock import LamportClock
 
 
 class BrokerClient:
-    """One raw DEALER on the broker's frontend, sending requests as ``user``."""
+    """One raw DEALER on the broker's frontend, sending requests as ``user``; a CURVE
+    client with an ephemeral keypair that checks the broker's ``broker_key``."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, user: str | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, broker_key: bytes,
+                 user: str | None = None) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.broker_key = broker_key
+        self.public, self.secret = zmq.curve_keypair()
         self.user = user
         self.lamport = LamportClock()
         self.prefix = uuid.uuid4().hex[:10]
@@ -34,6 +39,7 @@ class BrokerClient:
     def _open(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
+        keys.client_socket(sock, self.public, self.secret, self.broker_key)
         sock.connect(self.endpoint)
         self.link = P.Endpoint(sock, P.BROKER_TO_CLIENT, self.lamport)
         return sock

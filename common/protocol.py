@@ -832,3 +832,21 @@ def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
         part = _raw_recv(sock, 0, False)
         frames.append(part.bytes)
     return frames
+
+
+USER_ID = "User-Id"
+
+
+def recv_from(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], str]:
+    """``recv`` and who sent it: the ``User-Id`` the ZAP handler gave the connection it
+    came on (``common/keys.py``: ``server-N`` for an allowlisted key)."""
+    part = _raw_recv(sock, int(flags), False)
+    try:
+        who = part.get(USER_ID)
+    except zmq.ZMQError:                     # a connection no ZAP handler named
+        who = ""
+    frames = [part.bytes]
+    while part.more:
+        part = _raw_recv(sock, 0, False)
+        frames.append(part.bytes)
+    return frames, who

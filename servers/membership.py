@@ -87,6 +87,8 @@ class Membership:
         self.broker_seen = now
         self.bus_seen = now
         self.bus_down = False
+        self.bus_up_at: float | None = None
+        """When my own echo first came back since the bus was last down (None: not yet)."""
 
     @property
     def serving(self) -> bool:
@@ -111,6 +113,8 @@ class Membership:
     def heard_bus(self, now: float) -> None:
         """My own message came back on the bus: the bus works."""
         self.bus_seen = now
+        if self.bus_up_at is None:
+            self.bus_up_at = now
 
     def heard_broker(self, now: float) -> None:
         self.broker_seen = now
@@ -152,8 +156,12 @@ class Membership:
 
     # --- phases -----------------------------------------------------------------------
     def advance(self, now: float) -> None:
-        if self.phase == JOINING and \
-                now - self.phase_since >= 3 * self.config.heartbeat_interval:
+        # a joiner listens for its peers' BEATs only once it hears the bus (its own
+        # echo): one that cannot (the broker down, or its key not yet admitted) would
+        # else take itself for the only server and serve what little it holds
+        if self.phase == JOINING and self.bus_up_at is not None and \
+                now - self.phase_since >= 3 * self.config.heartbeat_interval and \
+                now - self.bus_up_at >= 2 * self.config.heartbeat_interval:
             self.target = self.catchup.target(now)
             for origin, seq in self.must_hold.items():
                 self.target[origin] = max(self.target.get(origin, 0), seq)
@@ -298,6 +306,7 @@ class Membership:
             if not self.bus_down and self.log is not None:
                 self.log.warn("bus silent (broker down?): holding peers' liveness")
             self.bus_down = True
+            self.bus_up_at = None
             self.peers.hold(now)
             return
         if self.bus_down and self.log is not None:

@@ -32,6 +32,7 @@ import time
 
 import zmq
 
+from common import keys
 from common import protocol as P
 from common import startup
 from common.clock import LamportClock, PhysicalClock
@@ -64,6 +65,9 @@ DURABILITY = {
              "(one fsync per loop turn)"}
 """What a copy held here means, for the start-up line (``durability`` in ``status``)."""
 
+ALLOWLIST_EVERY = 1.0
+"""Seconds between two looks at the allowlist's folder (the ZAP handler also looks at
+each new connection)."""
 LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
                                P.TIME_REPLY, P.TIME_ADJUST})
 """Bus messages whose receipt gets a log line here (the others log in their handler;
@@ -130,7 +134,8 @@ class Server:
                                unavailable=self.unavailable,
                                accounts=Accounts.from_config(self.state, config))
         self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
-                               self.close_socket, on_ack=self.on_ack,
+                               self.close_socket, secure=lambda: self.security,
+                               on_ack=self.on_ack,
                                answers={P.Fetch: self.answer_fetch,
                                         P.Compare: self.repair.answer_COMPARE,
                                         P.CopyRange: self.repair.answer_RANGE},
@@ -157,42 +162,70 @@ class Server:
         self.ctx.linger = 0
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, object] = {}
+        self._named: set[zmq.Socket] = set()     # handlers told who sent (P.recv_from)
         self.broker: P.Endpoint | None = None
+        self.pub: P.Endpoint | None = None
+        self.sub: P.Endpoint | None = None
+        self.allowlist_at = 0.0
+        try:                 # my keys (made if missing), my admission, the ZAP handler
+            self.security = keys.Security(self.ctx, config.data_dir, self.name, server_id)
+        except BaseException:
+            self.store.close()
+            self.log.close()
+            self.ctx.destroy(0)
+            raise
+        if self.security.problem:
+            self.log.warn(self.security.problem)
 
     # --- sockets ------------------------------------------------------------------------
-    def socket(self, kind: int, handler=None) -> zmq.Socket:
-        """A socket of this server's loop; with a handler, polled and drained by it."""
+    def socket(self, kind: int, handler=None, named: bool = False) -> zmq.Socket:
+        """A socket of this server's loop; with a handler, polled and drained by it
+        (``named``: the handler is also given who sent each message, ``P.recv_from``)."""
         sock = self.ctx.socket(kind)
         sock.sndhwm = self.config.hwm
         sock.rcvhwm = self.config.hwm
         if handler is not None:
             self.poller.register(sock, zmq.POLLIN)
             self._handlers[sock] = handler
+            if named:
+                self._named.add(sock)
         return sock
 
     def close_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
             self.poller.unregister(sock)
             del self._handlers[sock]
+            self._named.discard(sock)
         sock.close(0)
 
     def open_sockets(self) -> None:
         """The bus and the broker (the peer port is bound first, in ``start``)."""
+        self.connect_bus()
+        self.connect_broker()
+
+    def connect_bus(self) -> None:
+        """(Re)open my PUB and SUB on the bus (CURVE clients of the broker)."""
         cfg = self.config
-        self.pub = P.Endpoint(self.socket(zmq.PUB), P.BUS, self.lamport)
+        if self.pub is not None:
+            self.close_socket(self.pub.sock)
+            self.close_socket(self.sub.sock)
+        self.pub = P.Endpoint(self.security.client(self.socket(zmq.PUB)), P.BUS, self.lamport)
         self.pub.sock.connect(cfg.endpoint(cfg.bus_in_port))
-        sub = self.socket(zmq.SUB, self.on_bus)
+        sub = self.security.client(self.socket(zmq.SUB, self.on_bus))
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(cfg.endpoint(cfg.bus_out_port))
         self.sub = P.Endpoint(sub, P.BUS, self.lamport)
-        self.connect_broker()
 
     def connect_broker(self) -> None:
-        """(Re)connect to the broker, as the Paranoid Pirate worker does."""
+        """(Re)connect to the broker, as the Paranoid Pirate worker does; the bus too
+        while it is silent: ZeroMQ never retries a connection whose CURVE handshake was
+        refused (a key not yet admitted), only a new socket does."""
         if self.broker is not None:
             self.close_socket(self.broker.sock)
-        sock = self.socket(zmq.DEALER, self.on_broker)
-        sock.setsockopt(zmq.IDENTITY, self.name.encode())
+            if self.membership.bus_down:
+                self.connect_bus()
+        sock = self.security.client(self.socket(zmq.DEALER, self.on_broker))
+        sock.setsockopt(zmq.IDENTITY, keys.dealer_identity(self.id))   # taken with my key only
         sock.connect(self.config.endpoint(self.config.backend_port))
         self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
 
@@ -304,15 +337,22 @@ class Server:
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         """Read up to ``drain`` messages; the poll said the first one is there."""
+        named = sock in self._named
         for i in range(self.config.drain):
             try:
                 if i and not P.readable(sock):
                     return
-                frames = P.recv(sock, zmq.NOBLOCK)
+                if named:
+                    frames, who = P.recv_from(sock, zmq.NOBLOCK)
+                else:
+                    frames = P.recv(sock, zmq.NOBLOCK)
             except zmq.ZMQError:        # nothing after all, or closed by a handler this turn
                 return
             self.membership.check_frozen(time.monotonic())   # a SIGSTOP may land mid-burst
-            self.log.guard(handler, frames)
+            if named:
+                self.log.guard(handler, frames, who)
+            else:
+                self.log.guard(handler, frames)
 
     def next_deadline(self) -> float:
         if self.disk.halted:                     # only heartbeats and probes go on
@@ -361,6 +401,9 @@ class Server:
         """Idempotent periodic jobs, run at most every ``tick_every``; while halted,
         only the heartbeat to the broker and the probe of the folder."""
         self.membership.tick(now)
+        if now >= self.allowlist_at:             # admitted keys, refused ones: said here
+            self.allowlist_at = now + ALLOWLIST_EVERY
+            self.security.log_news(self.log)
         if self.disk.halted:
             if self.membership.running:          # a SIGTERM stops it, not a restart
                 self.disk.tick(now)
@@ -498,6 +541,7 @@ class Server:
         else:
             self.log.note(f"stopped: {self.state.count} events, "
                           f"digest {self.state.digest()[:12]}")
+        self.security.stop()
         self.ctx.destroy(0)
         self.log.close()
 

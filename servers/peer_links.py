@@ -10,7 +10,10 @@ carries ACKs to the origin of the events a server applied: only the origin
 counts their copies, so they need no bus.
 
 It holds no reference to the server: it is given a socket factory, the Lamport
-clock (through ``protocol.Endpoint``) and the handlers to call.
+clock (through ``protocol.Endpoint``), the process's CURVE setup and the handlers
+to call. The ROUTER is ironhouse (only allowlisted keys connect) and takes a
+question or an ACK from ``sender`` N only on a connection whose key is server N's;
+each DEALER checks, in the CURVE handshake, that it talks to its peer's key.
 """
 from __future__ import annotations
 
@@ -22,13 +25,14 @@ import zmq
 from common import protocol as P
 from common import startup
 from common.config import Config
+from common.keys import Tally
 from common.log import ProcessLog, vv_brief
 
 
 class PeerLinks:
     def __init__(self, my_id: int, config: Config, lamport, log: ProcessLog,
                  open_socket: Callable[[int, Callable], zmq.Socket],
-                 close_socket: Callable[[zmq.Socket], None], *,
+                 close_socket: Callable[[zmq.Socket], None], *, secure,
                  answers: dict[type, Callable[[object], object]],
                  on_ack: Callable[[P.Ack, float], None],
                  replies: dict[type, Callable[[int, object, float], None]]) -> None:
@@ -38,6 +42,9 @@ class PeerLinks:
         self.log = log
         self._open_socket = open_socket
         self._close_socket = close_socket
+        self._secure = secure              # () -> the process's keys.Security
+        self._impostors = Tally()
+        self._keyless: set[int] = set()    # peers whose key I lack, said once
         self._answers = answers            # request type -> its answer
         self._on_ack = on_ack
         self._replies = replies            # answer type -> handler(peer_id, msg, now)
@@ -45,15 +52,27 @@ class PeerLinks:
         self.dealers: dict[int, P.Endpoint] = {}
 
     def open(self) -> None:
-        sock = self._open_socket(zmq.ROUTER, self.on_router)
+        sock = self._open_socket(zmq.ROUTER, self.on_router, named=True)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PEER_REQUEST_BYTES)
+        self._secure().serve(sock)
         startup.bind(sock, self.config.endpoint(self.config.peer_port(self.my_id)))
         self.router = P.Endpoint(sock, P.PEER_REQUEST, self.lamport)
 
-    def dealer(self, peer_id: int) -> P.Endpoint:
+    def dealer(self, peer_id: int) -> P.Endpoint | None:
+        """My link to ``peer_id``; None (said once) while its key is not in the allowlist."""
         link = self.dealers.get(peer_id)
         if link is None:
+            security = self._secure()
+            key = security.peer_key(peer_id)
+            if key is None:
+                if peer_id not in self._keyless:
+                    self._keyless.add(peer_id)
+                    self.log.warn(f"no key of server-{peer_id} in the allowlist: I cannot "
+                                  f"reach it (python run_all.py admit {peer_id} KEY)")
+                return None
+            self._keyless.discard(peer_id)
             sock = self._open_socket(zmq.DEALER, lambda frames, p=peer_id: self.on_dealer(p, frames))
+            security.client(sock, key)
             sock.connect(self.config.endpoint(self.config.peer_port(peer_id)))
             link = self.dealers[peer_id] = P.Endpoint(sock, P.PEER_REPLY, self.lamport)
         return link
@@ -75,14 +94,20 @@ class PeerLinks:
     # --- sending ----------------------------------------------------------------------
     def fetch(self, peer_id: int, after: dict[int, int]) -> None:
         """Ask ``peer_id`` for the events beyond ``after`` (origin -> seq I hold)."""
-        self.dealer(peer_id).send(P.Fetch(sender=self.my_id, after=after,
+        link = self.dealer(peer_id)
+        if link is None:
+            return
+        link.send(P.Fetch(sender=self.my_id, after=after,
                                           limit=self.config.fetch_batch))
         self.log.send(f"server-{peer_id}", f"FETCH after {vv_brief(after)}")
 
     def ask(self, peer_id: int, msg) -> None:
         """Send a question to a peer (dropped if its queue is full: the asker times out)."""
+        link = self.dealer(peer_id)
         try:
-            self.dealer(peer_id).send(msg, flags=zmq.NOBLOCK)
+            if link is None:
+                return
+            link.send(msg, flags=zmq.NOBLOCK)
         except zmq.Again:
             return
         self.log.send(f"server-{peer_id}", f"{msg.TYPE} {_brief(msg)}")
@@ -91,27 +116,42 @@ class PeerLinks:
         """Tell each origin what I now hold (its events among them). An ACK that
         cannot be queued is dropped: the next ACK or BEAT says the same and more."""
         for origin in sorted(origins):
+            link = self.dealer(origin)
+            if link is None:
+                continue
             try:
-                self.dealer(origin).send(P.Ack(sender=self.my_id, vv=vv, sums=sums), flags=zmq.NOBLOCK)
+                link.send(P.Ack(sender=self.my_id, vv=vv, sums=sums), flags=zmq.NOBLOCK)
             except zmq.Again:
                 continue
             self.log.send(f"server-{origin}", f"ACK vv={vv_brief(vv)}")
 
     # --- receiving ----------------------------------------------------------------------
-    def on_router(self, frames: list[bytes]) -> None:
-        """A peer's ACK, or a question (FETCH, COMPARE, RANGE) to answer."""
+    def on_router(self, frames: list[bytes], who: str) -> None:
+        """A peer's ACK, or a question (FETCH, COMPARE, RANGE) to answer; ``who`` is the
+        id the asking connection's key is registered under."""
         try:
             incoming = self.router.receive(frames)
         except P.ProtocolError as exc:
             self.log.warn(f"dropped a bad message on the peer port: {exc}")
             return
         msg, now = incoming.msg, time.monotonic()
+        if who != f"server-{msg.sender}":
+            self.refuse_impostor(who, msg)
+            return
         if isinstance(msg, P.Ack):
             self._on_ack(msg, now)
             return
         answer = self._answers[type(msg)](msg)
         self.router.send(answer, *incoming.envelope)
         self.log.line("serve", f"server-{msg.sender}", f"{answer.TYPE} {_brief(answer)}")
+
+    def refuse_impostor(self, who: str, msg) -> None:
+        """A cluster key asking in another server's name: refused, said once per pair
+        (and every thousandth time), nothing answered."""
+        count = self._impostors.count((who, msg.sender, msg.TYPE))
+        if count:
+            self.log.warn(f"dropped {msg.TYPE} from server-{msg.sender}: its connection's key "
+                          f"is {who or 'unknown'}'s ({count} so far)")
 
     def on_dealer(self, peer_id: int, frames: list[bytes]) -> None:
         """An answer (EVENTS, SUMS, COPIES) from a peer I asked."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import zmq
 
 from clients.connection import ClientError, Connection
-from common import cluster_status
+from common import cluster_status, keys
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, load_config
@@ -53,6 +53,11 @@ each ``python -m clients`` logs in (registering first) by itself, and used by
 ``Cluster.login`` for the in-process connections."""
 
 LOG_TAIL_LINES = 40
+
+TRUSTED = "server-99"
+"""The key of the tests' own trusted sockets (a forger on the bus, raw DEALERs on the
+backend and peer ports): admitted as server 99, an id no test cluster runs, so the
+hostile tests still test a buggy *trusted* sender (malformed frames, huge stamps)."""
 
 SERVING_LINE = "| local - | phase syncing -> serving"
 """A server's own log line when it enters the pool (not a peer's phase it heard of)."""
@@ -228,11 +233,36 @@ class Cluster:
                                  f"{done.stderr.strip()}")
         return jsonlib.loads(done.stdout) if json else done.stdout
 
-    def dealer(self, port: int | None = None) -> zmq.Socket:
-        """A raw DEALER connected to ``port`` (the frontend by default)."""
+    def curve_options(self, key: str = "client", peer: int | None = None) -> dict:
+        """Socket options of a test's own CURVE client: ``key`` is ``client`` (an
+        ephemeral keypair, as users have), ``server-N`` (server N's own key from the
+        cluster's folder, made and admitted if missing: a trusted sender) or
+        ``stranger`` (a fresh key in no allowlist); it checks the broker's key, or
+        server ``peer``'s on a peer port."""
+        data = self.config.data_dir
+        if key in ("client", "stranger"):
+            public, secret = zmq.curve_keypair()
+        else:
+            public, secret = keys.keypair(data, key)
+            keys.admit_self(data, int(key.split("-")[1]), public)
+        server_key = (keys.cluster_broker_key(data) if peer is None
+                      else keys.load_public(keys.allowed_dir(data) / f"server-{peer}.key"))
+        return {"curve_secretkey": secret, "curve_publickey": public,
+                "curve_serverkey": server_key}
+
+    def dealer(self, port: int | None = None, key: str | None = None) -> zmq.Socket:
+        """A raw DEALER connected to ``port`` (the frontend by default), a CURVE client
+        with ``key`` (see ``curve_options``; by default ``client`` on the frontend, the
+        tests' trusted ``server-99`` elsewhere)."""
+        port = port or self.config.frontend_port
+        if key is None:
+            key = "client" if port == self.config.frontend_port else TRUSTED
+        peer = port - self.config.peer_port(0) if port > self.config.bus_out_port else None
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
-        sock.connect(self.config.endpoint(port or self.config.frontend_port))
+        for name, value in self.curve_options(key, peer).items():
+            setattr(sock, name, value)
+        sock.connect(self.config.endpoint(port))
         return sock
 
     def raw_request(self, sock: zmq.Socket, frames: list[bytes],

@@ -21,7 +21,7 @@ import zmq
 from clients.connection import ClientError
 from common.processes import wait_until
 from tests.bad_input import status_row
-from tests.harness import Cluster
+from tests.harness import TRUSTED, Cluster
 
 SERVERS = (1, 2, 3)
 SANE = 2 ** 53
@@ -152,17 +152,20 @@ def drop_lines_for(lines: list[str], msg_type: str, verdict: re.Pattern = DROPPE
 
 # --- the bus, as a forger sees it ----------------------------------------------------------------
 class BusForger:
-    """A PUB connected to the bus's input (base+2), as any process on the host could.
+    """A PUB connected to the bus's input (base+2) with a cluster key (``key``, the
+    tests' trusted one by default: the bus lets no stranger in, so this is a buggy or
+    rogue *member* of the cluster).
 
     PUB drops what it sends until the XSUB has passed the servers' subscriptions on
     to it, and a server reads one publisher's messages in order: so a probe of an
     unknown type is sent until every server logs it (the bus carries our messages),
     and another after the hostile ones (every server has read them)."""
 
-    def __init__(self, cluster: Cluster, servers=SERVERS) -> None:
+    def __init__(self, cluster: Cluster, servers=SERVERS, key: str = TRUSTED) -> None:
         self.cluster = cluster
         self.names = [f"server-{i}" for i in servers]
-        self.sock = socket(zmq.PUB, cluster.config.endpoint(cluster.config.bus_in_port))
+        self.sock = socket(zmq.PUB, cluster.config.endpoint(cluster.config.bus_in_port),
+                           **cluster.curve_options(key))
         self.probe(timeout=10.0)
 
     def send(self, message: list[bytes]) -> None:

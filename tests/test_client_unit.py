@@ -52,6 +52,7 @@ class FakeBroker:
         self.script = script
         self.requests: list[protocol.Incoming] = []
         self.port = 0
+        self.public, self.secret = zmq.curve_keypair()
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -62,6 +63,8 @@ class FakeBroker:
         context = zmq.Context()
         socket = context.socket(zmq.ROUTER)
         socket.linger = 0
+        socket.curve_publickey, socket.curve_secretkey = self.public, self.secret
+        socket.curve_server = True          # stonehouse, as the broker's frontend
         self.port = socket.bind_to_random_port("tcp://127.0.0.1", 20000, 60000)
         self._ready.set()
         while not self._stopping.is_set():
@@ -88,11 +91,13 @@ class FakeBroker:
 
 
 @pytest.fixture
-def start_broker():
+def start_broker(monkeypatch):
     brokers: list[FakeBroker] = []
 
     def start(script: Script) -> FakeBroker:
         brokers.append(FakeBroker(script))
+        # the CLI finds a remote broker's key here (no key folder in these tests)
+        monkeypatch.setenv("SOCIAL_BROKER_KEY", brokers[-1].public.decode())
         return brokers[-1]
 
     yield start
@@ -109,7 +114,8 @@ def connect(broker: FakeBroker, tmp_path, lamport: LamportClock | None = None,
     config = Config(port_base=broker.port, data_dir=str(tmp_path / "data"),
                     log_dir=str(tmp_path / "logs"),
                     **({"request_timeout": 0.3, "request_deadline": 5.0} | timing)).validate()
-    return Connection(config, "alice", lamport or LamportClock(), clock or PhysicalClock())
+    return Connection(config, "alice", lamport or LamportClock(), clock or PhysicalClock(),
+                      broker_key=broker.public)
 
 
 @pytest.fixture
@@ -436,7 +442,23 @@ def test_cli_status_needs_no_user_and_shows_a_table(cli, start_broker):
     assert broker.ops == ["status"] and broker.requests[0].msg.user is None
 
 
-def test_cli_reports_an_unreachable_broker(cli):
+def test_cli_reports_an_unreachable_broker(cli, monkeypatch):
+    monkeypatch.setenv("SOCIAL_BROKER_KEY", zmq.curve_keypair()[0].decode())
     result = cli("--user", "alice", "--timeout", "0.3", "users")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: no reply from the broker at tcp://127.0.0.1:45000")
+
+
+def test_cli_without_the_brokers_key_says_where_it_looked(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("SOCIAL_BROKER_KEY", raising=False)
+    result = cli("--user", "alice", "users")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: no broker key: {tmp_path / 'data' / 'keys'}")
+    assert "SOCIAL_BROKER_KEY" in result.stderr
+
+
+def test_cli_refuses_a_malformed_broker_key(cli, monkeypatch):
+    monkeypatch.setenv("SOCIAL_BROKER_KEY", "not-a-key")
+    result = cli("--user", "alice", "users")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: SOCIAL_BROKER_KEY: not a CURVE public key")

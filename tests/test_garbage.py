@@ -13,6 +13,7 @@ import zmq
 from common import protocol as P
 from common.processes import wait_until
 from tests import wire
+from tests.harness import TRUSTED
 from tests.bad_input import (MISSING, ONE, SERVERS, assert_unchanged, body, digest,
                              heartbeat)
 
@@ -139,6 +140,8 @@ def test_garbage_and_invalid_messages_on_the_bus_crash_nothing(own):
     before = digest(c)
     pub = c._ctx.socket(zmq.PUB)
     pub.linger = 0
+    for name, value in c.curve_options(TRUSTED).items():   # a buggy member of the cluster
+        setattr(pub, name, value)
     pub.connect(c.config.endpoint(c.config.bus_in_port))
     logs = [f"server-{i}" for i in SERVERS]
 

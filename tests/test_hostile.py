@@ -258,7 +258,8 @@ def test_client_that_never_reads_replies_does_not_bloat_the_broker(shared):
     rss_before, hwm_before = vm_kb(pid), vm_kb(pid, "VmHWM")
     samples = [rss_before]
     # every request queued at once on our side; no room for replies on our side
-    flood = socket(zmq.DEALER, c.config.endpoint(c.config.frontend_port), sndhwm=0, rcvhwm=1)
+    flood = socket(zmq.DEALER, c.config.endpoint(c.config.frontend_port), sndhwm=0, rcvhwm=1,
+                   **c.curve_options("client"))
     try:
         for i in range(FLOOD):
             flood.send_multipart(frames("REQ", request("status", None, {}, rid=f"flood-{i}")))
@@ -305,7 +306,8 @@ def test_posts_are_acked_while_3000_listens_are_parked(shared):
     # the broker queues at most client_hwm replies per connection (then drops them,
     # as for a user who stops reading): never have more answers than that due at once
     batch = c.config.client_hwm // 2
-    sock = socket(zmq.DEALER, c.config.endpoint(c.config.frontend_port), sndhwm=0, rcvhwm=0)
+    sock = socket(zmq.DEALER, c.config.endpoint(c.config.frontend_port), sndhwm=0, rcvhwm=0,
+                  **c.curve_options("client"))
     try:
         tokens = {u: new_token() for u in users}
         registrations = {f"reg-{u}": request("register", u, {"password": PASSWORD},

@@ -16,6 +16,7 @@ from clients.bench.cpu import cpu_seconds
 from common import cluster_status
 from common import protocol as P
 from common.broker_client import BrokerClient
+from common.keys import cluster_broker_key
 from common.config import load_config
 from common.histogram import Histogram
 from common.processes import ProcessGroup, free_port_base, wait_until
@@ -45,7 +46,8 @@ class BenchCluster:
         self.group = ProcessGroup(self.config)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.broker = BrokerClient(self.ctx, self.frontend)
+        self.broker_key = cluster_broker_key(self.config.data_dir)   # the broker loads it
+        self.broker = BrokerClient(self.ctx, self.frontend, self.broker_key)
 
     @property
     def frontend(self) -> str:

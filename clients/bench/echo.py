@@ -2,11 +2,13 @@
 benchmark's baseline.
 
 It joins the broker's pool exactly as a real server does (a DEALER named
-``server-N`` that says READY, then HEARTBEAT with phase ``serving`` every
+``server-N.<random>`` that says READY, then HEARTBEAT with phase ``serving`` every
 ``heartbeat_interval``) and answers every request at once with ok and an empty
 result: no state, no storage, no replication, no log line per request. Timing
 the same clients through the same broker against it gives the ceiling of our
-own request path on this machine (``run_all.py bench``).
+own request path on this machine (``run_all.py bench``). Like a real server, it
+connects with CURVE under its own key (``server-N``, made and admitted if missing),
+so the baseline pays for the encryption too.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import typer
 import zmq
 
 from common import cli_options as O
+from common import keys
 from common import protocol as P
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, ConfigError, load_config
@@ -30,8 +33,10 @@ class EchoServer:
         self.clock = PhysicalClock()
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, f"server-{server_id}".encode())
+        self.security = keys.Security(self.ctx, config.data_dir, keys.server_name(server_id),
+                                      server_id)
+        sock = self.security.client(self.ctx.socket(zmq.DEALER))
+        sock.setsockopt(zmq.IDENTITY, keys.dealer_identity(server_id))
         sock.sndhwm = sock.rcvhwm = config.hwm
         sock.connect(config.endpoint(config.backend_port))
         self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
@@ -48,6 +53,7 @@ class EchoServer:
                 self.send_heartbeats()
             self.to_broker(b"", P.Leave(id=self.id))
         finally:
+            self.security.stop()
             self.ctx.destroy(0)
 
     def drain(self) -> None:

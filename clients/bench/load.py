@@ -46,6 +46,7 @@ class Load:
     setup: tuple = ()                # (op, args) requests before the window, not counted
     password: str = ""               # log in with it before the setup (not measured)
     tag: int = 0                     # which run() this Load belongs to
+    broker_key: bytes = b""          # the broker's CURVE public key (z85)
 
 
 def call(client: BrokerClient, op: str, args: dict) -> tuple[str, bool | None, str | None]:
@@ -110,7 +111,7 @@ def worker_main(worker: int, tasks, results) -> None:
     ctx.linger = 0
     try:
         while (load := tasks.get()) is not None:
-            client = BrokerClient(ctx, load.endpoint, load.user)
+            client = BrokerClient(ctx, load.endpoint, load.broker_key, load.user)
             try:
                 results.put(("ready", load.tag, worker, setup_problem(client, load)))
                 go = tasks.get()

@@ -132,7 +132,8 @@ class Bench:
         clients = clients or self.plan.clients
         per_worker = rate / clients if rate else None
         loads = [Load(cluster.frontend, bench_user(w), op, args_of(w), per_worker, record_acks,
-                      tuple(setup) + ((op, args_of(w)),), password=BENCH_PASSWORD)
+                      tuple(setup) + ((op, args_of(w)),), password=BENCH_PASSWORD,
+                      broker_key=cluster.broker_key)
                  for w in range(clients)]
         result = self.workers.run(loads, self.plan.phase_s,
                                   probe=cluster.cpu_seconds if cpu else None)

@@ -20,6 +20,7 @@ import orjson
 import zmq
 
 from common.broker_client import BrokerClient
+from common.keys import cluster_broker_key
 from common.cluster_status import rows_by_id
 from common.config import Config
 from common.timeline import Entry, FileTail, LogFolder
@@ -43,7 +44,8 @@ class Watch:
     def __init__(self, config: Config, users: list[str]) -> None:
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.broker = BrokerClient(self.ctx, config.endpoint(config.frontend_port))
+        self.broker = BrokerClient(self.ctx, config.endpoint(config.frontend_port),
+                                   cluster_broker_key(config.data_dir))
         self.server_logs = LogFolder(config.log_dir, "server-*.log")
         self.reports = [FileTail(report_path(config.log_dir, user)) for user in users]
 
