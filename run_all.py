@@ -28,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def main() -> None:
     """Run the distributed social network: up, demo, timeline, bench, admit."""
+    from common.startup import private_files
+    private_files()              # logs, data and keys of every process it starts: owner-only
 
 
 @app.command()

@@ -20,6 +20,7 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
                                                "intervals (it follows the coordinator's clock).")) -> None:
     from broker.broker import serve
     from common.clock import PhysicalClock
+    startup.private_files()
     with startup.one_line():         # a start-up problem is one line and exit code 1
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
         serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))

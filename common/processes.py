@@ -102,7 +102,8 @@ class ProcessGroup:
         # never truncated: a second process of that name (one refused because the
         # first owns the folder) adds its line and does not erase the first one's
         err_path = self.err_path(name)
-        err_path.parent.mkdir(parents=True, exist_ok=True)
+        err_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)   # owner-only, as
+        os.close(os.open(err_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))  # its logs
         self._err_marks[name] = err_path.stat().st_size if err_path.exists() else 0
         with open(err_path, "ab") as err:
             proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT,

@@ -20,6 +20,7 @@ Anything else is a bug: one line too, naming the exception and where it was rais
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -53,6 +54,16 @@ def describe(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{where} (a bug: please report it)"
+
+
+PRIVATE = 0o077
+"""The umask of every process: what it creates (logs, data, keys, a user's state) is
+readable by its owner only (files 0600, folders 0700)."""
+
+
+def private_files() -> None:
+    """From here on, this process (and its children) create owner-only files."""
+    os.umask(PRIVATE)
 
 
 @contextmanager

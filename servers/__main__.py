@@ -43,6 +43,7 @@ def main(
 ) -> None:
     from common.clock import PhysicalClock
     from servers.node import RESTART, Server
+    startup.private_files()
     with startup.one_line():         # a start-up problem is one line and exit code 1
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir,
                              drop_rate=drop_rate, fsync=fsync)

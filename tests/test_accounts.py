@@ -226,7 +226,7 @@ def test_brute_force_logins_are_throttled_with_the_time_to_wait(c):
 # --- one name, two servers at once ----------------------------------------------------------------
 def test_a_name_registered_on_two_servers_at_once_has_one_owner_everywhere(c):
     endpoint = c.config.endpoint(c.config.frontend_port)
-    socks = [socket(zmq.DEALER, endpoint) for _ in range(2)]
+    socks = [socket(zmq.DEALER, endpoint, **c.curve_options()) for _ in range(2)]
     mine = {1: pw("twin-one-password"), 2: pw("twin-two-password")}
     try:
         bodies = {server: request(P.OP_REGISTER, "twin", {"password": mine[server]},

@@ -14,19 +14,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket as so
 import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 import zmq
 
 from common import keys
 from common.processes import ROOT, ProcessGroup, wait_until
-from tests.harness import FAST_TIMING, TRUSTED, Cluster
+from tests.harness import FAST_TIMING, PASSWORD, TRUSTED, Cluster
 from tests.hostile_helpers import (SERVERS, BusForger, LogMark, answering_status,
                                    assert_cluster_healthy, converged_digest, frames, heartbeat,
                                    request, rows, socket)
@@ -366,4 +368,21 @@ def test_a_dm_never_crosses_loopback_in_clear(running):
         capture.close()
     assert control in captured, "the capture saw nothing of loopback"
     assert text.encode() not in captured, "the DM's text crossed loopback in clear"
-    print(f"captured {len(captured):,} bytes on lo; the DM's text in none of them")
+    tokens = [json.loads(c.config.client_state_path(u).read_text())["token"] for u in ("alice", "bob")]
+    assert all(tokens), tokens
+    for secret in tokens + [PASSWORD]:          # each logged in within the capture
+        assert secret.encode() not in captured, "a token or password crossed loopback in clear"
+    print(f"captured {len(captured):,} bytes on lo; the DM's text, tokens and password in none")
+
+
+@pytest.mark.timeout(60)
+def test_logs_data_and_keys_are_readable_by_their_owner_only(running):
+    c = running
+    c.cli("alice", "post", "owner only")
+    c.wait_converged()
+    shared = []
+    for top in (Path(c.config.data_dir), Path(c.config.log_dir)):
+        for path in [top, *top.rglob("*")]:
+            if path.stat().st_mode & 0o077:
+                shared.append(f"{path} {oct(path.stat().st_mode & 0o777)}")
+    assert not shared, f"readable by others: {shared}"
