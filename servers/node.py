@@ -222,7 +222,7 @@ class Server:
         refused (a key not yet admitted), only a new socket does."""
         if self.broker is not None:
             self.close_socket(self.broker.sock)
-            if self.membership.bus_down:
+            if self.membership.bus_down and not self.disk.halted:   # halted: deaf on purpose
                 self.connect_bus()
         sock = self.security.client(self.socket(zmq.DEALER, self.on_broker))
         sock.setsockopt(zmq.IDENTITY, keys.dealer_identity(self.id))   # taken with my key only
