@@ -39,6 +39,8 @@ from common.log import ProcessLog, event_brief
 from servers.peers import Peers
 from servers.state import SocialState
 
+TOLD_MAX = 1000
+"""Distinct lines about my own events remembered (each logged once) before forgetting."""
 MAX_BLOCKS = 16
 """Differing blocks fetched in one repair; a repair that finds more goes on in the next."""
 
@@ -91,7 +93,7 @@ class Repair:
         self.sessions: dict[int, Session] = {}
         self.quiet_until: dict[int, float] = {}   # origin -> no new repair before
         self.repaired = 0                      # copies of mine replaced
-        self._told_mine: set[int] = set()      # peers told to repair my events (logged once)
+        self._told_mine: set[str] = set()      # lines said about my events (each said once)
 
     # --- seeing divergence -----------------------------------------------------------
     def on_BEAT(self, msg: P.Beat, now: float) -> None:
@@ -125,6 +127,8 @@ class Repair:
 
     def _tell_mine_stand(self, why: str) -> None:
         if self.log is not None and why not in self._told_mine:
+            if len(self._told_mine) >= TOLD_MAX:     # a long dispute: say its news again
+                self._told_mine.clear()
             self._told_mine.add(why)
             self.log.warn(f"{why}: my copies of my own events stand (I numbered them); "
                           f"the peers repair theirs")
