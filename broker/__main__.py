@@ -11,7 +11,7 @@ app = typer.Typer(add_completion=False, help="Run the broker: request load balan
 
 
 @app.command()
-def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
+def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host, bind: O.OptStr = O.Bind,
          data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir,
          clock_offset: float = typer.Option(0.0, "--clock-offset",
                                             help="Start the broker's clock this many seconds off."),
@@ -22,7 +22,7 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
     from common.clock import PhysicalClock
     startup.private_files()
     with startup.one_line():         # a start-up problem is one line and exit code 1
-        config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
+        config = load_config(port_base=port_base, host=host, bind=bind, data_dir=data_dir, log_dir=log_dir)
         serve(config, PhysicalClock(clock_offset, chaos=clock_chaos))
 
 if __name__ == "__main__":

@@ -90,8 +90,8 @@ class Bus:
             xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
             for sock in (xsub, xpub):            # ironhouse: cluster keys only, both ways
                 self._security.serve(sock)
-            startup.bind(xsub, self._config.endpoint(self._config.bus_in_port))
-            startup.bind(xpub, self._config.endpoint(self._config.bus_out_port))
+            startup.bind(xsub, self._config.bind_endpoint(self._config.bus_in_port))
+            startup.bind(xpub, self._config.bind_endpoint(self._config.bus_out_port))
             control.connect(self._control_addr)
         except (startup.CannotStart, zmq.ZMQError) as exc:
             self._error = exc
@@ -162,7 +162,7 @@ class Broker:
         sock.rcvhwm = hwm
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.security.serve(sock, domain)
-        startup.bind(sock, self.config.endpoint(port))
+        startup.bind(sock, self.config.bind_endpoint(port))
         return sock
 
     # --- main loop ------------------------------------------------------------
@@ -399,7 +399,8 @@ class Broker:
         entry = self._register(identity, msg.id)
         entry.left = False                       # only READY brings a leaver back
         entry.phase = "serving"
-        self.log.recv(f"server-{entry.id}", "READY: joins the pool")
+        where = f" (peers dial it at {msg.address})" if msg.address else ""
+        self.log.recv(f"server-{entry.id}", f"READY: joins the pool{where}")
 
     def on_hb(self, identity: bytes, msg: P.Heartbeat) -> None:
         if msg.id is None or msg.status is None or msg.status.id != msg.id:

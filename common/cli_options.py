@@ -7,7 +7,13 @@ import typer
 
 PortBase = typer.Option(None, "--port-base", envvar="SOCIAL_PORT_BASE",
                         help="Base port; every socket's port derives from it (default 5555).")
-Host = typer.Option(None, "--host", envvar="SOCIAL_HOST", help="Address to bind/connect (default 127.0.0.1).")
+Host = typer.Option(None, "--host", envvar="SOCIAL_HOST",
+                    help="The broker's address: users and servers connect to it (default 127.0.0.1).")
+Bind = typer.Option(None, "--bind", envvar="SOCIAL_BIND",
+                    help="Address to bind, 0.0.0.0 for every interface (default: --host).")
+Advertise = typer.Option(None, "--advertise", envvar="SOCIAL_ADVERTISE",
+                         help="Address the other servers dial this one at (default: --bind; "
+                              "required when --bind is a wildcard).")
 DataDir = typer.Option(None, "--data-dir", envvar="SOCIAL_DATA_DIR", help="Data folder (default data/).")
 LogDir = typer.Option(None, "--log-dir", envvar="SOCIAL_LOG_DIR", help="Log folder (default logs/).")
 

@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.protocol import HOST_PATTERN
 
 
 class ConfigError(ValueError):
     """A configuration that cannot work."""
 
 
+WILDCARDS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+"""Bind addresses that mean every interface."""
+HOST_RE = re.compile(rf"^(?=.{{1,253}}$){HOST_PATTERN}$")
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address given bare (``::1``) in brackets, as an endpoint needs it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 @dataclass
 class Config:
     # --- addresses and folders -------------------------------------------
     host: str = "127.0.0.1"
+    """The broker's address: users and servers connect to it."""
+    bind: str = ""
+    """The address this process binds (the broker: its frontend, backend and bus; a
+    server: its peer ROUTER); empty: ``host``. A wildcard (``0.0.0.0``, ``*``, ``::``)
+    binds every interface."""
+    advertise: str = ""
+    """A server's address its peers dial (announced in READY and BEAT); empty: the
+    bind address, which a wildcard bind cannot be (``advertised_host`` refuses it)."""
     port_base: int = 5555
     """Every port derives from this: see the ``*_port`` properties."""
     data_dir: str = "data"
@@ -164,7 +185,39 @@ class Config:
         return self.port_base + 100 + server_id
 
     def endpoint(self, port: int) -> str:
-        return f"tcp://{self.host}:{port}"
+        """The broker's ``port``, as users and servers dial it."""
+        return f"tcp://{_bracketed(self.host)}:{port}"
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind or self.host
+
+    def bind_endpoint(self, port: int) -> str:
+        """What this process binds ``port`` on (``*`` for any wildcard)."""
+        host = "*" if self.bind_host in WILDCARDS else _bracketed(self.bind_host)
+        return f"tcp://{host}:{port}"
+
+    def advertised_host(self) -> str:
+        """The address a server's peers dial: ``advertise``, else the bind address;
+        ConfigError when that is a wildcard (no peer can dial "every interface")."""
+        if self.advertise:
+            if self.advertise in WILDCARDS:
+                raise ConfigError(f"--advertise {self.advertise} is a wildcard: give the "
+                                  f"address the other servers reach this one at")
+            return self.advertise
+        if self.bind_host in WILDCARDS:
+            raise ConfigError(f"--bind {self.bind_host} binds every interface: give "
+                              f"--advertise ADDR (SOCIAL_ADVERTISE), the address the other "
+                              f"servers reach this one at")
+        return self.bind_host
+
+    def peer_endpoint(self, server_id: int) -> str:
+        """The peer endpoint a server announces: its advertised address, its peer port."""
+        return f"tcp://{_bracketed(self.advertised_host())}:{self.peer_port(server_id)}"
+
+    def fallback_peer_endpoint(self, server_id: int) -> str:
+        """Where a peer that has announced no endpoint yet is dialled: the broker's host."""
+        return self.endpoint(self.peer_port(server_id))
 
     def server_data_dir(self, server_id: int) -> Path:
         return Path(self.data_dir) / f"server-{server_id}"
@@ -181,6 +234,13 @@ class Config:
 
     # ---------------------------------------------------------------------
     def validate(self) -> "Config":
+        for name in ("host", "bind", "advertise"):
+            value = getattr(self, name)
+            if value and not HOST_RE.match(_bracketed(value)) and value not in WILDCARDS:
+                raise ConfigError(f"{name} {value[:80]!r} is not a host name or an IP address")
+        if self.host in WILDCARDS:
+            raise ConfigError(f"host {self.host} is a wildcard: give the broker's address "
+                              f"(--bind binds every interface)")
         if not 1 <= self.port_base <= 65535 - 200:
             raise ConfigError(f"port_base {self.port_base} leaves no room for 200 ports")
         if self.server_timeout < 3 * self.heartbeat_interval:

@@ -130,8 +130,8 @@ class ProcessGroup:
         """Called by ``start`` for each process it started; a subclass may record it
         (the demo writes every pid to a file). Does nothing here."""
 
-    def start_broker(self) -> subprocess.Popen:
-        return self.start("broker", ["broker"])
+    def start_broker(self, *extra: str) -> subprocess.Popen:
+        return self.start("broker", ["broker", *extra])
 
     def start_server(self, server_id: int, *extra: str) -> subprocess.Popen:
         return self.start(f"server-{server_id}", ["servers", "--id", str(server_id), *extra])

@@ -87,6 +87,16 @@ TEXT_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\
 """Printable text: no control characters, no bidirectional overrides (which let a
 message display other than it reads); ``Request`` and ``Event`` also refuse blank text."""
 
+HOST_PATTERN = (r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+                r"|\[[0-9A-Fa-f:.]{2,45}\])")
+"""A host name, an IPv4 address, or an IPv6 address in brackets."""
+PORT_PATTERN = (r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                r"|655[0-2][0-9]|6553[0-5])")
+"""A TCP port, 1 to 65535."""
+MAX_ENDPOINT = 270
+"""Characters of an announced endpoint: ``tcp://``, a 253-character name, ``:65535``."""
+
 # --- field types, with their ranges ------------------------------------------
 ServerId = Annotated[int, Meta(ge=1, le=MAX_SERVER_ID)]
 Stamp = Annotated[int, Meta(ge=0, lt=MAX_STAMP)]
@@ -103,6 +113,11 @@ Seconds = Annotated[float, Meta(ge=-1e6, le=1e6)]
 Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 VersionVector = Annotated[dict[ServerId, Count], Meta(max_length=MAX_SERVER_ID)]
 """``{origin server id: highest contiguous seq held}``; on the wire the keys are strings."""
+PeerEndpoint = Annotated[str, Meta(max_length=MAX_ENDPOINT,
+                                   pattern=rf"^tcp://(?!0\.0\.0\.0:|\[::\]:)"
+                                           rf"{HOST_PATTERN}:{PORT_PATTERN}$")]
+"""Where a server's peers dial it, ``tcp://10.0.0.12:5656``: announced in its READY and
+BEAT (``--advertise``), shown in ``status``. Never a wildcard (``0.0.0.0``, ``*``)."""
 Phase = Literal["joining", "syncing", "serving", "leaving", "halted"]
 Durability = Literal["fsync", "flush"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
@@ -296,12 +311,16 @@ class ServerStatus(Struct, **_message()):
     """What a copy held by this server means: ``fsync`` (on disk: survives a power loss)
     or ``flush`` (in the OS page cache: survives a kill of the process, not a power
     loss); None from a process that stores nothing (the benchmark's echo server)."""
+    address: Optional[PeerEndpoint] = None
+    """The peer endpoint this server announces (``--advertise``); None from the echo server."""
 
 
 class Ready(Struct, **_message()):
     """Server -> broker: I am caught up and my clock is set: put me in the pool."""
     TYPE: ClassVar[str] = "READY"
     id: ServerId
+    address: Optional[PeerEndpoint] = None
+    """Where my peers dial me (``PeerEndpoint``); None from the benchmark's echo server."""
 
 
 class Heartbeat(Struct, omit_defaults=True, **_message()):
@@ -424,6 +443,8 @@ class Beat(Struct, **_BUS):
     events: Count = 0
     digest: Digest = ""
     sums: Fingerprints = {}
+    address: Optional[PeerEndpoint] = None
+    """Where my peers dial me (``PeerEndpoint``): each peer's link to me follows it."""
 
 
 class Bye(Struct, **_BUS):
@@ -744,6 +765,9 @@ def _readable(error: str) -> str:
         return "text must not be empty"
     if "$.args.text" in error and "length" in error:
         return f"text must be 1 to {MAX_TEXT} characters"
+    if "regex '^tcp://" in error:
+        return (f"{error.rsplit(' - at ', 1)[-1]}: an endpoint must be tcp://HOST:PORT, "
+                f"not a wildcard, port 1 to 65535")
     if "$.args.limit" in error:
         return f"limit must be a whole number from 1 to {MAX_LIMIT}"
     if "blank" in error:

@@ -33,6 +33,7 @@ app = typer.Typer(add_completion=False, help="Run one server: storage, replicati
 def main(
     server_id: int = typer.Option(..., "--id", min=1, max=99, help="This server's id (1-99); higher ids win elections."),
     port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
+    bind: O.OptStr = O.Bind, advertise: O.OptStr = O.Advertise,
     data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir,
     clock_offset: float = typer.Option(0.0, "--clock-offset", help="Start this server's clock this many seconds off."),
     clock_drift_ppm: float = typer.Option(0.0, "--clock-drift-ppm", help="Clock drift in parts per million."),
@@ -45,8 +46,9 @@ def main(
     from servers.node import RESTART, Server
     startup.private_files()
     with startup.one_line():         # a start-up problem is one line and exit code 1
-        config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir,
-                             drop_rate=drop_rate, fsync=fsync)
+        config = load_config(port_base=port_base, host=host, bind=bind, advertise=advertise,
+                             data_dir=data_dir, log_dir=log_dir, drop_rate=drop_rate, fsync=fsync)
+        config.advertised_host()     # a wildcard --bind without --advertise: refused here
         server = Server(config, server_id, PhysicalClock(clock_offset, clock_drift_ppm, clock_chaos))
         signal.signal(signal.SIGTERM, server.request_leave)
         signal.signal(signal.SIGINT, server.request_leave)

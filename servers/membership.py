@@ -176,7 +176,7 @@ class Membership:
                 status = self._status(now)
                 self.set_phase(SERVING, f"caught up: {status.events} events, digest "
                                         f"{status.digest[:12]}; {self.pulled()}", now)
-                self._to_broker(P.Ready(id=self.my_id))
+                self._to_broker(P.Ready(id=self.my_id, address=status.address))
         elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
             self.running = False
 
@@ -292,7 +292,7 @@ class Membership:
             self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
                                  epoch=status.epoch, coordinator=status.coordinator,
                                  events=status.events, digest=status.digest,
-                                 sums=status.sums))
+                                 sums=status.sums, address=status.address))
         if now - self.broker_seen > self.config.broker_timeout:
             if self.log is not None:
                 self.log.warn(f"broker silent for {(now - self.broker_seen) * 1000:.0f} ms: "

@@ -144,7 +144,8 @@ class Server:
                                         P.Copies: lambda _peer, msg, now: self.repair.on_COPIES(msg, now)})
         self.bus_handlers = {
             P.EVENT: (self.repl.on_EVENT,),
-            P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT, self.repair.on_BEAT),
+            P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT, self.repair.on_BEAT,
+                     self.links.on_BEAT),
             P.BYE: (self.membership.on_BYE, self.election.on_BYE),
             P.ELECTION: (self.election.on_ELECTION,),
             P.ANSWER: (self.election.on_ANSWER,),
@@ -508,7 +509,7 @@ class Server:
             repl_lag_hist=self.lag.hist.counts,
             peers=sorted(p.id for p in self.peers.live(now)),
             waiting=self.membership.waiting, repairs=self.repair.repaired,
-            sums=sums, durability=self.durability)
+            sums=sums, durability=self.durability, address=self.links.address)
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)

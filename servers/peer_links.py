@@ -1,6 +1,19 @@
 """The sockets between servers: pulls (FETCH -> EVENTS), ACKs to an origin, and
 the repair's questions (COMPARE -> SUMS, RANGE -> COPIES, ``repair.py``).
 
+Each server binds its ROUTER on ``--bind`` and announces where its peers dial it
+(``--advertise``, a ``PeerEndpoint``) in every BEAT: the DEALER for peer N
+connects to the endpoint N announced, and is re-made when N announces another
+(one log line). Until N has announced one (its first bus message may be an
+EVENT, not a BEAT), the DEALER dials N's peer port on the broker's host
+(``--host``), which is right on one machine: a message sent there across
+machines reaches no one and is lost when the link is re-pointed, and each is
+one that is said again anyway (an ACK by the next ACK or BEAT, a FETCH after
+``fetch_timeout``). Dialling a wrong address is harmless: the CURVE handshake
+checks the peer's key, so only server N can ever answer on N's link. The
+fallback rather than waiting keeps a one-host cluster exactly as before, and a
+joiner has heard every live peer's BEAT before it pulls (``membership.py``).
+
 Each server binds a ROUTER on ``peer_port(id)`` and answers FETCH with the
 events it holds beyond the asker's version vector; the asker keeps one DEALER
 per peer and asks again while the answer says ``more``. This is the
@@ -50,12 +63,16 @@ class PeerLinks:
         self._replies = replies            # answer type -> handler(peer_id, msg, now)
         self.router: P.Endpoint | None = None
         self.dealers: dict[int, P.Endpoint] = {}
+        self.address = config.peer_endpoint(my_id)
+        """The endpoint I announce (``--advertise``, else ``--bind``)."""
+        self.announced: dict[int, str] = {}   # peer -> the endpoint it announced last
+        self._dialled: dict[int, str] = {}    # peer -> the endpoint its DEALER connects to
 
     def open(self) -> None:
         sock = self._open_socket(zmq.ROUTER, self.on_router, named=True)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PEER_REQUEST_BYTES)
         self._secure().serve(sock)
-        startup.bind(sock, self.config.endpoint(self.config.peer_port(self.my_id)))
+        startup.bind(sock, self.config.bind_endpoint(self.config.peer_port(self.my_id)))
         self.router = P.Endpoint(sock, P.PEER_REQUEST, self.lamport)
 
     def dealer(self, peer_id: int) -> P.Endpoint | None:
@@ -73,13 +90,31 @@ class PeerLinks:
             self._keyless.discard(peer_id)
             sock = self._open_socket(zmq.DEALER, lambda frames, p=peer_id: self.on_dealer(p, frames))
             security.client(sock, key)
-            sock.connect(self.config.endpoint(self.config.peer_port(peer_id)))
+            where = self.announced.get(peer_id) or self.config.fallback_peer_endpoint(peer_id)
+            sock.connect(where)
+            self._dialled[peer_id] = where
             link = self.dealers[peer_id] = P.Endpoint(sock, P.PEER_REPLY, self.lamport)
         return link
+
+    def on_BEAT(self, msg: P.Beat, now: float) -> None:
+        """A peer says where it is dialled: my link to it follows (re-made if it
+        dials elsewhere; what was queued on the old one is said again anyway)."""
+        if msg.address is None or self.announced.get(msg.sender) == msg.address:
+            return
+        old = self.announced.get(msg.sender)
+        self.announced[msg.sender] = msg.address
+        dialled = self._dialled.get(msg.sender)
+        relink = msg.sender in self.dealers and dialled != msg.address
+        if relink:
+            self.drop(msg.sender)
+        self.log.recv(f"server-{msg.sender}",
+                      f"announces {msg.address}" + (f" (was {old})" if old else "")
+                      + (f": re-dialling, not {dialled}" if relink else ""))
 
     def drop(self, peer_id: int) -> None:
         """A peer is gone: forget its socket (and whatever was queued on it)."""
         link = self.dealers.pop(peer_id, None)
+        self._dialled.pop(peer_id, None)
         if link is not None:
             self._close_socket(link.sock)
 

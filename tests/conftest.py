@@ -26,8 +26,8 @@ def make_cluster(tmp_path, request):
     When the test failed, the tail of every process's log is printed."""
     clusters: list[Cluster] = []
 
-    def make(name: str = "cluster", env: dict | None = None) -> Cluster:
-        cluster = Cluster(tmp_path / name, env)
+    def make(name: str = "cluster", env: dict | None = None, **options) -> Cluster:
+        cluster = Cluster(tmp_path / name, env, **options)
         clusters.append(cluster)
         return cluster
 

@@ -66,8 +66,14 @@ SERVING_LINE = "| local - | phase syncing -> serving"
 class Cluster:
     """Broker + servers of one test, in ``folder``; always call ``stop()``."""
 
-    def __init__(self, folder: Path, env: dict | None = None) -> None:
+    def __init__(self, folder: Path, env: dict | None = None,
+                 server_args: dict[int, list[str]] | None = None,
+                 broker_args: list[str] | None = None) -> None:
+        """``server_args``: each server's own arguments (given before those of the
+        ``start_server`` call), ``broker_args`` the broker's (``--bind``, say)."""
         self.folder = Path(folder)
+        self.server_args = server_args or {}
+        self.broker_args = broker_args or []
         self.env_extra = {**FAST_TIMING, **CHEAP_ACCOUNTS, **(env or {})}
         # the harness reads the same settings its processes do
         overrides = {k[len("SOCIAL_"):].lower(): v for k, v in self.env_extra.items()}
@@ -82,7 +88,7 @@ class Cluster:
 
     # --- processes -----------------------------------------------------------------
     def start(self, servers: int = 3, *server_args: str) -> "Cluster":
-        self.group.start_broker()
+        self.group.start_broker(*self.broker_args)
         for server_id in range(1, servers + 1):
             self.start_server(server_id, *server_args)
         return self
@@ -91,7 +97,7 @@ class Cluster:
         name = f"server-{server_id}"
         path = self.config.log_path(name)
         self._log_marks[name] = path.stat().st_size if path.exists() else 0
-        return self.group.start_server(server_id, *args)
+        return self.group.start_server(server_id, *self.server_args.get(server_id, ()), *args)
 
     def kill(self, name: str) -> None:
         self.group.kill(name)
