@@ -5,8 +5,13 @@ clients' DEALERs connect to the frontend ROUTER; servers' DEALERs connect to
 the backend ROUTER and announce themselves with READY and HEARTBEAT. The
 broker spreads requests round-robin over the servers that are alive and
 serving; any traffic from a server counts as proof of life, and a server
-silent for ``server_timeout`` leaves the pool. The broker answers ``status``
-itself from what the servers' heartbeats told it.
+silent for ``server_timeout`` leaves the pool. Only READY puts a server in the
+pool -- a server sends it once it has caught up -- never a heartbeat, however
+"serving" it says it is: one cut off may have missed writes, and its queued
+heartbeats arrive after the heal, before it has caught up. Each heartbeat the
+broker sends says whether the server is pooled, so a current server that was
+dropped (or a broker that restarted) gets a fresh READY. The broker answers
+``status`` itself from what the servers' heartbeats told it.
 
 Bus: an XSUB/XPUB proxy (``zmq.proxy_steerable``, in C, on its own thread)
 that relays replication, heartbeat, election and clock traffic between the
@@ -54,9 +59,14 @@ class ServerEntry:
     phase: str = "joining"
     info: dict = field(default_factory=dict)
     left: bool = False                  # said LEAVE
+    pooled: bool = False                # READY since it last left the pool
 
     def alive(self, now: float) -> bool:
         return not self.left and now < self.expiry
+
+    def serving(self, now: float) -> bool:
+        """In the pool: alive, serving, and admitted by a READY."""
+        return self.pooled and self.phase == "serving" and self.alive(now)
 
 
 class Bus:
@@ -260,7 +270,7 @@ class Broker:
             entry = self.pick_server(req.server, now, req)
             if entry is None:
                 what = (f"server {req.server} is not serving" if req.server
-                        else "no server is serving; retry")
+                        else self.why_none_serving(now))
                 code = P.ERR_NO_SUCH_SERVER if req.server else P.ERR_UNAVAILABLE
                 self.log.recv(peer, f"{req.op} rid={req.rid} refused: {what}")
                 self.reply_error(client, req.rid, code, what)
@@ -274,12 +284,23 @@ class Broker:
             self.log.line("route", f"{peer}->server-{entry.id}", f"{req.op} rid={req.rid}")
             return
 
+    def why_none_serving(self, now: float) -> str:
+        """What a user is told when no server is in the pool: the best reach of any live
+        server when none reaches a majority (``unavailable: 1 of 3 servers reachable``)."""
+        live = [e for e in self.servers.values() if e.alive(now) and e.info.get("members")]
+        if live:
+            best = max(live, key=lambda e: e.info.get("reachable", 0))
+            reachable, members = best.info.get("reachable", 0), len(best.info["members"])
+            if reachable < members // 2 + 1:
+                return f"unavailable: {reachable} of {members} servers reachable"
+        return "no server is serving; retry"
+
     def pick_server(self, pinned: int | None, now: float,
                     req: P.Request | None = None) -> ServerEntry | None:
         if pinned is not None:
             entry = self.servers.get(pinned)
-            return entry if entry and entry.alive(now) and entry.phase == "serving" else None
-        pool = [e for e in self.servers.values() if e.alive(now) and e.phase == "serving"]
+            return entry if entry and entry.serving(now) else None
+        pool = [e for e in self.servers.values() if e.serving(now)]
         if not pool:
             return None
         if req is not None and req.op in P.SEEN_OPS:
@@ -399,6 +420,7 @@ class Broker:
         entry = self._register(identity, msg.id)
         entry.left = False                       # only READY brings a leaver back
         entry.phase = "serving"
+        entry.pooled = True
         where = f" (peers dial it at {msg.address})" if msg.address else ""
         self.log.recv(f"server-{entry.id}", f"READY: joins the pool{where}")
 
@@ -414,8 +436,12 @@ class Broker:
             # READY puts a server there, and only a "serving" one is picked)
             entry.left = False
         if phase != entry.phase:
-            self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}")
+            self.log.recv(f"server-{entry.id}", f"phase {entry.phase} -> {phase}"
+                          + ("" if entry.pooled or phase != "serving" else
+                             " (not in the pool until its READY)"))
             entry.phase = phase
+        if phase != "serving":
+            entry.pooled = False
         entry.info = P.to_builtins(msg.status)
         if msg.status.coordinator == entry.id and msg.clock is not None:
             self.follow_clock(entry.id, msg.clock)
@@ -435,11 +461,13 @@ class Broker:
         if entry is not None and entry.identity == identity:
             entry.left = True
             entry.phase = "gone"
+            entry.pooled = False
             self.log.recv(f"server-{entry.id}", "LEAVE: out of the pool")
 
     def forget(self, entry: ServerEntry, why: str) -> None:
         entry.expiry = 0.0
         entry.phase = "gone"
+        entry.pooled = False
         self.log.note(f"server-{entry.id} out of the pool: {why}")
 
     def send_heartbeats(self) -> None:
@@ -454,7 +482,8 @@ class Broker:
             if entry.phase == "gone":
                 continue
             try:
-                self.backend.send(P.Heartbeat(), entry.identity, b"", flags=zmq.NOBLOCK)
+                self.backend.send(P.Heartbeat(pooled=entry.pooled), entry.identity, b"",
+                                  flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 
@@ -464,7 +493,7 @@ class Broker:
         for entry in sorted(self.servers.values(), key=lambda e: e.id):
             alive = entry.alive(now)
             row = {**entry.info, "id": entry.id, "alive": alive,
-                   "phase": entry.phase if alive else "gone"}
+                   "phase": entry.phase if alive else "gone", "pooled": entry.serving(now)}
             servers.append(row)
         live = [s for s in servers if s["alive"]]
         best = max(live, key=lambda s: s.get("epoch", -1), default=None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import msgspec
 import zmq
 
 from common import keys, protocol
@@ -177,6 +178,8 @@ class Connection:
             parts.append(f"server={body.server}")
         if tries > 1:
             parts.append(f"try={tries}")
+        if tries > 1:                # a retry's copy of a write wins over earlier tries'
+            body = msgspec.structs.replace(body, attempt=tries - 1)
         try:
             self._endpoint.send(body, flags=zmq.NOBLOCK)
         except zmq.Again:

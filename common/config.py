@@ -56,6 +56,10 @@ class Config:
     """Silence after which a server counts a peer as gone."""
     broker_timeout: float = 2.0
     """Silence after which a server reconnects to the broker."""
+    write_wait: float = 1.2
+    """Seconds a write waits for its copies before its user is told so (``unavailable``,
+    retried under the same request id): below ``request_timeout``, so the user hears
+    why before the client gives up on the try."""
 
     # --- election and clock synchronization -------------------------------
     election_timeout: float = 1.2
@@ -226,6 +230,11 @@ class Config:
         """The highest seq server ``server_id`` ever issued: beside its folder, not in it."""
         return Path(self.data_dir) / f"server-{server_id}.issued"
 
+    def members_path(self, server_id: int) -> Path:
+        """The members server ``server_id`` last knew (``servers/quorum.py``): beside its
+        folder, so a server whose folder was lost still knows it is one of several."""
+        return Path(self.data_dir) / f"server-{server_id}.members"
+
     def client_state_path(self, user: str) -> Path:
         return Path(self.data_dir) / "clients" / f"{user}.json"
 
@@ -272,6 +281,8 @@ class Config:
             raise ConfigError("log_flush_every must lie in (0, 1] seconds")
         if self.leave_deadline + self.heartbeat_interval > 2.0:
             raise ConfigError("a leaving server must be gone within 2 s: leave_deadline too long")
+        if self.write_wait <= 0:
+            raise ConfigError("write_wait must be positive")
         if self.clock_tolerance <= 0:
             raise ConfigError("clock_tolerance must be positive")
         if self.checkpoint_retry_s <= 0 or self.disk_probe_every <= 0:

@@ -121,6 +121,9 @@ BEAT (``--advertise``), shown in ``status``. Never a wildcard (``0.0.0.0``, ``*`
 Phase = Literal["joining", "syncing", "serving", "leaving", "halted"]
 Durability = Literal["fsync", "flush"]
 IdList = Annotated[list[Rid], Meta(max_length=MAX_IDS)]
+ServerIds = Annotated[list[ServerId], Meta(max_length=MAX_SERVER_ID)]
+Attempt = Annotated[int, Meta(ge=0, le=10_000)]
+"""How many times a client sent a request before this one (0: the first try)."""
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{0,64}$")]
 Password = Annotated[str, Meta(min_length=1, max_length=MAX_PASSWORD)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43,128}$")]
@@ -243,11 +246,14 @@ class Request(Struct, **_message()):
     token: Optional[Token] = None
     """The user's session token (``login``: the new session's); the server checks it
     and keeps only its sha256."""
+    attempt: Attempt = 0
+    """The try this is (0 first): a retry's copy of a write wins over earlier tries'
+    (``copy_key``), so the reply to the last try names the copy that is kept."""
 
     def __repr__(self) -> str:                 # never a token in a traceback or a log
         return (f"Request(rid={self.rid!r}, op={self.op!r}, user={self.user!r}, "
                 f"args={self.args!r}, server={self.server!r}, "
-                f"token={'<hidden>' if self.token else None})")
+                f"token={'<hidden>' if self.token else None}, attempt={self.attempt})")
 
     def __post_init__(self) -> None:
         given = {name for name, attr in _ARG_NAMES.items() if getattr(self.args, attr) is not None}
@@ -300,7 +306,7 @@ class ServerStatus(Struct, **_message()):
     last_sync: Optional[UnixTime]
     under_replicated: Count
     repl_lag_hist: Annotated[list[Count], Meta(max_length=64)]
-    peers: Annotated[list[ServerId], Meta(max_length=MAX_SERVER_ID)]
+    peers: ServerIds
     waiting: Optional[Annotated[str, Meta(max_length=200)]] = None
     """Why a server that is not serving cannot go on (no peer holds what it must sync)."""
     repairs: Count = 0
@@ -313,6 +319,11 @@ class ServerStatus(Struct, **_message()):
     loss); None from a process that stores nothing (the benchmark's echo server)."""
     address: Optional[PeerEndpoint] = None
     """The peer endpoint this server announces (``--advertise``); None from the echo server."""
+    members: ServerIds = []
+    """The membership as this server sees it (``servers/quorum.py``)."""
+    reachable: Count = 0
+    """How many of the members it hears, itself included: below a majority it
+    acknowledges no write."""
 
 
 class Ready(Struct, **_message()):
@@ -330,6 +341,10 @@ class Heartbeat(Struct, omit_defaults=True, **_message()):
     id: Optional[ServerId] = None
     clock: Optional[UnixTime] = None
     status: Optional[ServerStatus] = None
+    pooled: Optional[bool] = None
+    """The broker's, to a server: whether it is in the pool. Only READY puts a server
+    there; one that serves but is not pooled (the broker dropped it, or restarted)
+    sends READY again."""
 
 
 class Leave(Struct, **_message()):
@@ -381,7 +396,7 @@ _DATA_FIELDS = ("text", "target", "to", "shown", "delivered", "hash", "token", "
                 "account")
 
 
-class Event(Struct, **_message()):
+class Event(Struct, omit_defaults=True, **_message()):
     """One write, the unit of replication: ``(origin, seq)`` names it everywhere."""
     id: Rid
     kind: EventKind
@@ -391,6 +406,9 @@ class Event(Struct, **_message()):
     origin: ServerId
     seq: Seq
     data: EventData
+    attempt: Attempt = 0
+    """The client's try that made it (``Request.attempt``); left out when 0, so events
+    of the first try encode (and hash) as they always did."""
 
     def __post_init__(self) -> None:
         data = self.data
@@ -412,10 +430,16 @@ def order_key(event: Event) -> tuple[int, str]:
     return (event.lamport, event.id)
 
 
-def copy_key(event: Event) -> tuple[int, str, int, int]:
+def copy_key(event: Event) -> tuple[int, int, str, int, int]:
     """Between two events made of one request (a retry that reached two servers),
-    the one with the smaller copy key counts, on every server."""
-    return (event.lamport, event.id, event.origin, event.seq)
+    the one with the smaller copy key counts, on every server: the latest try's.
+
+    A client hears only the reply to its last try (it drops a timed-out socket, and
+    an error reply ends a try), and the server answering it made or holds that try's
+    copy. Were the earliest copy to win, a first try stranded on a server cut off from
+    the rest could surface after a later try was acknowledged, and the reply would name
+    a copy that loses (issue 13)."""
+    return (-event.attempt, event.lamport, event.id, event.origin, event.seq)
 
 
 # --- bus (every server publishes, every server subscribes) -----------------------
@@ -445,6 +469,11 @@ class Beat(Struct, **_BUS):
     sums: Fingerprints = {}
     address: Optional[PeerEndpoint] = None
     """Where my peers dial me (``PeerEndpoint``): each peer's link to me follows it."""
+    members: ServerIds = []
+    """The membership as I see it (``servers/quorum.py``)."""
+    hears: ServerIds = []
+    """The members I heard within ``peer_timeout``, me included: a silent member is
+    removed only when a majority of the members do not hear it."""
 
 
 class Bye(Struct, **_BUS):

@@ -28,6 +28,10 @@ from servers.requests import ClientRequests, RequestError
 SETTLE_FOR = 3.0
 """Seconds an account event's answer waits at most for every peer (``_settled``)."""
 SETTLED_KINDS = frozenset({P.EV_ACCOUNT, P.EV_SESSION, P.EV_LOGOUT})
+RETRIED_KINDS = frozenset({P.EV_POST, P.EV_DM, P.EV_FOLLOW, P.EV_UNFOLLOW})
+"""Writes whose reply names their copy (its Lamport stamp, its server): a later try
+of one makes a copy of its own, which wins (``protocol.copy_key``), so the reply to
+the last try names the copy that is kept, wherever the earlier tries' copies are."""
 
 
 @dataclass
@@ -44,7 +48,9 @@ class ClientDesk:
                  listeners: Listeners, lag: ReplicationLag, lamport: LamportClock,
                  clock: PhysicalClock, log: ProcessLog | None, *, replicas: int,
                  reply: Callable[[bytes, P.Reply], None],
-                 unavailable: Callable[[], str | None], accounts: Accounts) -> None:
+                 unavailable: Callable[[], str | None], accounts: Accounts,
+                 short_of_majority: Callable[[float], str | None] = lambda now: None,
+                 write_wait: float = float("inf")) -> None:
         self.my_id = my_id
         self.requests = requests
         self.replication = replication
@@ -59,6 +65,10 @@ class ClientDesk:
         self._reply = reply
         self._unavailable = unavailable
         """None while serving; else why not (``server-2 is syncing``)."""
+        self._short_of_majority = short_of_majority
+        """None with a majority of the members in reach; else ``1 of 3 servers reachable``."""
+        self.write_wait = write_wait
+        """Seconds a write waits for its copies before its user is told to retry."""
 
     def reply(self, route: bytes, rid: str, user: str | None, result: dict | None = None,
               code: str | None = None, error: str | None = None) -> None:
@@ -82,19 +92,32 @@ class ClientDesk:
                 self.accounts.authorize(msg.user, msg.token, self.clock.now())
                 self.reply(route, msg.rid, msg.user, self.requests.read(msg.op, msg.user, msg.args))
             elif msg.op in P.WRITE_OPS:
-                self.write(route, msg.rid, msg.op, msg.user, msg.args, now, msg.token)
+                self.write(route, msg.rid, msg.op, msg.user, msg.args, now, msg.token,
+                           attempt=msg.attempt)
             else:
                 raise RequestError(P.ERR_BAD_REQUEST, f"{msg.op} is answered by the broker")
         except RequestError as exc:
             self.reply(route, msg.rid, msg.user, code=exc.code, error=str(exc))
 
     def write(self, route: bytes, rid: str, op: str, user: str, args: P.Args, now: float,
-              token: str | None, listen_until: float | None = None) -> None:
-        """Make the event of a write (or find it, for a retry) and wait for its copies."""
+              token: str | None, listen_until: float | None = None, attempt: int = 0) -> None:
+        """Make the event of a write (or find it, for a retry) and wait for its copies.
+        With no majority of the members in reach, nothing is made: the user hears why
+        at once (and retries elsewhere, or later, under the same request id)."""
         wall = self.clock.now()
+        short = self._short_of_majority(now)
+        if short is not None:
+            raise RequestError(P.ERR_UNAVAILABLE, f"unavailable: {short}")
         existing = self.replication.event(rid)
         if existing is not None:                 # a retry: applied once, answered again
             self.accounts.same_request(existing, op, user, args, token, now, wall)
+            if attempt > existing.attempt and existing.kind in RETRIED_KINDS:
+                if self.log is not None:
+                    self.log.note(f"retry of {rid} (try {attempt + 1}): held as "
+                                  f"{existing.origin}:{existing.seq} from try "
+                                  f"{existing.attempt + 1}; this try's copy replaces it")
+                self._create(route, rid, existing.kind, user, existing.data, now, attempt)
+                return
             if self.log is not None:
                 self.log.note(f"retry of {rid}: already applied as "
                               f"{existing.origin}:{existing.seq}")
@@ -102,7 +125,7 @@ class ClientDesk:
             return
         if op in (P.OP_REGISTER, P.OP_LOGIN, P.OP_LOGOUT):
             kind, data = self.accounts.plan(op, user, args, token, now, wall)
-            self._create(route, rid, kind, user, data, now)
+            self._create(route, rid, kind, user, data, now, attempt)
             return
         self.accounts.authorize(user, token, wall)
         if op == P.OP_LISTEN:
@@ -116,12 +139,12 @@ class ClientDesk:
                 self.reply(route, rid, user, plan)
             return
         kind, data = plan
-        self._create(route, rid, kind, user, data, now)
+        self._create(route, rid, kind, user, data, now, attempt)
 
     def _create(self, route: bytes, rid: str, kind: str, user: str, data: P.EventData,
-                now: float) -> None:
+                now: float, attempt: int = 0) -> None:
         event = self.replication.create(kind, user, data, rid, self.lamport.tick(),
-                                        self.clock.stamp())
+                                        self.clock.stamp(), attempt)
         self.replication.wait(route, rid, event, now)
 
     # --- listens ---------------------------------------------------------------------
@@ -155,6 +178,20 @@ class ClientDesk:
             event = self.replication.event(waiter.event_id)
             self.reply(waiter.route, waiter.rid, event.user if event else None,
                        code=P.ERR_UNAVAILABLE, error=why)
+
+    def expire_writes(self, now: float) -> None:
+        """Writes that waited ``write_wait`` for their copies in vain: their users are
+        told so (``unavailable``, which they retry under the same request id: applied
+        once), never left hanging. The event stays, and replicates once it can."""
+        for waiter, holders, need in self.replication.take_overdue(now, self.write_wait):
+            event = self.replication.event(waiter.event_id)
+            short = self._short_of_majority(now)
+            why = f"; {short}" if short else ""
+            self.reply(waiter.route, waiter.rid, event.user if event else None,
+                       code=P.ERR_UNAVAILABLE,
+                       error=f"unavailable: the write has {holders} of the {need} copies it "
+                             f"needs after {self.write_wait:g} s{why}; retry with the same "
+                             f"request id")
 
     # --- replies out -------------------------------------------------------------------
     def answer_acked(self, now: float) -> None:

@@ -18,6 +18,19 @@ dead). Between two claims the higher epoch wins. A coordinator steps down the mo
 it hears a higher claim, in a COORDINATOR or a BEAT, and servers refuse orders
 carrying an epoch lower than theirs, so a deposed coordinator cannot act on them.
 
+A coordinator only with a majority behind it (issue 13):
+
+* a server claims coordinatorship only while it hears a majority of the members
+  (``quorum``: each heard within the last two heartbeats), and steps down as soon as
+  it has not heard a majority for ``election_timeout`` -- before the others, who wait
+  ``election_timeout`` and then ``answer_timeout``, can elect a successor. Two
+  coordinators (of two epochs: followers obey the higher) overlap only when a
+  partition moves under a fresh claim, and for ``election_timeout`` at most;
+* while it hears no majority it calls no elections (it could win none);
+* a candidate that heard no ANSWER does not claim while a higher member is alive
+  (``higher_alive``: its ANSWER was only late, on a lossy link), so loss alone does not
+  churn epochs: the election that follows a real failure is the only one.
+
 Pure logic: no sockets, no threads, no clock reads. The server passes
 ``time.monotonic()`` in as ``now`` and calls ``tick()`` on every loop iteration.
 """
@@ -48,7 +61,9 @@ class Bully:
     """One server's view of the election: its state, the coordinator and the epoch."""
 
     def __init__(self, my_id: int, config: Config,
-                 publish: Callable[[object], None], log: ProcessLog | None) -> None:
+                 publish: Callable[[object], None], log: ProcessLog | None, *,
+                 quorum: Callable[[float, float], bool] = lambda now, window: True,
+                 higher_alive: Callable[[float], bool] = lambda now: False) -> None:
         if not 1 <= my_id < EPOCH_STRIDE:
             raise ValueError(f"server id {my_id} is not in 1..{EPOCH_STRIDE - 1}")
         self.my_id = my_id
@@ -65,6 +80,10 @@ class Bully:
         self._coordinator_seen = 0.0        # monotonic: last traffic from the coordinator
         self.elections = 0
         self.messages_sent = 0
+        self._quorum = quorum               # (now, window) -> a majority heard within window?
+        self._higher_alive = higher_alive   # (now) -> is a member above me alive?
+        self._no_quorum = False             # said "no majority" (once, until it is back)
+        self._deferred = False              # said "a higher id is alive" (once per election)
 
     # --- what the server reads -------------------------------------------------
     @property
@@ -82,6 +101,11 @@ class Bully:
     @property
     def is_coordinator(self) -> bool:
         return self._state == COORDINATOR
+
+    @property
+    def max_epoch(self) -> int:
+        """The highest epoch heard of: orders from below it are not obeyed."""
+        return self._max_epoch
 
     def next_deadline(self) -> float | None:
         """The earliest monotonic time at which ``tick()`` has something to do."""
@@ -188,14 +212,39 @@ class Bully:
         starts over; a follower whose coordinator fell silent for
         ``election_timeout`` calls an election.
         """
-        if not self._started or self._state == COORDINATOR:
+        if self._state == COORDINATOR:
+            if not self._quorum(now, self.config.election_timeout):
+                self._note(f"stepping down: no majority of the members heard for "
+                           f"{self.config.election_timeout:g} s (epoch {self._epoch})")
+                self._state, self._coordinator = FOLLOWER, None
             return
+        if not self._started:
+            return
+        if not self._quorum(now, 2 * self.config.heartbeat_interval):
+            if not self._no_quorum:
+                self._note("no majority of the members in reach: no election until there is")
+                self._no_quorum = True
+            self._state = FOLLOWER if self._state == CANDIDATE else self._state
+            return
+        if self._no_quorum:
+            self._no_quorum = False
+            self._note("a majority of the members is in reach again")
+            if self._coordinator is None or self._coordinator < self.my_id:   # bully: mine
+                self._call_election(now)
+                return
         if self._state == CANDIDATE:
             if now < self._deadline:
                 return
             if self._answered:
                 self._note("no COORDINATOR after an ANSWER: starting over")
                 self._call_election(now)
+            elif self._higher_alive(now):
+                if not self._deferred:
+                    self._note("no ANSWER, but a higher member is alive: waiting for its "
+                               "COORDINATOR")
+                    self._deferred = True
+                self._deadline = now + self.config.election_timeout
+                self._answered = True       # at the deadline: start over, not claim
             else:
                 self._become_coordinator()
         elif self._coordinator is None:
@@ -210,6 +259,7 @@ class Bully:
     def _call_election(self, now: float) -> None:
         self._state = CANDIDATE
         self._answered = False
+        self._deferred = False
         self._deadline = now + self.config.answer_timeout
         self.elections += 1
         self._note(f"election called (epoch {self._epoch})")

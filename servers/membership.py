@@ -18,7 +18,17 @@ broker, until it restarts itself.
   have counted it gone (SIGSTOP, a stalled VM), its state may be stale and the
   cluster has moved on, so it leaves the pool and catches up again as a joining
   server does, before it answers anyone.
-* A peer's BEAT updates its phase and vector; a BYE marks it gone at once.
+* A peer's BEAT updates its phase and vector, and tells the quorum role
+  (``quorum.py``) that it is a member and whom it hears; a BYE marks it gone and no
+  longer a member at once. A member silent for ``peer_timeout`` is gone for copy
+  counting, but leaves the membership only when a majority agrees it is silent.
+* **The bus falls silent** (not even my own BEATs come back) while serving: the
+  others may go on acknowledging writes I never see, so I leave serving at once
+  and catch up again, as after a stall -- before they could count me out and ack
+  without me (``peer_timeout``), so no read of mine misses an acknowledged write.
+* **The broker drops me** (it restarted, or did not hear me for ``server_timeout``):
+  its heartbeat says I am not in its pool. Serving, and so current, I send READY
+  again; only READY puts a server in the pool, never a heartbeat.
 * **A damaged folder** (``folder_damaged``: db.json was not a TinyDB file, or
   missing, so events were lost and nobody can say which): syncing ends only once
   the server holds everything a *serving* peer held when it was picked -- one
@@ -39,6 +49,10 @@ from common.config import Config
 from common.log import ProcessLog, vv_brief
 from servers.catchup import CatchUp
 from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.quorum import Quorum
+
+ACTIVE = (JOINING, SYNCING, SERVING)
+"""The phases in which a server is a member (leaving and halted ones said BYE)."""
 
 
 class Membership:
@@ -54,10 +68,12 @@ class Membership:
                  on_peer_gone: Callable[[int], None],
                  reconnect_broker: Callable[[], None],
                  must_hold: dict[int, int] | None = None,
-                 on_repaired: Callable[[], None] | None = None) -> None:
+                 on_repaired: Callable[[], None] | None = None,
+                 quorum: Quorum | None = None, members_path: str | None = None) -> None:
         self.my_id = my_id
         self.config = config
         self.peers = peers
+        self.quorum = quorum or Quorum(my_id, config.peer_timeout)
         self.catchup = catchup
         self.log = log
         self._publish = publish
@@ -89,6 +105,9 @@ class Membership:
         self.bus_down = False
         self.bus_up_at: float | None = None
         """When my own echo first came back since the bus was last down (None: not yet)."""
+        self.ready_sent_at: float | None = None
+        self.short: str | None = None          # ``1 of 3 servers reachable``, last said
+        self.members_path = members_path
 
     @property
     def serving(self) -> bool:
@@ -122,6 +141,7 @@ class Membership:
     def saw_peer(self, sender: int, now: float) -> bool:
         """Any bus message from a peer proves it alive; True if it is new or back."""
         _peer, new = self.peers.saw(sender, now)
+        self.quorum.heard_from(sender, now)
         if new and self.log is not None:
             self.log.recv(f"server-{sender}", "peer appeared")
         return new
@@ -140,6 +160,7 @@ class Membership:
         peer = self.peers.table.get(msg.sender)
         if peer is None:
             return
+        self.quorum.on_view(msg.sender, msg.phase in ACTIVE, msg.members, msg.hears, now)
         if peer.phase != msg.phase:
             if self.log is not None:
                 self.log.recv(f"server-{peer.id}", f"phase {peer.phase} -> {msg.phase}")
@@ -151,6 +172,7 @@ class Membership:
 
     def on_BYE(self, msg: P.Bye, now: float) -> None:
         self.peers.left(msg.sender)
+        self.quorum.left(msg.sender)
         if self.log is not None:
             self.log.recv(f"server-{msg.sender}", "BYE: peer leaves")
 
@@ -163,6 +185,7 @@ class Membership:
                 now - self.phase_since >= 3 * self.config.heartbeat_interval and \
                 now - self.bus_up_at >= 2 * self.config.heartbeat_interval:
             self.target = self.catchup.target(now)
+            self.quorum.learned()
             for origin, seq in self.must_hold.items():
                 self.target[origin] = max(self.target.get(origin, 0), seq)
             self.set_phase(SYNCING, f"target {self.target}", now)
@@ -176,9 +199,27 @@ class Membership:
                 status = self._status(now)
                 self.set_phase(SERVING, f"caught up: {status.events} events, digest "
                                         f"{status.digest[:12]}; {self.pulled()}", now)
-                self._to_broker(P.Ready(id=self.my_id, address=status.address))
+                self.send_ready(now)
         elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
             self.running = False
+
+    def send_ready(self, now: float) -> None:
+        self.ready_sent_at = now
+        self._to_broker(P.Ready(id=self.my_id, address=self._status(now).address))
+
+    def on_broker_HB(self, msg: P.Heartbeat, now: float) -> None:
+        """The broker's heartbeat says whether I am in its pool. Serving, I hold all
+        that is acknowledged (the bus never fell silent, or I would have left serving),
+        so a broker that dropped me -- restarted, or it missed my heartbeats -- gets a
+        fresh READY (not before a READY of mine had time to arrive)."""
+        if msg.pooled is not False or self.phase != SERVING:
+            return
+        if self.ready_sent_at is not None and \
+                now - self.ready_sent_at < 2 * self.config.heartbeat_interval:
+            return
+        if self.log is not None:
+            self.log.recv("broker", "HB: I am not in its pool: READY again")
+        self.send_ready(now)
 
     def repaired(self, now: float) -> bool:
         """Whether my folder is whole: never damaged, or I hold all that a serving peer
@@ -292,7 +333,9 @@ class Membership:
             self._publish(P.Beat(sender=self.my_id, phase=self.phase, vv=status.vv,
                                  epoch=status.epoch, coordinator=status.coordinator,
                                  events=status.events, digest=status.digest,
-                                 sums=status.sums, address=status.address))
+                                 sums=status.sums, address=status.address,
+                                 members=sorted(self.quorum.members),
+                                 hears=self.quorum.hears(now)))
         if now - self.broker_seen > self.config.broker_timeout:
             if self.log is not None:
                 self.log.warn(f"broker silent for {(now - self.broker_seen) * 1000:.0f} ms: "
@@ -304,10 +347,17 @@ class Membership:
         """Peers silent for peer_timeout are gone, unless the bus itself is down."""
         if now - self.bus_seen > self.config.peer_timeout / 2:
             if not self.bus_down and self.log is not None:
-                self.log.warn("bus silent (broker down?): holding peers' liveness")
+                self.log.warn(f"bus silent for {(now - self.bus_seen) * 1000:.0f} ms (broker "
+                              f"down, or cut off?): holding peers' liveness")
             self.bus_down = True
             self.bus_up_at = None
             self.peers.hold(now)
+            if self.phase == SERVING:
+                # the others may be acknowledging writes I cannot see: no more reads here
+                self.set_phase(JOINING, "the bus is silent: the others may acknowledge "
+                                        "writes I never see; catching up before serving "
+                                        "again", now)
+                self._to_broker(P.Heartbeat(id=self.my_id, status=self._status(now)))
             return
         if self.bus_down and self.log is not None:
             self.log.note("bus back")
@@ -318,3 +368,23 @@ class Membership:
                               f"(silent {self.config.peer_timeout * 1000:.0f} ms)")
             self.catchup.forget(peer.id)
             self._on_peer_gone(peer.id)
+        self.quorum.sweep(now)
+        self.note_reach(now)
+
+    def note_reach(self, now: float) -> None:
+        """Say once when I hear fewer than a majority of the members, and once when I
+        hear a majority again."""
+        short = self.quorum.short_of_majority(now)
+        if (short is None) == (self.short is None) or self.log is None:
+            self.short = short
+            return
+        if short is not None:
+            heard = set(self.quorum.hears(now))
+            silent = ", ".join(f"server-{m}" for m in sorted(self.quorum.members - heard))
+            self.log.warn(f"I hear {short}: I acknowledge no write until a majority is back "
+                          f"(silent: {silent}; if they are gone for good, stop me and "
+                          f"remove {self.members_path or 'my members file'} to start anew)")
+        else:
+            self.log.note(f"a majority of the members is in reach again "
+                          f"({self.quorum.reachable(now)} of {len(self.quorum.members)})")
+        self.short = short

@@ -47,9 +47,11 @@ from servers.disk_watch import DiskWatch
 from servers.election import Bully
 from servers.issued import IssuedSeq
 from servers.listeners import Listeners
+from servers.members_file import MembersFile
 from servers.membership import Membership
 from servers.peer_links import PeerLinks
 from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.quorum import Quorum
 from servers.replication import Replication
 from servers.repair import Repair
 from servers.replication_lag import ReplicationLag
@@ -108,17 +110,22 @@ class Server:
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
+        self.members_file = MembersFile(config.members_path(server_id), config.fsync)
+        self.quorum = Quorum(server_id, config.peer_timeout, members=self.members_file.read(),
+                             save=self.save_members, log=self.log)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, self.catchup,
                                 config.replicas, self.log,
                                 serving=lambda: self.membership.phase == SERVING,
-                                on_conflict=self.on_conflict)
+                                on_conflict=self.on_conflict, majority=self.quorum.majority)
         self.repair = Repair(server_id, self.state, self.peers, self.log,
                              send=lambda peer_id, msg: self.links.ask(peer_id, msg),
                              replace=self.repl.replace, timeout=config.fetch_timeout,
                              cooldown=config.peer_timeout)
         self.lag = ReplicationLag(server_id)
-        self.election = Bully(server_id, config, self.publish, self.log)
+        self.election = Bully(server_id, config, self.publish, self.log,
+                              quorum=self.quorum.has_majority,
+                              higher_alive=self.higher_alive)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
         self.membership = Membership(
@@ -127,12 +134,15 @@ class Server:
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
             on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
-            must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired)
+            must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired,
+            quorum=self.quorum, members_path=str(self.members_file.path))
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
                                replicas=config.replicas, reply=self.reply,
                                unavailable=self.unavailable,
-                               accounts=Accounts.from_config(self.state, config))
+                               accounts=Accounts.from_config(self.state, config),
+                               short_of_majority=self.quorum.short_of_majority,
+                               write_wait=config.write_wait)
         self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
                                self.close_socket, secure=lambda: self.security,
                                on_ack=self.on_ack,
@@ -414,6 +424,7 @@ class Server:
             self.clock_jumps = self.clock.jumps
             self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
         self.desk.expire_listeners(now)
+        self.desk.expire_writes(now)
         self.election.tick(now)
         self.berkeley.tick(now)
         self.repair.tick(now)
@@ -480,6 +491,19 @@ class Server:
                       f"{event_brief(other)}; mine: {event_brief(mine)}")
         self.repair.on_conflict(mine, other, time.monotonic())
 
+    def save_members(self, members: list[int]) -> None:
+        """The membership changed: kept beside my folder (a warning if it cannot be:
+        the next start learns it again from the peers)."""
+        try:
+            self.members_file.write(members)
+        except DiskError as exc:
+            self.log.warn(f"cannot keep the member list: {exc}")
+
+    def higher_alive(self, now: float) -> bool:
+        """A live member with a higher id than mine: the bully's rightful coordinator."""
+        return any(p.id > self.id for p in self.peers.live(now)
+                   if p.phase in (SERVING, SYNCING) and p.id in self.quorum.members)
+
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)
 
@@ -509,7 +533,8 @@ class Server:
             repl_lag_hist=self.lag.hist.counts,
             peers=sorted(p.id for p in self.peers.live(now)),
             waiting=self.membership.waiting, repairs=self.repair.repaired,
-            sums=sums, durability=self.durability, address=self.links.address)
+            sums=sums, durability=self.durability, address=self.links.address,
+            members=sorted(self.quorum.members), reachable=self.quorum.reachable(now))
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)
@@ -555,7 +580,9 @@ class Server:
             self.log.warn(f"dropped a bad message from the broker: {exc}")
             return
         route = incoming.envelope[0]
-        if isinstance(incoming.msg, P.Request) and route:
+        if isinstance(incoming.msg, P.Heartbeat) and not route:
+            self.membership.on_broker_HB(incoming.msg, time.monotonic())
+        elif isinstance(incoming.msg, P.Request) and route:
             self.desk.on_REQ(route, incoming.msg, time.monotonic())
         elif isinstance(incoming.msg, P.Request) or route:
             self.log.warn(f"dropped {incoming.type} from the broker: wrong route")

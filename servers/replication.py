@@ -26,12 +26,15 @@ from servers.state import SocialState
 from servers.store import EventStore
 
 
-def copies_required(replicas: int, holding_peers: int) -> int:
+def copies_required(replicas: int, holding_peers: int, majority: int = 1) -> int:
     """Copies to wait for: ``replicas``, or every server that is serving or catching
-    up to serve (me included) when fewer are alive. A syncing server counts: it
-    will hold the write as soon as it has caught up, and counting only serving
-    ones would ack with too few copies in the moment two become serving together."""
-    return min(replicas, 1 + holding_peers)
+    up to serve (me included) when fewer are alive -- but never fewer than a
+    ``majority`` of the members (``servers/quorum.py``), so that any two acknowledged
+    writes share a server, and a server cut off from the rest acknowledges nothing.
+    A syncing server counts: it will hold the write as soon as it has caught up, and
+    counting only serving ones would ack with too few copies in the moment two become
+    serving together."""
+    return max(majority, min(replicas, 1 + holding_peers))
 
 
 @dataclass
@@ -49,8 +52,10 @@ class Replication:
     def __init__(self, my_id: int, state: SocialState, store: EventStore, peers: Peers,
                  catchup: CatchUp, replicas: int, log: ProcessLog | None = None, *,
                  serving: Callable[[], bool] = lambda: False,
-                 on_conflict: Callable[[P.Event, P.Event], None] | None = None) -> None:
+                 on_conflict: Callable[[P.Event, P.Event], None] | None = None,
+                 majority: Callable[[], int] = lambda: 1) -> None:
         self.my_id = my_id
+        self.majority = majority          # of the members: the fewest copies of an ack
         self.serving = serving            # while serving, I alone number my events
         self.on_conflict = on_conflict    # (my copy, another copy) of one event
         self.state = state
@@ -155,10 +160,11 @@ class Replication:
 
     # --- writing --------------------------------------------------------------------
     def create(self, kind: str, user: str, data: P.EventData, rid: str, lamport: int,
-               ts: float) -> P.Event:
+               ts: float, attempt: int = 0) -> P.Event:
         """A new event originating here, applied, logged and in the outbox (not yet durable)."""
         event = P.Event(id=rid, kind=kind, user=user, lamport=lamport, ts=ts,
-                        origin=self.my_id, seq=self.state.next_seq(self.my_id), data=data)
+                        origin=self.my_id, seq=self.state.next_seq(self.my_id), data=data,
+                        attempt=attempt)
         self._apply(event)
         self.outbox.append(event)
         return event
@@ -176,7 +182,7 @@ class Replication:
         return mine + self.peers.holders(origin, seq, now)
 
     def required(self, now: float) -> int:
-        return copies_required(self.replicas, len(self.peers.holding(now)))
+        return copies_required(self.replicas, len(self.peers.holding(now)), self.majority())
 
     def wait(self, route: bytes, rid: str, event: P.Event, now: float) -> None:
         """A client waits for ``event`` to have its copies."""
@@ -196,6 +202,17 @@ class Replication:
                 still.append(w)
         self.waiters = still
         return done
+
+    def take_overdue(self, now: float, wait: float) -> list[tuple[Waiter, int, int]]:
+        """Waiters that waited ``wait`` seconds or more, no longer waited for here, with
+        the copies their event has and the copies it needs."""
+        if not self.waiters or now - self.waiters[0].since < wait:     # oldest first
+            return []
+        need = self.required(now)
+        overdue = [(w, self.holders(w.origin, w.seq, now), need)
+                   for w in self.waiters if now - w.since >= wait]
+        self.waiters = [w for w in self.waiters if now - w.since < wait]
+        return overdue
 
     def drop_waiters(self) -> list[Waiter]:
         """Every client still waiting for copies, no longer waited for here."""

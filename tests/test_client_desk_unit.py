@@ -416,3 +416,83 @@ def test_a_list_of_users_stops_at_max_names_and_says_how_many_there_are():
     result = ClientRequests(state).read(P.OP_USERS, "u000001", P.Args())
     assert len(result["users"]) == P.MAX_NAMES and result["total"] == P.MAX_NAMES + 5
     assert len(P.dumps(result)) < P.MAX_REPLY_BYTES
+
+
+# --- issue 13: majority, write timeout, the copy a retry keeps ----------------------------
+def retry(msg: P.Request, attempt: int) -> P.Request:
+    return msgspec.structs.replace(msg, attempt=attempt)
+
+
+def test_without_a_majority_in_reach_a_write_is_refused_at_once_and_makes_nothing():
+    d = Desk().setup()
+    d.desk._short_of_majority = lambda now: "1 of 3 servers reachable"
+    count = d.state.count
+    [r] = d.send(req("p1", P.OP_POST, "alice", text="hi"))
+    assert (r.ok, r.code, r.error) == (False, P.ERR_UNAVAILABLE,
+                                       "unavailable: 1 of 3 servers reachable")
+    assert d.turn() == [] and d.state.count == count and d.repl.waiters == []
+    [read] = d.send(req("r1", P.OP_FEED, "bob", limit=10))     # reads are still served
+    assert read.ok
+
+
+def test_a_write_waiting_too_long_for_its_copies_is_told_so_and_a_retry_is_safe():
+    d = Desk(replicas=1).setup()
+    d.repl.replicas = d.desk.replicas = 3
+    d.desk.write_wait = 1.2
+    d.add_peer(2)
+    d.add_peer(3)
+    msg = req("p1", P.OP_POST, "alice", text="hi")
+    d.send(msg)
+    d.turn()
+    d.now += 1.1
+    d.desk.expire_writes(d.now)
+    assert d.turn() == []                            # not yet
+    d.now += 0.2
+    before = len(d.replies)
+    d.desk.expire_writes(d.now)
+    [(_, late)] = d.replies[before:]
+    assert (late.ok, late.code) == (False, P.ERR_UNAVAILABLE)
+    assert "has 1 of the 3 copies it needs after 1.2 s" in late.error
+    assert "retry with the same request id" in late.error and d.repl.waiters == []
+    d.send(msg)                                      # the retry waits for the same event
+    d.ack(2)
+    d.ack(3)
+    [(_, ok)] = d.turn()
+    assert ok.ok and ok.result["replicas"] == 3 and d.events_made == 1
+
+
+def test_a_later_try_makes_its_own_copy_and_the_reply_names_it():
+    d = Desk().setup()
+    first = d.ask(req("p1", P.OP_POST, "alice", text="hi"))
+    again = d.ask(retry(req("p1", P.OP_POST, "alice", text="hi"), 2))
+    assert first.ok and again.ok
+    kept = d.state.events["p1"]
+    assert kept.attempt == 2 and again.result["post"]["lamport"] == kept.lamport
+    assert again.result["post"]["lamport"] != first.result["post"]["lamport"]
+    assert [p["id"] for p in d.state.feed("bob", 10)].count("p1") == 1     # stored once
+    assert d.log.has("retry of p1 (try 3): held as 1:")
+    same = d.ask(retry(req("p1", P.OP_POST, "alice", text="hi"), 2))      # the same try again
+    assert same.result["post"] == again.result["post"] and d.state.events["p1"] is kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 500), st.integers(1, 3)),
+                min_size=1, max_size=3, unique_by=lambda t: t[2]))
+def test_the_copy_of_the_highest_try_counts_on_every_server_whatever_the_order(copies):
+    events = [P.Event(id="r1", kind=P.EV_POST, user="alice", lamport=lam, ts=WALL,
+                      origin=origin, seq=1, data=P.EventData(text="hi"), attempt=attempt)
+              for attempt, lam, origin in copies]
+    best = max(events, key=lambda e: e.attempt)
+    for order in (events, events[::-1]):
+        state = SocialState()
+        for e in order:
+            state.apply(e)
+        assert state.events["r1"].attempt == best.attempt
+        assert state.events["r1"] == min(events, key=P.copy_key)
+
+
+def test_a_first_try_encodes_as_before_attempt_was_a_field():
+    e = P.Event(id="r1", kind=P.EV_POST, user="alice", lamport=1, ts=WALL, origin=1, seq=1,
+                data=P.EventData(text="hi"))
+    assert b"attempt" not in P.dumps(e)
+    assert b'"attempt":2' in P.dumps(msgspec.structs.replace(e, attempt=2))

@@ -358,24 +358,38 @@ def test_bus_messages_dropped_on_purpose_are_detected_and_pulled(cluster: Cluste
 def test_writes_held_by_fewer_than_three_servers_are_copied_when_servers_join(running: Cluster):
     c = running
     register(c)
+    c.kill("server-3")
+    wait_until(lambda: c.servers().get(1, {}).get("peers") == [2], timeout=10,
+               what="server-1 hearing only server-2")
+    thin = write_posts(c, 20, 2, user="ann")
+    assert {r["replicas"] for r in thin} == {2}              # a majority of 3, not 3
+    wait_until(lambda: sum(c.servers()[s]["under_replicated"] for s in (1, 2)) >= 20,
+               timeout=5, what="status showing the writes under-replicated")
+
+    c.start_server(4)
+    c.wait_serving({4})
+    wait_until(lambda: sum(c.servers()[s]["under_replicated"] for s in (1, 2)) == 0,
+               timeout=10, what="the writes held by three servers")
+    assert set(r["post"]["id"] for r in thin) <= set(feed_ids(c, 4))
+    live = c.wait_converged(timeout=15)
+    assert set(live) == {1, 2, 4}
+
+
+def test_two_servers_of_three_down_leave_writes_unavailable_with_a_clear_error(running: Cluster):
+    """A majority of the members (2 of 3) must hold every ack: the survivor of two
+    crashes acknowledges nothing, says why at once, and serves again once one is back."""
+    c = running
+    register(c)
     c.kill("server-2")
     c.kill("server-3")
     wait_until(lambda: c.servers().get(1, {}).get("peers") == [], timeout=10,
                what="server-1 alone")
-    thin = write_posts(c, 20, 2, user="ann")
-    assert {r["replicas"] for r in thin} == {1}
-    wait_until(lambda: c.servers()[1]["under_replicated"] >= 20, timeout=5,
-               what="status showing server-1's writes under-replicated")
-
-    c.start_server(4)
-    c.wait_serving({4})
-    assert set(r["post"]["id"] for r in thin) <= set(feed_ids(c, 4))
-    assert c.servers()[1]["under_replicated"] > 0           # two copies are not enough
-    c.start_server(5)
-    c.wait_serving({5})
-    wait_until(lambda: c.servers()[1]["under_replicated"] == 0, timeout=10,
-               what="server-1's writes held by three servers")
-    for server in (4, 5):
-        assert set(r["post"]["id"] for r in thin) <= set(feed_ids(c, server))
-    live = c.wait_converged(timeout=15)
-    assert set(live) == {1, 4, 5}
+    with pytest.raises(ClientError) as err:
+        c.request("ann", P.OP_POST, {"text": "alone"}, deadline=3.0)
+    assert str(err.value) == "unavailable: 1 of 3 servers reachable"
+    row = c.servers()[1]
+    assert (row["members"], row["reachable"]) == ([1, 2, 3], 1)
+    assert "I hear 1 of 3 servers reachable: I acknowledge no write" in c.log_text("server-1")
+    c.start_server(2)
+    c.wait_serving({2})
+    assert c.request("ann", P.OP_POST, {"text": "back"})["replicas"] == 2
