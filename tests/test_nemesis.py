@@ -175,9 +175,12 @@ def test_the_clock_spread_right_after_a_round_is_measured():
     rows = {1: [row(9.0, 40.0, 5.0), row(10.1, 0.5, 10.0)],
             2: [row(9.0, -20.0, 5.0), row(10.1, -0.4, 10.0)],
             3: [row(9.0, 9.0, 5.0), row(10.1, 7.0, 10.0)],          # 7 ms off after the round
-            4: [row(9.0, 900.0, None, phase="syncing")]}           # not serving: not counted
+            4: [row(9.0, 900.0, None, phase="syncing")],           # not serving: not counted
+            5: [row(9.9, 300.0, 5.0)],              # its last row before the round: dead
+            6: [row(9.0, 1.0, 5.0), row(10.3, 2.0, 5.0)]}          # missed the round: counted
     rounds = H.clock_rounds(rows, fresh_s=0.75)
     assert len(rounds) == 1 and rounds[0]["spread_ms"] == pytest.approx(7.4)
+    assert sorted(rounds[0]["skews"]) == [1, 2, 3, 6]
     figs = H.figures(H.Findings(rounds=rounds))
     assert "clock_spread_after_round_ms" in H.failed(figs)
     assert H.failed(H.figures(H.Findings(rounds=[{**rounds[0], "spread_ms": 4.9}]))) == []

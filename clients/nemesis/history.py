@@ -24,7 +24,9 @@ feeds them synthetic histories).
   Counted once per epoch (the newer one of an overlap).
 * **clock spread after each round**: for each Berkeley round seen in the status rows
   (``last_sync`` changes), max - min of ``clock_skew_ms`` (each clock minus the host
-  clock, which all share) of the serving servers, right after it.
+  clock, which all share) of the serving servers right after it: the rows that show
+  its corrections, and each other server's first row after it (a dead or paused
+  server sends none, and is left out).
 """
 from __future__ import annotations
 
@@ -319,13 +321,11 @@ def clock_rounds(rows: dict[int, list[Row]], fresh_s: float) -> list[dict]:
         end = group[-1][0]
         skews = {sid: row.data["clock_skew_ms"] for _, sid, row in group
                  if row.data["alive"] and row.data["phase"] == "serving"}
-        for sid, kept in rows.items():
-            if sid in skews:
-                continue
-            before = [r for r in kept if r.seen <= end + fresh_s]
-            if before and before[-1].seen >= end - fresh_s and before[-1].data["alive"] \
-                    and before[-1].data["phase"] == "serving":
-                skews[sid] = before[-1].data["clock_skew_ms"]
+        for sid, kept in rows.items():       # the others: their first row after it
+            after = [r for r in kept if end < r.seen <= end + fresh_s]
+            if sid not in skews and after and after[0].data["alive"] \
+                    and after[0].data["phase"] == "serving":
+                skews[sid] = after[0].data["clock_skew_ms"]
         if len(skews) > 1:
             found.append({"t": end, "spread_ms": round(max(skews.values()) - min(skews.values()), 3),
                           "skews": skews})
