@@ -139,6 +139,12 @@ def test_a_prompt_handover_a_dead_coordinator_and_a_paused_one_are_no_split():
     assert H.two_coordinators([], spans((3, frozen), paused=paused) + spans((2, taken)),
                               [], 0.75) == []
     assert len(H.two_coordinators([], spans((3, frozen), (2, taken)), [], 0.75)) == 1
+    cut_off = log(3, ("01.000000", "I am coordinator (epoch 103)"),
+                  ("06.000000", "phase serving -> syncing"), ("20.000000", "x"))
+    stepped = log(3, ("01.000000", "I am coordinator (epoch 103)"),
+                  ("06.000000", "no majority reachable: I step down"), ("20.000000", "x"))
+    for text in (cut_off, stepped):
+        assert H.two_coordinators([], spans((3, text), (2, taken)), [], 0.75) == []
 
 
 def test_one_epoch_claimed_by_two_servers_is_a_split():
@@ -255,3 +261,31 @@ def test_nemesis_quick_holds_every_must_be_and_leaves_nothing_behind(tmp_path):
     assert document["problems"] == []
     assert document["verdict"] == "pass"
     assert proc.returncode == 0, output
+
+
+@pytest.mark.timeout(90)
+def test_the_leftovers_of_a_killed_nemesis_are_removed_by_the_next(tmp_path):
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("the nemesis needs root and iptables")
+    from clients.nemesis.topology import STATE_DIR, remove_leftovers
+    from common.ownership import pid_alive
+    from common.processes import wait_until
+    proc = subprocess.Popen([sys.executable, "run_all.py", "nemesis", "--quick", "--json",
+                             str(tmp_path / "n.json")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    prefix = prefix_of(proc.pid)
+    state = STATE_DIR / f"{prefix.rstrip('-')}.json"
+    try:       # killed once its servers run: no handler, no cleanup of its own
+        wait_until(lambda: state.exists() and len(json.loads(state.read_text())["pids"]) >= 3,
+                   40, what="the nemesis's servers started")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    recorded = json.loads(state.read_text())
+    assert traces(prefix), "the killed nemesis should have left its namespaces"
+    cleaned = remove_leftovers()
+    assert any(f"pid {proc.pid} " in line for line in cleaned), cleaned
+    assert traces(prefix) == []
+    assert not state.exists()
+    wait_until(lambda: not any(pid_alive(p) for p in recorded["pids"]), 10,
+               what="the processes in its namespaces gone")

@@ -17,8 +17,8 @@ feeds them synthetic histories).
   ``I am coordinator (epoch E)``, see tests/sync_probe.py); or one whose coordinator
   was, by the logs, coordinator at the same time as another server for longer than
   ``OVERLAP_S`` (a server is coordinator from its claim until it logs ``coordinator
-  is now sX``, claims again, or its incarnation's last line; less the time it was
-  paused); or a time in which two servers each said, in fresh status rows while
+  is now sX``, claims again, leaves serving (``phase serving -> …``) or says it steps
+  down, or its incarnation's last line; less the time it was paused); or a time in which two servers each said, in fresh status rows while
   serving, that they are the coordinator, for longer than ``OVERLAP_S`` (a
   handover shows both for a moment: messages and heartbeats are in flight).
   Counted once per epoch (the newer one of an overlap).
@@ -51,6 +51,9 @@ LINE = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| (.*)$")
 CLAIM_TEXT = re.compile(r"\| I am coordinator \(epoch (\d+)\)")
 FOLLOW_TEXT = re.compile(r"\| coordinator is now s(\d+) \(epoch (\d+)\)")
 STARTED_TEXT = "| started: "
+STEP_DOWN_TEXT = re.compile(r"\| local - \| (?:phase serving -> |.*\b(?:no longer coordinator|"
+                            r"steps? down|stepped down)\b)")
+"""A server's own line that it left serving, or gave up being coordinator."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def claims_in_log(server: int, text: str) -> list[Claim]:
 @dataclass(frozen=True)
 class Span:
     """A time a server was coordinator by its own log: from its claim until it followed
-    another, claimed again, or its incarnation's last line."""
+    another, claimed again, left serving or stepped down, or its incarnation's last line."""
     server: int
     epoch: int
     start: float
@@ -124,7 +127,8 @@ def coordinator_spans(server: int, text: str,
             if current is not None:
                 spans.append(Span(server, current[0], current[1], t))
             current = (int(claim.group(1)), t)
-        elif follow and int(follow.group(1)) != server and current is not None:
+        elif current is not None and ((follow and int(follow.group(1)) != server)
+                                      or STEP_DOWN_TEXT.search(rest)):
             spans.append(Span(server, current[0], current[1], t))
             current = None
         last = t
