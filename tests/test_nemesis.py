@@ -64,10 +64,11 @@ def test_chats_and_follows_are_checked_too_and_a_full_feed_is_not():
                read("chat", "bob", 2.0, [], **{"with": "ann"}),     # misses m1
                read("chat", "cat", 2.0, [], **{"with": "ann"}),     # another pair: fine
                read("following", "ann", 2.0, []),                   # misses cat
-               read("feed", "bob", 2.0, [f"x{i}" for i in range(H.READ_LIMIT)])]
+               read("feed", "bob", 2.0, [f"x{i}" for i in range(H.READ_LIMIT)]),
+               read("chat", "bob", 2.0, [f"y{i}" for i in range(H.READ_LIMIT)], **{"with": "ann"})]
     stale, unchecked = H.stale_reads(records)
     assert sorted(s["op"] for s in stale) == ["chat", "following"]
-    assert unchecked == 1
+    assert unchecked == 2
 
 
 def test_an_acked_write_missing_from_one_server_is_lost():

@@ -111,6 +111,7 @@ class User:
             except ClientError:
                 if time.time() >= deadline or self.stop.is_set():
                     raise
+                self.stop.wait(0.2)       # the cluster is not taking logins yet: again
 
     def act(self) -> None:
         ops, weights = zip(*OPS)
