@@ -45,7 +45,6 @@ class Plan:
     hold_s: float             # seconds each fault is held
     baseline_s: float         # load before the first fault
     recovery_s: float         # deadline for full service after a heal
-    max_writes: int           # per user
     agree_s: float            # deadline for the servers to agree on a coordinator
     settle_s: float           # deadline for equal digests at the end
     start_s: float = 60.0     # deadline for the cluster to serve at start
@@ -53,10 +52,10 @@ class Plan:
 
 def make_plan(quick: bool, seconds: float | None) -> Plan:
     if quick:       # however broken the cluster, the run ends in about 3 minutes
-        return Plan(hold_s=seconds or 5.0, baseline_s=2.0, recovery_s=15.0, max_writes=600,
-                    agree_s=10.0, settle_s=30.0)
-    return Plan(hold_s=seconds or 20.0, baseline_s=5.0, recovery_s=40.0, max_writes=2000,
-                agree_s=30.0, settle_s=60.0)
+        return Plan(hold_s=seconds or 5.0, baseline_s=2.0, recovery_s=15.0, agree_s=10.0,
+                    settle_s=30.0)
+    return Plan(hold_s=seconds or 20.0, baseline_s=5.0, recovery_s=40.0, agree_s=30.0,
+                settle_s=60.0)
 
 
 class Interrupted(Exception):
@@ -128,9 +127,14 @@ class Nemesis:
         self.monitor = Monitor(self.cluster.config, self.run_dir / "status.jsonl").start()
         self.monitor.wait_serving(self.ids, self.plan.start_s, since=self.start)
         self.say(f"servers {self.ids} serving; coordinator {self.coordinator()}")
-        budget = self.plan.baseline_s + 30 + len(F.plan(self.kinds, self.quick)) * \
-            (self.plan.hold_s + self.plan.recovery_s + 30)
-        self.cluster.start_workload(self.tail.path, USERS, budget, self.plan.max_writes,
+        faults = len(F.plan(self.kinds, self.quick))
+        expected = self.plan.baseline_s + faults * (self.plan.hold_s + 8)
+        budget = self.plan.baseline_s + 30 + faults * (self.plan.hold_s + self.plan.recovery_s
+                                                       + self.plan.agree_s)
+        # bounded in time (the longest the faults can take) and in count: a user writes
+        # at most ~6/s (it pauses 0.1 s on average), so this cap bites only past the end
+        max_writes = int(100 + 10 * expected)
+        self.cluster.start_workload(self.tail.path, USERS, budget, max_writes,
                                     seed=int(self.start))
         wait_until(lambda: {r["user"] for r in self.tail.read() if r["op"] == "ready"}
                    >= set(USERS) or self._workload_crashed(), 60, what="the users logged in")
