@@ -291,9 +291,16 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table(overall: dict, per_fault: list[dict]) -> str:
+def table(overall: dict, per_fault: list[dict], recovery_s: float) -> str:
+    """One row per figure; a column for the whole run, then one per fault. A fault
+    whose cluster did not come back shows ``> recovery_s`` for its time to service."""
+    def cell(key, value):
+        if key == "heal_to_full_service_s" and value is None and per_fault:
+            return f"> {recovery_s:g}"
+        return _cell(value)
     headers = ["figure", "must be", "all", *(f["label"] for f in per_fault)]
-    lines = [[name, must, _cell(overall[key]), *(_cell(f["figures"][key]) for f in per_fault)]
+    lines = [[name, must, cell(key, overall[key]), *(cell(key, f["figures"][key])
+                                                     for f in per_fault)]
              for key, name, must in ROWS]
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
 
@@ -327,7 +334,7 @@ def report(n: Nemesis, findings: H.Findings, holdings: dict, json_path: Path,
         problems.append(f"{len(crashed)} users' threads crashed: {crashed[0]['error']}")
     verdict = "pass" if not failed and not problems else "fail"
     print()
-    print(table(overall, per_fault))
+    print(table(overall, per_fault, n.plan.recovery_s))
     print()
     if len(n.faults) > 0:
         print("faults: " + "; ".join(f"{f['label']}: {f['what']}" for f in n.faults))
