@@ -151,7 +151,7 @@ def nemesis(quick: bool = typer.Option(False, "--quick",
                                        help="Comma-separated fault kinds to inject."),
             seconds: Optional[float] = typer.Option(None, "--seconds", min=1.0,
                                                     help="Seconds each fault is held (default 20; "
-                                                         "3 with --quick)."),
+                                                         "5 with --quick)."),
             servers: int = typer.Option(3, "--servers", min=3, max=5, help="Servers (3-5)."),
             json_out: Optional[str] = typer.Option(None, "--json",
                                                    help="Write the figures here (default: "
