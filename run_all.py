@@ -4,6 +4,7 @@
     python run_all.py demo               the whole system at work, narrated, in under a minute
     python run_all.py timeline           every process's log merged in Lamport order
     python run_all.py admit N KEY        let server N on another host in (its public key)
+    python run_all.py nemesis --quick    as root: faults in network namespaces, checked
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from common.config import load_config
 from common.processes import ProcessGroup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Run the distributed social network: up, demo, timeline, bench, admit.")
+                  help="Run the distributed social network: up, demo, timeline, bench, admit, nemesis.")
 
 
 @app.callback()
 def main() -> None:
-    """Run the distributed social network: up, demo, timeline, bench, admit."""
+    """Run the distributed social network: up, demo, timeline, bench, admit, nemesis."""
     from common.startup import private_files
     private_files()              # logs, data and keys of every process it starts: owner-only
 
@@ -141,6 +142,26 @@ def bench(quick: bool = typer.Option(False, "--quick", help="About 35 s: smaller
     recovery; print a table."""
     from clients.bench.run import run_bench
     raise typer.Exit(run_bench(quick=quick, out=out, stored=stored))
+
+
+@app.command()
+def nemesis(quick: bool = typer.Option(False, "--quick",
+                                       help="Every fault kind once, briefly: well under 2 minutes (CI)."),
+            faults: str = typer.Option("partition,loss,kill,pause,clock", "--faults",
+                                       help="Comma-separated fault kinds to inject."),
+            seconds: Optional[float] = typer.Option(None, "--seconds", min=1.0,
+                                                    help="Seconds each fault is held (default 20; "
+                                                         "5 with --quick)."),
+            servers: int = typer.Option(3, "--servers", min=3, max=5, help="Servers (3-5)."),
+            json_out: Optional[str] = typer.Option(None, "--json",
+                                                   help="Write the figures here (default: "
+                                                        "nemesis.json in the run folder).")) -> None:
+    """As root: the cluster in network namespaces on a bridge, under a recorded load,
+    with partitions, loss, kills, pauses and clock offsets; prints one table of what the
+    users saw (acks, lost writes, duplicates, stale reads, split coordinators, clocks)."""
+    from clients.nemesis.run import run_nemesis
+    kinds = [k.strip() for k in faults.split(",") if k.strip()]
+    raise typer.Exit(run_nemesis(quick, kinds, seconds, servers, json_out))
 
 
 if __name__ == "__main__":

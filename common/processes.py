@@ -106,13 +106,18 @@ class ProcessGroup:
         os.close(os.open(err_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))  # its logs
         self._err_marks[name] = err_path.stat().st_size if err_path.exists() else 0
         with open(err_path, "ab") as err:
-            proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT,
+            proc = subprocess.Popen(self.command(name, args), cwd=ROOT,
                                     env={**self.env, **env} if env else self.env,
                                     stdout=subprocess.DEVNULL if self.quiet else None,
                                     stderr=err, start_new_session=True)
         self.procs[name] = proc
         self.on_started(name, proc)
         return proc
+
+    def command(self, name: str, args: list[str]) -> list[str]:
+        """The command line that runs ``python -m ARGS`` as ``name``; a subclass may
+        wrap it (the nemesis runs each process in its network namespace)."""
+        return [sys.executable, "-m", *args]
 
     def err_path(self, name: str) -> Path:
         return Path(self.config.log_dir) / f"{name}.err"
