@@ -17,8 +17,7 @@ feeds them synthetic histories).
   ``I am coordinator (epoch E)``, see tests/sync_probe.py); or one whose coordinator
   was, by the logs, coordinator at the same time as another server for longer than
   ``OVERLAP_S`` (a server is coordinator from its claim until it logs ``coordinator
-  is now sX``, claims again, leaves serving (``phase serving -> …``) or says it steps
-  down, or its incarnation's last line; less the time it was paused); or a time in which two servers each said, in fresh status rows while
+  is now sX``, claims again or says it steps down (``stepping down: …``), or its incarnation's last line; less the time it was paused); or a time in which two servers each said, in fresh status rows while
   serving, that they are the coordinator, for longer than ``OVERLAP_S`` (a
   handover shows both for a moment: messages and heartbeats are in flight).
   Counted once per epoch (the newer one of an overlap).
@@ -51,9 +50,11 @@ LINE = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| (.*)$")
 CLAIM_TEXT = re.compile(r"\| I am coordinator \(epoch (\d+)\)")
 FOLLOW_TEXT = re.compile(r"\| coordinator is now s(\d+) \(epoch (\d+)\)")
 STARTED_TEXT = "| started: "
-STEP_DOWN_TEXT = re.compile(r"\| local - \| (?:phase serving -> |.*\b(?:no longer coordinator|"
-                            r"steps? down|stepped down)\b)")
-"""A server's own line that it left serving, or gave up being coordinator."""
+STEP_DOWN_TEXT = re.compile(r"\| local - \| .*\b(?:no longer coordinator|steps? down|stepped down|"
+                            r"stepping down)\b")
+"""A server's own line that it gave up being coordinator (``election.py``: ``stepping
+down: …``). Leaving ``serving`` is not one: a coordinator cut off from the bus still
+coordinates until it steps down for want of a majority, and counts until then."""
 
 
 @dataclass(frozen=True)
