@@ -29,6 +29,7 @@ import zmq
 
 from common import keys
 from common import protocol as P
+from common import sockets
 from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
@@ -85,6 +86,7 @@ class Bus:
         control = self._ctx.socket(zmq.PAIR)
         try:
             for sock in (xsub, xpub):
+                sockets.tune(sock, self._config)
                 sock.sndhwm = self._config.hwm
                 sock.rcvhwm = self._config.hwm
             xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
@@ -157,7 +159,7 @@ class Broker:
 
     def _bind(self, port: int, hwm: int, max_message: int,
               domain: str = keys.CLUSTER_DOMAIN) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock = sockets.tune(self.ctx.socket(zmq.ROUTER), self.config)
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)

@@ -21,7 +21,7 @@ import uuid
 
 import zmq
 
-from common import keys, protocol
+from common import keys, protocol, sockets
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
@@ -156,7 +156,7 @@ class Connection:
 
     # --- sockets ------------------------------------------------------------
     def _open_socket(self) -> zmq.Socket:
-        socket = self._context.socket(zmq.DEALER)
+        socket = sockets.tune(self._context.socket(zmq.DEALER), self.config)
         socket.linger = 0
         keys.client_socket(socket, self._public, self._secret, self.broker_key)
         socket.connect(self.endpoint)

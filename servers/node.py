@@ -34,6 +34,7 @@ import zmq
 
 from common import keys
 from common import protocol as P
+from common import sockets
 from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
@@ -182,7 +183,7 @@ class Server:
     def socket(self, kind: int, handler=None, named: bool = False) -> zmq.Socket:
         """A socket of this server's loop; with a handler, polled and drained by it
         (``named``: the handler is also given who sent each message, ``P.recv_from``)."""
-        sock = self.ctx.socket(kind)
+        sock = sockets.tune(self.ctx.socket(kind), self.config)
         sock.sndhwm = self.config.hwm
         sock.rcvhwm = self.config.hwm
         if handler is not None:
