@@ -9,17 +9,23 @@ Gusella and Zatti's algorithm (4.3BSD TEMPO), one round every ``berkeley_interva
    whose round trip is far above the round's best (``rtt_limit``: they waited for a
    retransmission or in a queue, and a reading's error is up to half its round trip).
    A round left with fewer good readings than a majority of the servers that answered
-   it (the coordinator included; never fewer than the coordinator and one more) is
-   skipped: no TIME_ADJUST, one log line with the round trips.
+   it (the coordinator included; never fewer than the coordinator and one more; a
+   coordinator nobody answered closes its round alone, as before) is skipped: no
+   TIME_ADJUST, one log line with the round trips.
    From the rest it estimates each server's offset from its own clock, compensating
    half the round trip: ``time + rtt/2 - my_clock``.
 4. Fault-tolerant average: readings further than ``berkeley_outlier_s`` from the
    median are left out, and the rest (its own offset 0 included) are averaged.
-5. Every server with a good reading, left out of the average or not, is sent the correction that brings it to that
-   average: ``avg - offset``. The coordinator applies its own, ``avg``, locally.
+5. Every server with a good reading, left out of the average or not, is sent the
+   correction that brings it to that average: ``avg - offset``. The coordinator
+   applies its own, ``avg``, locally.
 
 Orders from a coordinator whose epoch is below the receiver's are ignored, so a
 deposed coordinator cannot move anyone's clock.
+
+The broker follows the coordinator's clock from its HBs (``broker/clock_follow.py``),
+compensating their round trip: every server echoes the ``stamp`` of the broker's last
+HB in its own next HB, with how long it held it (``on_HB``, ``echo``).
 
 Pure logic: no sockets, no threads. ``now`` is ``time.monotonic()`` from the server,
 taken when the message arrived.
@@ -29,6 +35,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
+
+import msgspec
 
 from common import protocol
 from common.clock import PhysicalClock
@@ -119,6 +127,7 @@ class BerkeleySync:
         self.synced = False
         self.last_sync: float | None = None
         self.offset_ms: float | None = None
+        self._broker_stamp: tuple[float, float] | None = None   # (its stamp, my monotonic)
 
     # --- the coordinator's side ----------------------------------------------------
     def request_round(self) -> None:
@@ -220,6 +229,19 @@ class BerkeleySync:
                    if slow else ""))
 
     # --- every server's side ----------------------------------------------------------
+    def on_HB(self, msg: protocol.Heartbeat, now: float) -> None:
+        """The broker's heartbeat: keep its stamp, for my next HB to echo."""
+        if msg.stamp is not None:
+            self._broker_stamp = (msg.stamp, now)
+
+    def echo(self, hb: protocol.Heartbeat, now: float) -> protocol.Heartbeat:
+        """My HB to the broker, with the last stamp it sent me and how long I held it
+        (only an HB that carries my clock: the broker needs the round trip of that)."""
+        if self._broker_stamp is None or hb.clock is None:
+            return hb
+        stamp, heard = self._broker_stamp
+        return msgspec.structs.replace(hb, echo=stamp, held=max(0.0, now - heard))
+
     def on_TIME_QUERY(self, msg: protocol.TimeQuery, now: float) -> None:
         """Berkeley step 2: answer the coordinator with my clock reading."""
         if msg.sender == self.my_id or self._stale(msg):

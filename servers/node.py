@@ -242,6 +242,8 @@ class Server:
             self.log.send("bus", f"{msg.TYPE} {brief(msg)}")
 
     def to_broker(self, msg, route: bytes = b"") -> None:
+        if isinstance(msg, P.Heartbeat):        # the broker's round trip (clock_follow.py)
+            msg = self.berkeley.echo(msg, time.monotonic())
         try:
             self.broker.send(msg, route, flags=zmq.NOBLOCK)
             self.broker_blocked = False
@@ -560,6 +562,8 @@ class Server:
             self.desk.on_REQ(route, incoming.msg, time.monotonic())
         elif isinstance(incoming.msg, P.Request) or route:
             self.log.warn(f"dropped {incoming.type} from the broker: wrong route")
+        elif isinstance(incoming.msg, P.Heartbeat):
+            self.berkeley.on_HB(incoming.msg, time.monotonic())
 
     # --- bus ------------------------------------------------------------------------------------
     def on_bus(self, frames: list[bytes]) -> None:

@@ -405,3 +405,18 @@ def test_after_filtering_every_clock_read_in_time_agrees_and_the_others_keep_the
             <= max(offsets[s] for s in in_time) + 1e-6
     for sid in late if adjusted else offsets:
         assert cluster.nodes[sid].clock.skew() == offsets[sid]
+
+
+# --- the broker's round trip: every server echoes the broker's last stamp ---------------------
+def test_a_servers_heartbeat_echoes_the_brokers_last_stamp_and_how_long_it_held_it():
+    cluster = ClockCluster({1: 0.0, 2: 0.5})
+    sync = cluster.nodes[2].sync
+    mine = P.Heartbeat(id=2, clock=1.7e9)
+    assert sync.echo(mine, 10.0) == mine                     # nothing heard from the broker yet
+    for stamp, at in ((400.0, 10.0), (400.25, 10.25)):
+        heard = P.decode([b""] + P.encode(P.Heartbeat(stamp=stamp), 1), P.BROKER_TO_SERVER)
+        sync.on_HB(heard.msg, at)
+    echoed = sync.echo(mine, 10.32)
+    assert (echoed.echo, echoed.held) == (400.25, pytest.approx(0.07))
+    P.validate(echoed)
+    assert sync.echo(P.Heartbeat(id=2), 10.4) == P.Heartbeat(id=2)    # no clock: no echo
