@@ -9,7 +9,8 @@ the broker used to correct its clock 56-165 times, by up to -877 ms):
   (its own row says so, and the epoch ends in its id: ``term * 100 + id``). A deposed
   coordinator that has not heard yet, or one elected in a minority at a lower epoch,
   is ignored (one line per server and epoch). An epoch no server has reported for
-  ``server_timeout`` is forgotten (every server restarted and began again at term 1).
+  ``server_timeout`` is forgotten (every server restarted and began again at term 1);
+  one ``EPOCH_LEAD`` above the highest is not believed, as in the election.
 * **The round trip, measured.** Each broker HB carries ``stamp``, the broker's
   monotonic clock as it sent it; every server echoes the last stamp it got in its
   own next HB (``echo``), with the seconds it held it (``held``). The round trip is
@@ -32,7 +33,7 @@ from __future__ import annotations
 from common import protocol as P
 from common.config import Config
 from common.log import ProcessLog
-from servers.election import EPOCH_STRIDE
+from servers.election import EPOCH_LEAD, EPOCH_STRIDE
 
 REPORT_EVERY = 1.0
 """Seconds between two log lines about discarded readings."""
@@ -85,6 +86,8 @@ class ClockFollower:
         """Whether ``epoch`` is the highest heard of (taking it if it is new, or if the
         highest has not been reported for ``server_timeout``)."""
         forgotten = now - self._epoch_heard > self.config.server_timeout
+        if self.epoch and epoch > self.epoch + EPOCH_LEAD:
+            return False                     # not believed, as the servers' Bully does
         if epoch > self.epoch or (forgotten and epoch != self.epoch):
             why = (f", epoch {self.epoch} unheard for {self.config.server_timeout * 1000:.0f} ms"
                    if epoch < self.epoch else "")

@@ -193,3 +193,12 @@ def test_a_correction_is_at_most_a_step_toward_the_reading_and_slow_ones_move_no
     good = [r for r in rtts if r <= CONFIG.berkeley_max_rtt]
     if len(good) * CONFIG.clock_step >= abs(offset) + CONFIG.berkeley_max_rtt:
         assert abs(clock.offset) <= CONFIG.clock_tolerance + CONFIG.berkeley_max_rtt / 2 + 1e-6
+
+
+def test_an_epoch_far_above_any_heard_is_not_believed():
+    f, clock, _ = follower(0.2)
+    f.on_HB(5, hb(5, 305), NOW)
+    f.on_HB(7, hb(7, 305 + 10 ** 8 + 2), NOW)          # a forged claim, as Bully refuses it
+    assert f.epoch == 305
+    f.on_HB(5, hb(5, 305), NOW)                        # still following s5
+    assert clock.offset == pytest.approx(0.2 - 2 * CONFIG.clock_step)
