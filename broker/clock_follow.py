@@ -15,10 +15,13 @@ the broker used to correct its clock 56-165 times, by up to -877 ms):
   monotonic clock as it sent it; every server echoes the last stamp it got in its
   own next HB (``echo``), with the seconds it held it (``held``). The round trip is
   ``now - echo - held``, and the coordinator's clock now is ``clock + rtt/2``.
-* **Slow readings discarded.** A reading whose round trip is above
-  ``berkeley_max_rtt`` (20 ms; its error could be 10 ms), or without an echo, or with
-  an impossible one (a negative round trip), is not used; discarded readings are
-  counted and said at most once a second.
+* **Slow readings discarded.** A reading whose round trip is far above the best of
+  the last ``RTT_WINDOW`` round trips measured is not used, by Berkeley's rule
+  (``servers/berkeley.rtt_limit``: over 4 times the best, at least 2 ms, and anything
+  over ``berkeley_max_rtt``, 20 ms): a reading's error is up to half its round trip,
+  and under loss the slow ones waited for a retransmission, one way or the other.
+  Nor is one without an echo or with an impossible one (a negative round trip).
+  Discarded readings are counted and said at most once a second.
 * **Bounded steps.** The broker corrects only when off by more than
   ``clock_tolerance`` (5 ms), and then by at most ``clock_step`` (50 ms) per
   heartbeat, so that no single reading can throw it far. The first reading it
@@ -30,13 +33,19 @@ when the HB arrived.
 """
 from __future__ import annotations
 
+from collections import deque
+
 from common import protocol as P
 from common.config import Config
 from common.log import ProcessLog
+from servers.berkeley import rtt_limit
 from servers.election import EPOCH_LEAD, EPOCH_STRIDE
 
 REPORT_EVERY = 1.0
 """Seconds between two log lines about discarded readings."""
+RTT_WINDOW = 20
+"""Round trips (of the coordinator followed, one per heartbeat: 5 s) whose best sets
+the limit of the next reading's."""
 
 
 class ClockFollower:
@@ -55,6 +64,7 @@ class ClockFollower:
         self._unreported = 0                 # discarded since the last line about it
         self._reported_at = float("-inf")
         self._last_rtt: float | None = None
+        self._rtts: deque[float] = deque(maxlen=RTT_WINDOW)   # the coordinator followed's
 
     def heartbeat(self, now: float) -> P.Heartbeat:
         """The broker's HB to a server: its send time, for the server to echo."""
@@ -76,8 +86,13 @@ class ClockFollower:
                 or msg.clock is None:
             return
         rtt = None if msg.echo is None or msg.held is None else now - msg.echo - msg.held
-        if rtt is None or not 0.0 <= rtt <= self.config.berkeley_max_rtt:
+        if rtt is None or rtt < 0.0:
             self._discard(server_id, rtt, now)
+            return
+        self._rtts.append(rtt)
+        limit = rtt_limit(min(self._rtts), self.config)
+        if rtt > limit:
+            self._discard(server_id, rtt, now, limit)
             return
         self._follow(server_id, status.epoch, msg.clock + rtt / 2, rtt)
 
@@ -95,13 +110,15 @@ class ClockFollower:
                        f"(server-{epoch % EPOCH_STRIDE}){why}")
             self.epoch = epoch
             self._ignored.clear()
+            self._rtts.clear()                # another coordinator, another path
         if epoch == self.epoch:
             self._epoch_heard = now
             return True
         return False
 
     # --- readings --------------------------------------------------------------------
-    def _discard(self, server_id: int, rtt: float | None, now: float) -> None:
+    def _discard(self, server_id: int, rtt: float | None, now: float,
+                 limit: float | None = None) -> None:
         self.discarded += 1
         self._unreported += 1
         if rtt is not None:
@@ -110,9 +127,9 @@ class ClockFollower:
             return
         last = f"the last {self._last_rtt * 1000:.1f} ms" if self._last_rtt is not None \
             else "no echo of my heartbeat yet"
+        bound = self.config.berkeley_max_rtt if limit is None else limit
         self._note(f"clock: {self._unreported} reading(s) of server-{server_id} not used: "
-                   f"round trip unknown or over {self.config.berkeley_max_rtt * 1000:.0f} ms "
-                   f"({last})")
+                   f"round trip unknown or over {bound * 1000:.1f} ms ({last})")
         self._unreported = 0
         self._reported_at = now
 
