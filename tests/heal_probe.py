@@ -153,19 +153,24 @@ def wait_for(what, timeout: float, label: str):
     raise TimeoutError(f"waited {timeout:.0f} s for {label}")
 
 
+def start_cluster(folder: Path, procs: Processes) -> None:
+    """The broker, then servers 1-3, each in its namespace; returns once all serve."""
+    procs.start("b", ["broker", "--host", BROKER_IP, "--bind", BROKER_IP])
+    wait_for(lambda: (folder / "data" / "keys" / "broker.key").exists(), 10, "the broker key")
+    for sid, ip in SERVERS.items():
+        procs.start(f"s{sid}", ["servers", "--id", str(sid), "--host", BROKER_IP,
+                                "--bind", ip, "--advertise", ip])
+    wait_for(lambda: sum("READY: joins the pool" in line
+                         for _, line in log_lines(folder, "broker")) >= 3, 40,
+             "three servers serving")
+
+
 def one_run(root: Path, cut_s: float, keep: Path | None) -> tuple[float | None, float | None]:
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     net, procs = Net(), Processes(root, folder)
     try:
         net.build()
-        procs.start("b", ["broker", "--host", BROKER_IP, "--bind", BROKER_IP])
-        wait_for(lambda: (folder / "data" / "keys" / "broker.key").exists(), 10, "the broker key")
-        for sid, ip in SERVERS.items():
-            procs.start(f"s{sid}", ["servers", "--id", str(sid), "--host", BROKER_IP,
-                                    "--bind", ip, "--advertise", ip])
-        wait_for(lambda: sum("READY: joins the pool" in line
-                             for _, line in log_lines(folder, "broker")) >= 3, 40,
-                 "three servers serving")
+        start_cluster(folder, procs)
         time.sleep(2.0)                 # a steady cluster before the fault (not a sync)
         net.cut("s3", BROKER_IP, True)
         time.sleep(cut_s)

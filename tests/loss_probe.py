@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.heal_probe import (BROKER_IP, HERE, PREFIX, SERVERS, Net, Processes, log_lines,
-                              ns_name, sh, wait_for)
+from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, log_lines, ns_name, sh,
+                              start_cluster)
 
 ADJUSTED = re.compile(r"\| clock adjusted by ([+-]\d+\.\d+) ms")
 BROKER_STEP = re.compile(r"\| clock (?:corrected|set) by ([+-][\d.]+) ms")
@@ -43,14 +43,7 @@ def measure(root: Path, loss: float, seconds: float, keep: Path | None = None) -
     net, procs = Net(), Processes(root, folder)
     try:
         net.build()
-        procs.start("b", ["broker", "--host", BROKER_IP, "--bind", BROKER_IP])
-        wait_for(lambda: (folder / "data" / "keys" / "broker.key").exists(), 10, "the broker key")
-        for sid, ip in SERVERS.items():
-            procs.start(f"s{sid}", ["servers", "--id", str(sid), "--host", BROKER_IP,
-                                    "--bind", ip, "--advertise", ip])
-        wait_for(lambda: sum("READY: joins the pool" in line
-                             for _, line in log_lines(folder, "broker")) >= 3, 40,
-                 "three servers serving")
+        start_cluster(folder, procs)
         time.sleep(4.0)                 # a round or two before the fault (not a sync)
         began = time.time()
         for sid in SERVERS:
