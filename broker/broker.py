@@ -30,16 +30,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 
 from common import keys
 from common import protocol as P
+from common import sockets
 from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
 
+from broker.clock_follow import ClockFollower
 from broker.throttle import LoginThrottle
 
 ALLOWLIST_EVERY = 1.0
@@ -95,6 +98,7 @@ class Bus:
         control = self._ctx.socket(zmq.PAIR)
         try:
             for sock in (xsub, xpub):
+                sockets.tune(sock, self._config)
                 sock.sndhwm = self._config.hwm
                 sock.rcvhwm = self._config.hwm
             xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
@@ -164,10 +168,11 @@ class Broker:
         self.gc = GcPacer()
         self.throttle = LoginThrottle(config.login_free_failures, config.login_delay,
                                       config.login_max_delay)
+        self.clock_follow = ClockFollower(config, self.clock, self.log)
 
     def _bind(self, port: int, hwm: int, max_message: int,
               domain: str = keys.CLUSTER_DOMAIN) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock = sockets.tune(self.ctx.socket(zmq.ROUTER), self.config)
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
@@ -443,18 +448,12 @@ class Broker:
         if phase != "serving":
             entry.pooled = False
         entry.info = P.to_builtins(msg.status)
-        if msg.status.coordinator == entry.id and msg.clock is not None:
-            self.follow_clock(entry.id, msg.clock)
+        self.follow_clock(entry.id, msg)
 
-    def follow_clock(self, server_id: int, server_time: float) -> None:
-        """Keep the broker's physical clock on the servers' synchronized time
-        (Cristian's method without the round trip: a heartbeat takes well under a
-        millisecond here), taking the coordinator's clock as the reference."""
-        delta = server_time - self.clock.now()
-        if abs(delta) > self.config.clock_tolerance:
-            self.clock.adjust(delta)
-            self.log.note(f"clock corrected by {delta * 1000:+.3f} ms from server-{server_id} "
-                          f"(the coordinator)")
+    def follow_clock(self, server_id: int, msg: P.Heartbeat) -> None:
+        """Keep the broker's physical clock on the coordinator's (the highest epoch's),
+        compensating the heartbeat's round trip, by bounded steps: broker/clock_follow.py."""
+        self.clock_follow.on_HB(server_id, msg, time.monotonic())
 
     def on_leave(self, identity: bytes, msg: P.Leave) -> None:
         entry = self.servers.get(msg.id)
@@ -482,8 +481,9 @@ class Broker:
             if entry.phase == "gone":
                 continue
             try:
-                self.backend.send(P.Heartbeat(pooled=entry.pooled), entry.identity, b"",
-                                  flags=zmq.NOBLOCK)
+                hb = msgspec.structs.replace(self.clock_follow.heartbeat(time.monotonic()),
+                                             pooled=entry.pooled)
+                self.backend.send(hb, entry.identity, b"", flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 

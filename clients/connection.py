@@ -22,7 +22,7 @@ import uuid
 import msgspec
 import zmq
 
-from common import keys, protocol
+from common import keys, protocol, sockets
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.log import ProcessLog, args_brief
@@ -157,7 +157,7 @@ class Connection:
 
     # --- sockets ------------------------------------------------------------
     def _open_socket(self) -> zmq.Socket:
-        socket = self._context.socket(zmq.DEALER)
+        socket = sockets.tune(self._context.socket(zmq.DEALER), self.config)
         socket.linger = 0
         keys.client_socket(socket, self._public, self._secret, self.broker_key)
         socket.connect(self.endpoint)

@@ -16,7 +16,9 @@ import zmq
 
 from common import keys
 from common import protocol as P
+from common import sockets
 from common.clock import LamportClock
+from common.config import Config
 
 
 class BrokerClient:
@@ -24,8 +26,9 @@ class BrokerClient:
     client with an ephemeral keypair that checks the broker's ``broker_key``."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, broker_key: bytes,
-                 user: str | None = None) -> None:
+                 user: str | None = None, config: Config | None = None) -> None:
         self.ctx = ctx
+        self.config = config or Config()      # the transport options (common/sockets.py)
         self.endpoint = endpoint
         self.broker_key = broker_key
         self.public, self.secret = zmq.curve_keypair()
@@ -37,7 +40,7 @@ class BrokerClient:
         self.sock = self._open()
 
     def _open(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
+        sock = sockets.tune(self.ctx.socket(zmq.DEALER), self.config)
         sock.linger = 0
         keys.client_socket(sock, self.public, self.secret, self.broker_key)
         sock.connect(self.endpoint)

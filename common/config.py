@@ -78,6 +78,16 @@ class Config:
     berkeley_probe_gap: float = 0.02
     berkeley_outlier_s: float = 2.5
     """Readings further than this from the median are left out of the average."""
+    berkeley_rtt_factor: float = 4.0
+    """A reading whose round trip is above this many times the round's shortest (but
+    never below ``berkeley_rtt_floor``) is discarded: it waited in a queue or for a
+    retransmission, and its error is up to half its round trip."""
+    berkeley_rtt_floor: float = 0.002
+    """The RTT limit of a round is never below this (sub-millisecond loopback jitter
+    keeps its readings)."""
+    berkeley_max_rtt: float = 0.02
+    """A reading whose round trip is above this is discarded whatever the round's best
+    (its error could be 10 ms); so is the broker's reading of the coordinator's clock."""
     join_clock_wait: float = 2.0
     """How long a joining server waits for its first clock correction."""
 
@@ -143,6 +153,31 @@ class Config:
     stops reading its replies costs at most this many queued replies."""
     clock_tolerance: float = 0.005
     """Seconds the broker's clock may differ from the coordinator's before it is corrected."""
+    clock_step: float = 0.05
+    """The broker corrects its clock by at most this many seconds per heartbeat of the
+    coordinator, once it has been set (broker/clock_follow.py)."""
+
+    # --- ZeroMQ transport (common/sockets.py): milliseconds, as ZeroMQ takes them ---
+    zmq_heartbeat_ivl: int = 200
+    """ZMTP PING every this many ms on every connection (ZMQ_HEARTBEAT_IVL)."""
+    zmq_heartbeat_timeout: int = 900
+    """A connection that has received nothing for this long after a PING is closed
+    and redialled (ZMQ_HEARTBEAT_TIMEOUT). Without it a link cut by a partition stays
+    open and TCP's retransmissions back off (0.2, 0.4, ... 3.2 s): after the heal
+    traffic waited up to 3.6 s for the next one. Any traffic counts, so under loss
+    only a stall of several retransmissions in a row closes a connection."""
+    zmq_heartbeat_ttl: int = 1000
+    """The peer may close our connection after this long without traffic from us
+    (ZMQ_HEARTBEAT_TTL, sent in each PING; ZeroMQ keeps a multiple of 100 ms)."""
+    zmq_reconnect_ivl: int = 100
+    """First redial of a lost connection after this many ms (ZMQ_RECONNECT_IVL)..."""
+    zmq_reconnect_ivl_max: int = 250
+    """...backing off up to this (ZMQ_RECONNECT_IVL_MAX)."""
+    zmq_connect_timeout: int = 400
+    """A dial not answered within this many ms is given up and tried again after the
+    reconnect interval (ZMQ_CONNECT_TIMEOUT): a SYN lost in a partition is otherwise
+    retried by the kernel only after 1, 3, 7 s. So a healed link is dialled again
+    within about 650 ms. Must exceed the round trip to the farthest peer."""
 
     # --- accounts ------------------------------------------------------------
     argon2_time_cost: int = 3
@@ -285,6 +320,22 @@ class Config:
             raise ConfigError("write_wait must be positive")
         if self.clock_tolerance <= 0:
             raise ConfigError("clock_tolerance must be positive")
+        if self.clock_step <= self.clock_tolerance:
+            raise ConfigError("clock_step must be larger than clock_tolerance")
+        if self.berkeley_rtt_factor < 1:
+            raise ConfigError("berkeley_rtt_factor must be at least 1")
+        if not 0 < self.berkeley_rtt_floor <= self.berkeley_max_rtt < self.berkeley_reply_window:
+            raise ConfigError("need 0 < berkeley_rtt_floor <= berkeley_max_rtt "
+                              "< berkeley_reply_window")
+        if not 0 < self.zmq_heartbeat_ivl < self.zmq_heartbeat_timeout <= self.zmq_heartbeat_ttl:
+            raise ConfigError("need 0 < zmq_heartbeat_ivl < zmq_heartbeat_timeout "
+                              "<= zmq_heartbeat_ttl (ms)")
+        if self.zmq_heartbeat_ttl > 6_553_500 or self.zmq_heartbeat_ttl < 100:
+            raise ConfigError("zmq_heartbeat_ttl must lie in 100..6553500 ms (ZeroMQ's range)")
+        if not 0 < self.zmq_reconnect_ivl <= self.zmq_reconnect_ivl_max:
+            raise ConfigError("need 0 < zmq_reconnect_ivl <= zmq_reconnect_ivl_max (ms)")
+        if self.zmq_connect_timeout < 1:
+            raise ConfigError("zmq_connect_timeout must be at least 1 ms")
         if self.checkpoint_retry_s <= 0 or self.disk_probe_every <= 0:
             raise ConfigError("checkpoint_retry_s and disk_probe_every must be positive")
         if self.argon2_time_cost < 1 or self.argon2_memory_kib < 8:

@@ -336,11 +336,19 @@ class Ready(Struct, **_message()):
 
 class Heartbeat(Struct, omit_defaults=True, **_message()):
     """Both ways on the backend: I am alive. A server's carries its status row and
-    its clock (the broker follows the coordinator's); the broker's carries nothing."""
+    its clock (the broker follows the coordinator's); the broker's carries only its
+    ``stamp``, which the server echoes to give the broker the round trip."""
     TYPE: ClassVar[str] = "HB"
     id: Optional[ServerId] = None
     clock: Optional[UnixTime] = None
     status: Optional[ServerStatus] = None
+    stamp: Optional[Annotated[float, Meta(ge=0.0, le=1e11)]] = None
+    """The broker's: its monotonic clock as it sent this HB (seconds)."""
+    echo: Optional[Annotated[float, Meta(ge=0.0, le=1e11)]] = None
+    """A server's: the ``stamp`` of the last HB it got from the broker..."""
+    held: Optional[Annotated[float, Meta(ge=0.0, le=1e6)]] = None
+    """...and the seconds it held it before sending this one: the broker's round trip
+    is its receive time - ``echo`` - ``held`` (``broker/clock_follow.py``)."""
     pooled: Optional[bool] = None
     """The broker's, to a server: whether it is in the pool. Only READY puts a server
     there; one that serves but is not pooled (the broker dropped it, or restarted)

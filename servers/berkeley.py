@@ -4,15 +4,28 @@ Gusella and Zatti's algorithm (4.3BSD TEMPO), one round every ``berkeley_interva
 
 1. The coordinator asks every server its time: TIME_QUERY.
 2. Each server answers with its clock reading: TIME_REPLY.
-3. After ``berkeley_reply_window`` the coordinator estimates each server's offset from
-   its own clock, compensating half the round trip: ``time + rtt/2 - my_clock``.
+3. After ``berkeley_reply_window`` the coordinator keeps each server's reading with
+   the shortest round trip (of ``berkeley_probes`` queries), and discards the readings
+   whose round trip is far above the round's best (``rtt_limit``: they waited for a
+   retransmission or in a queue, and a reading's error is up to half its round trip).
+   A round left with fewer good readings than a majority of the servers that answered
+   it (the coordinator included; never fewer than the coordinator and one more; a
+   coordinator nobody answered closes its round alone, as before) is skipped: no
+   TIME_ADJUST, one log line with the round trips.
+   From the rest it estimates each server's offset from its own clock, compensating
+   half the round trip: ``time + rtt/2 - my_clock``.
 4. Fault-tolerant average: readings further than ``berkeley_outlier_s`` from the
    median are left out, and the rest (its own offset 0 included) are averaged.
-5. Every server, left out or not, is sent the correction that brings it to that
-   average: ``avg - offset``. The coordinator applies its own, ``avg``, locally.
+5. Every server with a good reading, left out of the average or not, is sent the
+   correction that brings it to that average: ``avg - offset``. The coordinator
+   applies its own, ``avg``, locally.
 
 Orders from a coordinator whose epoch is below the receiver's are ignored, so a
 deposed coordinator cannot move anyone's clock.
+
+The broker follows the coordinator's clock from its HBs (``broker/clock_follow.py``),
+compensating their round trip: every server echoes the ``stamp`` of the broker's last
+HB in its own next HB, with how long it held it (``on_HB``, ``echo``).
 
 Pure logic: no sockets, no threads. ``now`` is ``time.monotonic()`` from the server,
 taken when the message arrived.
@@ -22,6 +35,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
+
+import msgspec
 
 from common import protocol
 from common.clock import PhysicalClock
@@ -48,6 +63,23 @@ def fault_tolerant_average(offsets: dict[int, float], outlier_s: float) -> Avera
     accepted = frozenset(sid for sid, off in offsets.items() if abs(off - median) <= outlier_s)
     value = statistics.fmean(offsets[sid] for sid in accepted)
     return Average(median, accepted, value)
+
+
+def rtt_limit(best_rtt: float, config: Config) -> float:
+    """The longest round trip a reading of a round whose shortest is ``best_rtt`` may
+    have: ``berkeley_rtt_factor`` times the best, at least ``berkeley_rtt_floor`` (so
+    that sub-millisecond jitter on a fast link discards nothing), at most
+    ``berkeley_max_rtt`` whatever the best."""
+    return min(config.berkeley_max_rtt,
+               max(config.berkeley_rtt_factor * best_rtt, config.berkeley_rtt_floor))
+
+
+def needed(answered: int) -> int:
+    """Good readings a round of ``answered`` clocks (the coordinator's own included)
+    needs: a majority of them, and at least the coordinator's and one more. A round
+    that read no other clock (nobody answered: I am alone) needs only mine, and
+    closes as before, adjusting nobody."""
+    return 1 if answered == 1 else max(2, answered // 2 + 1)
 
 
 @dataclass
@@ -91,9 +123,11 @@ class BerkeleySync:
         self._requested = False
         self._last_number = 0               # of the rounds I opened
         self.rounds = 0                     # rounds I closed as coordinator
+        self.skipped = 0                    # of those, skipped: too few good readings
         self.synced = False
         self.last_sync: float | None = None
         self.offset_ms: float | None = None
+        self._broker_stamp: tuple[float, float] | None = None   # (its stamp, my monotonic)
 
     # --- the coordinator's side ----------------------------------------------------
     def request_round(self) -> None:
@@ -156,20 +190,31 @@ class BerkeleySync:
         r.probes.append(now)
 
     def _close_round(self, r: Round, now: float) -> None:
+        self.rounds += 1
+        limit = rtt_limit(min((rd.rtt for rd in r.readings.values()), default=0.0),
+                          self.config)
+        good = {sid: rd for sid, rd in r.readings.items() if rd.rtt <= limit}
+        slow = {sid: rd.rtt for sid, rd in r.readings.items() if rd.rtt > limit}
+        answered = len(r.readings) + 1             # mine included
+        if len(good) + 1 < needed(answered):
+            self.skipped += 1
+            self._note(f"berkeley round {r.number} (epoch {r.epoch}) skipped: "
+                       f"{len(good) + 1} of {answered} clocks read with a round trip within "
+                       f"{limit * 1000:.1f}ms (mine included), need {needed(answered)}; "
+                       f"round trips {_rtts(r.readings)}")
+            return
         my_clock = self.clock.now()
-        offsets = {self.my_id: 0.0} | {sid: rd.offset(my_clock, now)
-                                       for sid, rd in r.readings.items()}
+        offsets = {self.my_id: 0.0} | {sid: rd.offset(my_clock, now) for sid, rd in good.items()}
         avg = fault_tolerant_average(offsets, self.config.berkeley_outlier_s)
         corrections = {sid: avg.value - off for sid, off in offsets.items()}
-        self.rounds += 1
-        self._note(self._describe(r, offsets, avg, corrections))
+        self._note(self._describe(r, offsets, avg, corrections, slow, limit))
         others = {sid: delta for sid, delta in corrections.items() if sid != self.my_id}
         self._publish(protocol.TimeAdjust(sender=self.my_id, epoch=r.epoch, round=r.number,
                                           corrections=others))
         self._apply(corrections[self.my_id], r.number, self.my_id)
 
     def _describe(self, r: Round, offsets: dict[int, float], avg: Average,
-                  corrections: dict[int, float]) -> str:
+                  corrections: dict[int, float], slow: dict[int, float], limit: float) -> str:
         def reading(sid: int) -> str:
             rtt = f"(rtt {r.readings[sid].rtt * 1000:.1f}ms)" if sid in r.readings else ""
             return f"s{sid}={_ms(offsets[sid])}{rtt}"
@@ -178,9 +223,25 @@ class BerkeleySync:
         return (f"berkeley round {r.number} (epoch {r.epoch}): readings "
                 f"{' '.join(reading(sid) for sid in ids)} median={_ms(avg.median)} "
                 f"excluded=[{', '.join(excluded)}] avg={_ms(avg.value)} corrections "
-                f"{' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids)}")
+                f"{' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids)}"
+                + (f"; discarded for round trips over {limit * 1000:.1f}ms: "
+                   f"{', '.join(f's{sid} {rtt * 1000:.1f}ms' for sid, rtt in sorted(slow.items()))}"
+                   if slow else ""))
 
     # --- every server's side ----------------------------------------------------------
+    def on_HB(self, msg: protocol.Heartbeat, now: float) -> None:
+        """The broker's heartbeat: keep its stamp, for my next HB to echo."""
+        if msg.stamp is not None:
+            self._broker_stamp = (msg.stamp, now)
+
+    def echo(self, hb: protocol.Heartbeat, now: float) -> protocol.Heartbeat:
+        """My HB to the broker, with the last stamp it sent me and how long I held it
+        (only an HB that carries my clock: the broker needs the round trip of that)."""
+        if self._broker_stamp is None or hb.clock is None:
+            return hb
+        stamp, heard = self._broker_stamp
+        return msgspec.structs.replace(hb, echo=stamp, held=max(0.0, now - heard))
+
     def on_TIME_QUERY(self, msg: protocol.TimeQuery, now: float) -> None:
         """Berkeley step 2: answer the coordinator with my clock reading."""
         if msg.sender == self.my_id or self._stale(msg):
@@ -198,8 +259,9 @@ class BerkeleySync:
         self._apply(delta, msg.round, msg.sender)
 
     def _stale(self, msg) -> bool:
-        """Fencing: refuse orders from an epoch older than mine."""
-        epoch, mine = msg.epoch, self.election.epoch
+        """Fencing: refuse orders from an epoch older than the highest I have heard of
+        (a deposed coordinator, or one cut off that has not yet heard of its successor)."""
+        epoch, mine = msg.epoch, max(self.election.epoch, self.election.max_epoch)
         if epoch < mine:
             self._note(f"ignored stale {msg.TYPE} from s{msg.sender}: epoch {epoch} < mine {mine}")
             return True
@@ -220,3 +282,9 @@ class BerkeleySync:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:+.1f}ms"
+
+
+def _rtts(readings: dict[int, Reading]) -> str:
+    """``s2 0.4ms, s3 87.1ms`` (no ``sN=``: the round regexes read those as offsets)."""
+    return ", ".join(f"s{sid} {rd.rtt * 1000:.1f}ms" for sid, rd in sorted(readings.items())) \
+        or "none"

@@ -34,6 +34,7 @@ import zmq
 
 from common import keys
 from common import protocol as P
+from common import sockets
 from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
@@ -192,7 +193,7 @@ class Server:
     def socket(self, kind: int, handler=None, named: bool = False) -> zmq.Socket:
         """A socket of this server's loop; with a handler, polled and drained by it
         (``named``: the handler is also given who sent each message, ``P.recv_from``)."""
-        sock = self.ctx.socket(kind)
+        sock = sockets.tune(self.ctx.socket(kind), self.config)
         sock.sndhwm = self.config.hwm
         sock.rcvhwm = self.config.hwm
         if handler is not None:
@@ -251,6 +252,8 @@ class Server:
             self.log.send("bus", f"{msg.TYPE} {brief(msg)}")
 
     def to_broker(self, msg, route: bytes = b"") -> None:
+        if isinstance(msg, P.Heartbeat):        # the broker's round trip (clock_follow.py)
+            msg = self.berkeley.echo(msg, time.monotonic())
         try:
             self.broker.send(msg, route, flags=zmq.NOBLOCK)
             self.broker_blocked = False
@@ -581,10 +584,12 @@ class Server:
             return
         route = incoming.envelope[0]
         if isinstance(incoming.msg, P.Heartbeat) and not route:
-            self.membership.on_broker_HB(incoming.msg, time.monotonic())
+            now = time.monotonic()
+            self.berkeley.on_HB(incoming.msg, now)        # its stamp, echoed in my next HB
+            self.membership.on_broker_HB(incoming.msg, now)   # am I in its pool?
         elif isinstance(incoming.msg, P.Request) and route:
             self.desk.on_REQ(route, incoming.msg, time.monotonic())
-        elif isinstance(incoming.msg, P.Request) or route:
+        else:
             self.log.warn(f"dropped {incoming.type} from the broker: wrong route")
 
     # --- bus ------------------------------------------------------------------------------------

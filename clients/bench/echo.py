@@ -22,6 +22,7 @@ import zmq
 from common import cli_options as O
 from common import keys
 from common import protocol as P
+from common import sockets
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config, ConfigError, load_config
 
@@ -35,7 +36,7 @@ class EchoServer:
         self.ctx.linger = 0
         self.security = keys.Security(self.ctx, config.data_dir, keys.server_name(server_id),
                                       server_id)
-        sock = self.security.client(self.ctx.socket(zmq.DEALER))
+        sock = self.security.client(sockets.tune(self.ctx.socket(zmq.DEALER), config))
         sock.setsockopt(zmq.IDENTITY, keys.dealer_identity(server_id))
         sock.sndhwm = sock.rcvhwm = config.hwm
         sock.connect(config.endpoint(config.backend_port))
