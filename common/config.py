@@ -68,6 +68,13 @@ class Config:
     """How long a candidate waits for an ANSWER from a higher id."""
     coordinator_wait: float = 0.8
     """How long a candidate that got an ANSWER waits for COORDINATOR."""
+    stepdown_after: float = 1.8
+    """A coordinator that has not heard a majority of the members for this long steps
+    down (longer than a TCP stall under heavy loss, shorter than ``claim_wait``)."""
+    claim_wait: float = 2.8
+    """A candidate does not claim while a member above it was heard within this long:
+    a coordinator silent for a moment on a lossy link is not replaced, and one cut off
+    has stepped down (``stepdown_after``) before anyone claims in its place."""
     berkeley_interval: float = 3.0
     """Seconds between two Berkeley rounds."""
     berkeley_reply_window: float = 0.3
@@ -76,8 +83,12 @@ class Config:
     """TIME_QUERY messages per round, berkeley_probe_gap apart; each server's reading
     with the shortest round trip is kept (its error is at most half that round trip)."""
     berkeley_probe_gap: float = 0.02
-    berkeley_outlier_s: float = 2.5
-    """Readings further than this from the median are left out of the average."""
+    berkeley_outlier_s: float = 0.02
+    """Readings further than this from the median are left out of the average (and are
+    still corrected to it): a clock far off -- a server started or restarted with a
+    wrong clock -- never drags the others, and one whose reading was discarded for its
+    round trip (so gets no correction that round) is not left behind by the average
+    moving far."""
     berkeley_rtt_factor: float = 4.0
     """A reading whose round trip is above this many times the round's shortest (but
     never below ``berkeley_rtt_floor``) is discarded: it waited in a queue or for a
@@ -85,7 +96,7 @@ class Config:
     berkeley_rtt_floor: float = 0.002
     """The RTT limit of a round is never below this (sub-millisecond loopback jitter
     keeps its readings)."""
-    berkeley_max_rtt: float = 0.02
+    berkeley_max_rtt: float = 0.01
     """A reading whose round trip is above this is discarded whatever the round's best
     (its error could be 10 ms); so is the broker's reading of the coordinator's clock."""
     join_clock_wait: float = 2.0
@@ -316,6 +327,10 @@ class Config:
             raise ConfigError("log_flush_every must lie in (0, 1] seconds")
         if self.leave_deadline + self.heartbeat_interval > 2.0:
             raise ConfigError("a leaving server must be gone within 2 s: leave_deadline too long")
+        if self.claim_wait < self.stepdown_after + 2 * self.heartbeat_interval or \
+                self.stepdown_after < self.election_timeout:
+            raise ConfigError("need election_timeout <= stepdown_after and "
+                              "stepdown_after + 2 heartbeats <= claim_wait")
         if self.write_wait <= 0:
             raise ConfigError("write_wait must be positive")
         if self.clock_tolerance <= 0:

@@ -14,7 +14,7 @@ Gusella and Zatti's algorithm (4.3BSD TEMPO), one round every ``berkeley_interva
    TIME_ADJUST, one log line with the round trips.
    From the rest it estimates each server's offset from its own clock, compensating
    half the round trip: ``time + rtt/2 - my_clock``.
-4. Fault-tolerant average: readings further than ``berkeley_outlier_s`` from the
+4. Fault-tolerant average: readings further than ``berkeley_outlier_s`` (20 ms) from the
    median are left out, and the rest (its own offset 0 included) are averaged.
 5. Every server with a good reading, left out of the average or not, is sent the
    correction that brings it to that average: ``avg - offset``. The coordinator
@@ -56,10 +56,16 @@ class Average:
 def fault_tolerant_average(offsets: dict[int, float], outlier_s: float) -> Average:
     """TEMPO: average the offsets within ``outlier_s`` of the median.
 
-    The median is the lower median, always one of the readings, so the accepted set
-    is never empty; with fewer than half the readings faulty, it is a good one.
+    The median is always one of the readings, so the accepted set is never empty; with
+    fewer than half the readings faulty, it is a good one. Of an even count's two
+    middle readings it is the one nearer the coordinator's own (offset 0): with two
+    readings (one server's discarded for its round trip), a clock far off cannot make
+    the coordinator the outlier and drag everyone to itself.
     """
-    median = statistics.median_low(offsets.values())
+    ordered = sorted(offsets.values())
+    middle = len(ordered) // 2
+    candidates = ordered[middle - 1:middle + 1] if len(ordered) % 2 == 0 else [ordered[middle]]
+    median = min(candidates, key=abs)
     accepted = frozenset(sid for sid, off in offsets.items() if abs(off - median) <= outlier_s)
     value = statistics.fmean(offsets[sid] for sid in accepted)
     return Average(median, accepted, value)

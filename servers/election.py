@@ -21,15 +21,16 @@ carrying an epoch lower than theirs, so a deposed coordinator cannot act on them
 A coordinator only with a majority behind it (issue 13):
 
 * a server claims coordinatorship only while it hears a majority of the members
-  (``quorum``: each heard within the last two heartbeats), and steps down as soon as
-  it has not heard a majority for ``election_timeout`` -- before the others, who wait
-  ``election_timeout`` and then ``answer_timeout``, can elect a successor. Two
+  (``quorum``: each heard within the last two heartbeats), and steps down once it
+  has not heard a majority for ``stepdown_after`` (1.8 s) -- before anyone claims in
+  its place, which waits until it has been silent ``claim_wait`` (2.8 s, below). Two
   coordinators (of two epochs: followers obey the higher) overlap only when a
-  partition moves under a fresh claim, and for ``election_timeout`` at most;
+  partition moves under a fresh claim, and for ``stepdown_after`` at most;
 * while it hears no majority it calls no elections (it could win none);
-* a candidate that heard no ANSWER does not claim while a higher member is alive
-  (``higher_alive``: its ANSWER was only late, on a lossy link), so loss alone does not
-  churn epochs: the election that follows a real failure is the only one.
+* a candidate that heard no ANSWER does not claim while a higher member was heard
+  within ``claim_wait`` (``higher_alive``: its ANSWER was only late, on a lossy link
+  whose TCP stream stalls for a second or more), so loss alone does not churn epochs:
+  the election that follows a real failure is the only one.
 
 Pure logic: no sockets, no threads, no clock reads. The server passes
 ``time.monotonic()`` in as ``now`` and calls ``tick()`` on every loop iteration.
@@ -83,6 +84,7 @@ class Bully:
         self._quorum = quorum               # (now, window) -> a majority heard within window?
         self._higher_alive = higher_alive   # (now) -> is a member above me alive?
         self._no_quorum = False             # said "no majority" (once, until it is back)
+        self._claimed: int | None = None    # the last epoch I claimed, in this process
         self._deferred = False              # said "a higher id is alive" (once per election)
 
     # --- what the server reads -------------------------------------------------
@@ -213,9 +215,9 @@ class Bully:
         ``election_timeout`` calls an election.
         """
         if self._state == COORDINATOR:
-            if not self._quorum(now, self.config.election_timeout):
+            if not self._quorum(now, self.config.stepdown_after):
                 self._note(f"stepping down: no majority of the members heard for "
-                           f"{self.config.election_timeout:g} s (epoch {self._epoch})")
+                           f"{self.config.stepdown_after:g} s (epoch {self._epoch})")
                 self._state, self._coordinator = FOLLOWER, None
             return
         if not self._started:
@@ -266,12 +268,15 @@ class Bully:
         self._send(protocol.Election(sender=self.my_id, epoch=self._epoch))
 
     def _become_coordinator(self) -> None:
-        self._epoch = (self._max_epoch // EPOCH_STRIDE + 1) * EPOCH_STRIDE + self.my_id
-        self._max_epoch = self._epoch
+        again = self._claimed is not None and self._claimed == self._max_epoch
+        if not again:       # my last epoch, if nobody claimed since: else the next term
+            self._claimed = (self._max_epoch // EPOCH_STRIDE + 1) * EPOCH_STRIDE + self.my_id
+        self._epoch = self._max_epoch = self._claimed
         self._state = COORDINATOR
         self._coordinator = self.my_id
         self._deadline = None
-        self._note(f"I am coordinator (epoch {self._epoch})")
+        self._note(f"I am coordinator (epoch {self._epoch})"
+                   + (" again: no epoch was claimed since mine" if again else ""))
         self._announce()
 
     def _follow(self, coordinator: int, epoch: int, source: int, now: float) -> None:

@@ -503,9 +503,10 @@ class Server:
             self.log.warn(f"cannot keep the member list: {exc}")
 
     def higher_alive(self, now: float) -> bool:
-        """A live member with a higher id than mine: the bully's rightful coordinator."""
-        return any(p.id > self.id for p in self.peers.live(now)
-                   if p.phase in (SERVING, SYNCING) and p.id in self.quorum.members)
+        """A server above me heard within ``claim_wait`` (and not gone by BYE, nor
+        joining): the bully's rightful coordinator, maybe only slow on a lossy link."""
+        return any(p.id > self.id and p.heard and now - p.heard < self.config.claim_wait
+                   for p in self.peers.table.values() if p.phase != JOINING)
 
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)

@@ -36,6 +36,7 @@ class Peer:
     phase: str = JOINING
     vv: dict[int, int] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    heard: float = 0.0                 # monotonic: last message (0: never, or it said BYE)
 
     def alive(self, now: float) -> bool:
         return self.phase not in (GONE, LEAVING, HALTED) and now < self.expiry
@@ -57,8 +58,9 @@ class Peers:
         """Record life; returns the peer and whether it is new or back from the dead."""
         peer = self.table.get(peer_id)
         if peer is None:
-            peer = self.table[peer_id] = Peer(peer_id, now + self.timeout)
+            peer = self.table[peer_id] = Peer(peer_id, now + self.timeout, heard=now)
             return peer, True
+        peer.heard = now
         # a leaver (or a halted peer) still talking is leaving (halted) still
         back = not peer.alive(now) and peer.phase not in (LEAVING, HALTED)
         peer.expiry = now + self.timeout
@@ -101,6 +103,7 @@ class Peers:
         if peer is not None:
             peer.phase = GONE
             peer.expiry = 0.0
+            peer.heard = 0.0
 
     def live(self, now: float) -> list[Peer]:
         return [p for p in self.table.values() if p.alive(now)]
