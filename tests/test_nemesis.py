@@ -271,6 +271,19 @@ def test_retried_writes_are_the_acked_ones_sent_more_than_once():
     assert figs["retried_writes"] == 1 and H.failed(figs) == []       # reported, no bound
 
 
+def test_a_retry_onto_a_copy_another_server_made_is_found_in_the_logs():
+    s1 = log(1, ("04.000000", "retry of bb1b97d7fbb54a1f (try 2): held as 2:80 from try 1; "
+                              "this try's copy replaces it"),
+             ("05.000000", "retry of aa00 (try 3): held as 1:31 from try 2; this try's copy "
+                           "replaces it"),                     # its own copy: one origin
+             ("06.000000", "retry of cc11: already applied as 3:7"))
+    found = H.crossed_retries(1, s1)
+    assert [(c["rid"], c["origin"]) for c in found] == [("bb1b97d7fbb54a1f", 2)]
+    f = H.Findings(crossed=found + H.crossed_retries(3, log(3, (
+        "04.500000", "retry of bb1b97d7fbb54a1f (try 3): held as 1:81 from try 2; x"))))
+    assert H.figures(f)["retries_onto_another_servers_copy"] == 1          # one request
+
+
 @pytest.mark.timeout(30)
 def test_the_workloads_connection_counts_the_tries_of_a_request():
     import socket

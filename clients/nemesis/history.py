@@ -57,7 +57,11 @@ feeds them synthetic histories).
   Over the whole run the bound is the sum over the faults that ran.
 * **retried writes** (reported, no bound): acked writes whose request was sent
   more than once (``tries`` > 1, the last try with ``attempt`` = tries - 1), so a
-  reader sees that the kept-copy rule was exercised.
+  reader sees that the kept-copy rule was exercised; and of them, those whose retry
+  reached a server already holding an earlier try's copy made by *another* server
+  (its log: ``retry of R (try 2): held as 2:80 from try 1; this try's copy replaces
+  it`` on server 1): two copies on two origins, the case the rule is for. A lower
+  bound: an earlier copy still stranded on a cut-off server is seen by nobody yet.
 """
 from __future__ import annotations
 
@@ -82,6 +86,8 @@ LINE = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| (.*)$")
 CLAIM_TEXT = re.compile(r"\| I am coordinator \(epoch (\d+)\)")
 FOLLOW_TEXT = re.compile(r"\| coordinator is now s(\d+) \(epoch (\d+)\)")
 STARTED_TEXT = "| started: "
+RETRY = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| local - \| retry of (\w+) \(try \d+\): "
+                   r"held as (\d+):\d+ from try \d+", re.M)
 STEP_DOWN_TEXT = re.compile(r"\| local - \| .*\b(?:no longer coordinator|steps? down|stepped down|"
                             r"stepping down)\b")
 """A server's own line that it gave up being coordinator (``election.py``: ``stepping
@@ -127,6 +133,7 @@ class Findings:
     wrong_copy: list[dict] = field(default_factory=list)    # {"id", "acked", "told", "kept"}
     epochs: list[dict] = field(default_factory=list)        # {"epoch", "server", "t"}
     retried: list[dict] = field(default_factory=list)       # acked writes, tries > 1
+    crossed: list[dict] = field(default_factory=list)       # {"rid", "server", "origin", "t"}
     unchecked_reads: int = 0
 
 
@@ -250,6 +257,14 @@ def new_epochs(claims: list[Claim], since: float) -> list[dict]:
         first.setdefault(c.epoch, c)
     return [{"epoch": c.epoch, "server": c.server, "t": c.t}
             for c in sorted(first.values(), key=lambda c: c.t) if c.t >= since]
+
+
+def crossed_retries(server: int, text: str) -> list[dict]:
+    """The retries ``server`` took while holding an earlier try's copy made by another
+    server (its log's ``retry of R (try N): held as O:S from try M``, O not itself)."""
+    return [{"rid": m.group(2), "server": server, "origin": int(m.group(3)),
+             "t": log_time(m.group(1))}
+            for m in RETRY.finditer(text) if int(m.group(3)) != server]
 
 
 def retried_writes(acked: list[dict]) -> list[dict]:
@@ -418,9 +433,10 @@ def clock_rounds(rows: dict[int, list[Row]], fresh_s: float) -> list[dict]:
 # --- all of it ---------------------------------------------------------------------------------
 def check(records: list[dict], holdings: dict[int, Holdings], majority: int,
           claims: list[Claim], spans: list[Span], samples: list[dict],
-          rows: dict[int, list[Row]], fresh_s: float, since: float) -> Findings:
+          rows: dict[int, list[Row]], fresh_s: float, since: float,
+          crossed: list[dict] = ()) -> Findings:
     """Every check; ``since`` is when the cluster first agreed on a coordinator (the
-    epochs of its start are not counted)."""
+    epochs of its start are not counted); ``crossed``, the servers' ``crossed_retries``."""
     f = Findings()
     f.acked = acked_writes(records)
     f.minority = minority_acks(f.acked, majority)
@@ -432,6 +448,7 @@ def check(records: list[dict], holdings: dict[int, Holdings], majority: int,
     f.wrong_copy = wrong_copies(f.acked, holdings)
     f.epochs = new_epochs(claims, since)
     f.retried = retried_writes(f.acked)
+    f.crossed = list(crossed)
     return f
 
 
@@ -460,6 +477,7 @@ def figures(f: Findings, window: Window | None = None) -> dict:
         "replies_naming_a_copy_not_kept": sum(inside(w["acked"]) for w in f.wrong_copy),
         "new_epochs": sum(inside(e["t"]) for e in f.epochs),
         "retried_writes": sum(inside(w["replied"]) for w in f.retried),
+        "retries_onto_another_servers_copy": len({c["rid"] for c in f.crossed if inside(c["t"])}),
     }
 
 

@@ -240,6 +240,10 @@ class Nemesis:
         return [c for sid in self.ids
                 for c in H.claims_in_log(sid, self.cluster.log_text(f"server-{sid}"))]
 
+    def crossed(self) -> list[dict]:
+        return [c for sid in self.ids
+                for c in H.crossed_retries(sid, self.cluster.log_text(f"server-{sid}"))]
+
     def spans(self) -> list[H.Span]:
         return [span for sid in self.ids for span in H.coordinator_spans(
             sid, self.cluster.log_text(f"server-{sid}"),
@@ -288,6 +292,7 @@ ROWS = [("writes_acknowledged", "writes acknowledged", ""),
         ("replies_naming_a_copy_not_kept", "replies naming a copy that is not kept", "0"),
         ("new_epochs", "new epochs (elections won)", "<= bound"),
         ("retried_writes", "retried writes (acked after > 1 try)", "reported"),
+        ("retries_onto_another_servers_copy", "  of which onto another server's copy", "reported"),
         ("heal_to_full_service_s", "time from heal to full service (s)", "reported")]
 
 
@@ -378,7 +383,8 @@ def report(n: Nemesis, findings: H.Findings, holdings: dict, json_path: Path,
                     "new_epochs": findings.epochs,
                     "retried_writes": [{k: w.get(k) for k in ("rid", "op", "user", "sent",
                                                               "replied", "tries", "server")}
-                                       for w in findings.retried[:50]]},
+                                       for w in findings.retried[:50]],
+                    "retries_onto_another_servers_copy": findings.crossed[:50]},
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(document, indent=2, default=str))
@@ -416,7 +422,7 @@ def run_nemesis(quick: bool, kinds: list[str], seconds: float | None, servers: i
         findings = H.check(n.tail.read(), holdings, n.majority, n.claims(), n.spans(),
                            n.monitor.samples, n.monitor.history(),
                            fresh_s=2 * n.cluster.config.heartbeat_interval + 0.25,
-                           since=n.agreed_at)
+                           since=n.agreed_at, crossed=n.crossed())
         code = report(n, findings, holdings, json_path, time.time() - n.start)
     except Interrupted as exc:
         print(f"interrupted by {exc}: cleaning up", flush=True)
