@@ -208,6 +208,106 @@ def test_figures_per_fault_take_what_happened_in_its_window():
     assert H.failed(H.figures(f)) == ["minority_acks"]
 
 
+def good_rounds(*times):
+    """Berkeley rounds that hold (a window with no round measured fails its spread)."""
+    return [{"t": t, "spread_ms": 1.0} for t in times]
+
+
+def copy(pid, lamport, ts=None, user="ann"):
+    return {"id": pid, "text": f"{user} post {pid}", "lamport": lamport, "ts": ts}
+
+
+def test_a_reply_naming_a_copy_that_is_not_kept_is_found():
+    acked = H.acked_writes([post(1.0, "p1", lamport=3168, ts=1.005, tries=2),
+                            post(2.0, "p2", lamport=40, ts=2.005),
+                            write("dm", "bob", 3.0, id="m1", to="ann", text="bob to ann 0",
+                                  lamport=50, ts=3.005),
+                            post(4.0, "p3", lamport=60),                 # missing: lost instead
+                            write("follow", "ann", 5.0, id="f1", target="bob", lamport=70)])
+    good = {sid: H.Holdings([copy("p1", 3168, 1.005), copy("p2", 40, 2.005)],
+                            {("ann", "bob"): [copy("m1", 50, 3.005, "bob")]}, {"ann": ["bob"]})
+            for sid in (1, 2, 3)}
+    assert H.wrong_copies(acked, good) == []
+    # told L=3168 on server 1, but L=2800 on server 3 is stored (issue 13)
+    bad = {**good, 3: H.Holdings([copy("p1", 2800, 0.9), copy("p2", 40, 2.005)],
+                                 {("ann", "bob"): [copy("m1", 50, 3.105, "bob")]}, {})}
+    found = H.wrong_copies(acked, bad)
+    assert [(f["id"], f["told"]["lamport"], f["told"]["server"]) for f in found] == \
+        [("p1", 3168, 1), ("m1", 50, 1)]
+    assert found[0]["kept"] == {3: {"lamport": 2800, "ts": 0.9}}
+    assert found[1]["kept"] == {3: {"lamport": 50, "ts": 3.105}}      # same stamp, other time
+    f = H.Findings(acked=acked, wrong_copy=found, rounds=good_rounds(1.0))
+    figs = H.figures(f)
+    assert figs["replies_naming_a_copy_not_kept"] == 2
+    assert H.failed(figs) == ["replies_naming_a_copy_not_kept"]
+    assert H.figures(f, H.Window("one", 0.0, 2.0))["replies_naming_a_copy_not_kept"] == 1
+
+
+def test_new_epochs_count_distinct_claims_after_the_start_against_each_faults_bound():
+    claims = [H.Claim(3, 103, 1.0),                              # the start: not counted
+              H.Claim(3, 103, 12.0),                             # announced again: same epoch
+              H.Claim(2, 202, 21.0), H.Claim(3, 303, 21.2),      # churn under loss
+              H.Claim(2, 402, 31.0), H.Claim(3, 503, 36.0)]      # kill: successor, takeover
+    epochs = H.new_epochs(claims, since=5.0)
+    assert [(e["epoch"], e["server"]) for e in epochs] == [(202, 2), (303, 3), (402, 2), (503, 3)]
+    f = H.Findings(epochs=epochs, rounds=good_rounds(10.0, 25.0, 35.0))
+    windows = [H.Window("isolate", float("-inf"), 20.0), H.Window("loss", 20.0, 30.0),
+               H.Window("kill", 30.0, float("inf"))]
+    counts = {w.label: H.figures(f, w)["new_epochs"] for w in windows}
+    assert counts == {"isolate": 0, "loss": 2, "kill": 2}
+    assert [w.label for w in windows if H.failed(H.figures(f, w), [w.label])] == ["loss"]
+    assert H.figures(f)["new_epochs"] == 4
+    assert H.epoch_limit([w.label for w in windows]) == 2       # the run's bound: their sum
+    assert H.failed(H.figures(f), [w.label for w in windows]) == ["new_epochs"]
+    assert H.failed(H.figures(f), ["kill", "pause"]) == []
+
+
+def test_retried_writes_are_the_acked_ones_sent_more_than_once():
+    acked = H.acked_writes([post(1.0, "a", tries=1), post(2.0, "b", tries=3), post(3.0, "c"),
+                            post(4.0, "d", ok=False, tries=4)])
+    assert [w["id"] for w in H.retried_writes(acked)] == ["b"]
+    figs = H.figures(H.Findings(acked=acked, retried=H.retried_writes(acked),
+                                rounds=good_rounds(1.0)))
+    assert figs["retried_writes"] == 1 and H.failed(figs) == []       # reported, no bound
+
+
+def test_a_retry_onto_a_copy_another_server_made_is_found_in_the_logs():
+    s1 = log(1, ("04.000000", "retry of bb1b97d7fbb54a1f (try 2): held as 2:80 from try 1; "
+                              "this try's copy replaces it"),
+             ("05.000000", "retry of aa00 (try 3): held as 1:31 from try 2; this try's copy "
+                           "replaces it"),                     # its own copy: one origin
+             ("06.000000", "retry of cc11: already applied as 3:7"))
+    found = H.crossed_retries(1, s1)
+    assert [(c["rid"], c["origin"]) for c in found] == [("bb1b97d7fbb54a1f", 2)]
+    f = H.Findings(crossed=found + H.crossed_retries(3, log(3, (
+        "04.500000", "retry of bb1b97d7fbb54a1f (try 3): held as 1:81 from try 2; x"))))
+    assert H.figures(f)["retries_onto_another_servers_copy"] == 1          # one request
+
+
+@pytest.mark.timeout(30)
+def test_the_workloads_connection_counts_the_tries_of_a_request():
+    import socket
+    import zmq
+    from clients.connection import ClientError
+    from clients.nemesis.workload import CountingConnection
+    from common import protocol as P
+    from common.clock import LamportClock, PhysicalClock
+    from common.config import load_config
+    with socket.socket() as free:          # a port nobody answers on: every try times out
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    config = load_config(host="127.0.0.1", port_base=port, request_timeout=0.2,
+                         request_deadline=0.5)
+    conn = CountingConnection(config, "ann", LamportClock(), PhysicalClock(),
+                              broker_key=zmq.curve_keypair()[0])
+    try:
+        with pytest.raises(ClientError):
+            conn.request(P.OP_FEED, {"limit": 10})
+        assert conn.tries >= 3
+    finally:
+        conn.close()
+
+
 # --- not root ------------------------------------------------------------------------------
 def test_not_root_says_so_in_one_line_and_exits_2(monkeypatch):
     import run_all
@@ -260,8 +360,13 @@ def test_nemesis_quick_holds_every_must_be_and_leaves_nothing_behind(tmp_path):
     figures = document["figures"]
     assert figures["writes_acknowledged"] > 0
     assert [f["label"] for f in document["faults"]] == ["isolate", "loss", "kill", "pause", "clock"]
-    held = {name: figures[name] for name in H.MUST_BE}
-    assert H.failed(figures) == [], f"must-be figures that do not hold: {held}"
+    labels = [f["label"] for f in document["faults"]]
+    held = {name: figures[name] for name in [*H.MUST_BE, "new_epochs"]}
+    assert H.failed(figures, labels) == [], f"must-be figures that do not hold: {held}"
+    epochs = {f["label"]: f["figures"]["new_epochs"] for f in document["faults"]}
+    assert all(epochs[label] <= H.epoch_limit([label]) for label in labels), \
+        f"new epochs per fault: {epochs}, details: {document['details']['new_epochs']}"
+    assert document["failed"] == []
     assert document["problems"] == []
     assert document["verdict"] == "pass"
     assert proc.returncode == 0, output

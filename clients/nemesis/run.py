@@ -108,6 +108,7 @@ class Nemesis:
         self.start = time.time()
         self.faults: list[dict] = []
         self.paused: list[tuple[int, float, float]] = []     # (server, from, to)
+        self.agreed_at = float("inf")      # when the servers first agreed on a coordinator
 
     def say(self, text: str) -> None:
         say(text, self.start)
@@ -126,7 +127,9 @@ class Nemesis:
             self.cluster.start_server(sid)
         self.monitor = Monitor(self.cluster.config, self.run_dir / "status.jsonl").start()
         self.monitor.wait_serving(self.ids, self.plan.start_s, since=self.start)
-        self.say(f"servers {self.ids} serving; coordinator {self.coordinator()}")
+        coordinator = self.coordinator()
+        self.agreed_at = time.time()
+        self.say(f"servers {self.ids} serving; coordinator {coordinator}")
         faults = len(F.plan(self.kinds, self.quick))
         expected = self.plan.baseline_s + faults * (self.plan.hold_s + 8)
         budget = self.plan.baseline_s + 30 + faults * (self.plan.hold_s + self.plan.recovery_s
@@ -237,6 +240,10 @@ class Nemesis:
         return [c for sid in self.ids
                 for c in H.claims_in_log(sid, self.cluster.log_text(f"server-{sid}"))]
 
+    def crossed(self) -> list[dict]:
+        return [c for sid in self.ids
+                for c in H.crossed_retries(sid, self.cluster.log_text(f"server-{sid}"))]
+
     def spans(self) -> list[H.Span]:
         return [span for sid in self.ids for span in H.coordinator_spans(
             sid, self.cluster.log_text(f"server-{sid}"),
@@ -260,9 +267,11 @@ def read_holdings(config, sid: int) -> H.Holdings:
             if result["server"] != sid:
                 raise ClientError(P.ERR_INTERNAL, f"pinned to {sid}, answered by {result['server']}")
             return result
-        posts = [{"id": p["id"], "text": p["text"]}
-                 for p in pinned(USERS[0], P.OP_FEED, {"limit": P.MAX_LIMIT})["posts"]]
-        chats = {(a, b): [{"id": m["id"], "text": m["text"]} for m in
+        def held(item: dict) -> dict:      # the copy it holds: its stamp and time
+            return {"id": item["id"], "text": item["text"], "lamport": item.get("lamport"),
+                    "ts": item.get("timestamp")}
+        posts = [held(p) for p in pinned(USERS[0], P.OP_FEED, {"limit": P.MAX_LIMIT})["posts"]]
+        chats = {(a, b): [held(m) for m in
                           pinned(a, P.OP_CHAT, {"with": b, "limit": P.MAX_LIMIT})["messages"]]
                  for a, b in combinations(USERS, 2)}
         following = {u: list(pinned(u, P.OP_FOLLOWING, {})["following"]) for u in USERS}
@@ -280,6 +289,10 @@ ROWS = [("writes_acknowledged", "writes acknowledged", ""),
         ("stale_reads", "stale reads (missing a write acked >= 0.5 s before)", "0"),
         ("epochs_with_two_coordinators", "epochs with two coordinators", "0"),
         ("clock_spread_after_round_ms", "clock spread after each round (ms, max)", "<= 5 ms"),
+        ("replies_naming_a_copy_not_kept", "replies naming a copy that is not kept", "0"),
+        ("new_epochs", "new epochs (elections won)", "<= bound"),
+        ("retried_writes", "retried writes (acked after > 1 try)", "reported"),
+        ("retries_onto_another_servers_copy", "  of which onto another server's copy", "reported"),
         ("heal_to_full_service_s", "time from heal to full service (s)", "reported")]
 
 
@@ -293,14 +306,19 @@ def _cell(value) -> str:
 
 def table(overall: dict, per_fault: list[dict], recovery_s: float) -> str:
     """One row per figure; a column for the whole run, then one per fault. A fault
-    whose cluster did not come back shows ``> recovery_s`` for its time to service."""
-    def cell(key, value):
+    whose cluster did not come back shows ``> recovery_s`` for its time to service;
+    new epochs show their bound (``1 (<= 2)``) and ``FAIL`` past it."""
+    def cell(key, value, labels):
         if key == "heal_to_full_service_s" and value is None and per_fault:
             return f"> {recovery_s:g}"
+        if key == "new_epochs":
+            bound = H.epoch_limit(labels)
+            return f"{value} (<= {bound})" + (" FAIL" if value > bound else "")
         return _cell(value)
     headers = ["figure", "must be", "all", *(f["label"] for f in per_fault)]
-    lines = [[name, must, cell(key, overall[key]), *(cell(key, f["figures"][key])
-                                                     for f in per_fault)]
+    everything = [f["label"] for f in per_fault]
+    lines = [[name, must, cell(key, overall[key], everything),
+              *(cell(key, f["figures"][key], [f["label"]]) for f in per_fault)]
              for key, name, must in ROWS]
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
 
@@ -323,7 +341,9 @@ def report(n: Nemesis, findings: H.Findings, holdings: dict, json_path: Path,
         figs = H.figures(findings, window)
         figs["heal_to_full_service_s"] = fault["full_service_s"]
         per_fault.append({**fault, "figures": figs})
-    failed = H.failed(overall)
+    failed = H.failed(overall, [f["label"] for f in per_fault]) + [
+        f"{name} ({f['label']})" for f in per_fault
+        for name in H.failed(f["figures"], [f["label"]]) if name == "new_epochs"]
     problems = []
     if overall["writes_acknowledged"] == 0:
         problems.append("no write was acknowledged")
@@ -347,7 +367,9 @@ def report(n: Nemesis, findings: H.Findings, holdings: dict, json_path: Path,
     document = {
         "verdict": verdict, "failed": failed, "problems": problems,
         "figures": overall,
-        "must_be": {k: must for k, (must, _) in H.MUST_BE.items()},
+        "must_be": {**{k: must for k, (must, _) in H.MUST_BE.items()},
+                    "new_epochs": {label: H.epoch_limit([label]) for label in
+                                   [f["label"] for f in per_fault]}},
         "faults": per_fault,
         "run": {"servers": len(n.ids), "majority": n.majority, "quick": n.quick,
                 "hold_s": n.plan.hold_s, "kinds": n.kinds, "duration_s": round(duration, 1),
@@ -356,7 +378,13 @@ def report(n: Nemesis, findings: H.Findings, holdings: dict, json_path: Path,
                 "unchecked_reads": findings.unchecked_reads},
         "details": {"minority_acks": findings.minority[:50], "lost": findings.lost[:50],
                     "stored_twice": findings.twice[:50], "stale_reads": findings.stale[:50],
-                    "two_coordinators": findings.split, "rounds": findings.rounds},
+                    "two_coordinators": findings.split, "rounds": findings.rounds,
+                    "replies_naming_a_copy_not_kept": findings.wrong_copy[:50],
+                    "new_epochs": findings.epochs,
+                    "retried_writes": [{k: w.get(k) for k in ("rid", "op", "user", "sent",
+                                                              "replied", "tries", "server")}
+                                       for w in findings.retried[:50]],
+                    "retries_onto_another_servers_copy": findings.crossed[:50]},
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(document, indent=2, default=str))
@@ -393,7 +421,8 @@ def run_nemesis(quick: bool, kinds: list[str], seconds: float | None, servers: i
         holdings = n.settle()
         findings = H.check(n.tail.read(), holdings, n.majority, n.claims(), n.spans(),
                            n.monitor.samples, n.monitor.history(),
-                           fresh_s=2 * n.cluster.config.heartbeat_interval + 0.25)
+                           fresh_s=2 * n.cluster.config.heartbeat_interval + 0.25,
+                           since=n.agreed_at, crossed=n.crossed())
         code = report(n, findings, holdings, json_path, time.time() - n.start)
     except Interrupted as exc:
         print(f"interrupted by {exc}: cleaning up", flush=True)

@@ -11,11 +11,14 @@ follows -- a third of the reads pinned to one server (``server=N``). Every reque
 is one JSON line in the history, written when its reply (or its failure) comes::
 
     {"user": "u1", "op": "post", "rid": "…", "sent": 1795715591.20, "replied": …,
-     "ok": true, "code": null, "replicas": 3, "server": 2, "pinned": null,
-     "id": "…", "text": "u1 post 7"}
+     "ok": true, "code": null, "replicas": 3, "server": 2, "pinned": null, "tries": 1,
+     "id": "…", "text": "u1 post 7", "lamport": 3168, "ts": 1795715591.21}
 
-Reads add ``seen``: the post or message ids returned (feed, chat) or the names
-followed (following). Posts per user stay below a feed's limit over all users, so
+``tries`` is how many times the client sent the request (the same rid; try k carries
+``attempt`` k-1): above 1, it was retried after a timeout or a retryable error,
+likely on another server. A write's ``lamport`` and ``ts`` are those of the copy the
+reply names, which must be the copy every server keeps. Reads add ``seen``: the post
+or message ids returned (feed, chat) or the names followed (following). Posts per user stay below a feed's limit over all users, so
 a feed read shows every post, and a read can be checked against every write acked
 before it. Times are the host's clock (``time.time()``), which every namespace shares.
 """
@@ -65,6 +68,17 @@ class History:
         self._file.close()
 
 
+class CountingConnection(Connection):
+    """A Connection that remembers how many tries its last request took (the client
+    library retries inside ``exchange`` and says so only in its log)."""
+
+    tries = 0
+
+    def _send(self, body: P.Request, tries: int) -> float:
+        self.tries = tries
+        return super()._send(body, tries)
+
+
 class User:
     """One user's thread: its connection, its counters and its budget."""
 
@@ -76,7 +90,7 @@ class User:
         self.servers, self.rng = servers, rng
         self.writes = self.posts = self.messages = 0
         config = load_config(request_deadline=REQUEST_DEADLINE)
-        self.conn = Connection(config, name, LamportClock(), PhysicalClock())
+        self.conn = CountingConnection(config, name, LamportClock(), PhysicalClock())
 
     def run(self) -> None:
         try:
@@ -149,14 +163,16 @@ class User:
         try:
             result = self.conn.exchange(body)
         except ClientError as exc:
-            record.update(replied=time.time(), ok=False, code=exc.code, error=exc.message[:200])
+            record.update(replied=time.time(), ok=False, code=exc.code, error=exc.message[:200],
+                          tries=self.conn.tries)
             self.history.add(record)
             return
-        record.update(replied=time.time(), ok=True, code=None,
+        record.update(replied=time.time(), ok=True, code=None, tries=self.conn.tries,
                       replicas=result.get("replicas"), server=result.get("server"))
         view = result.get("post") or result.get("message") or result.get("follow")
         if view is not None:
-            record.update(id=view.get("id"), lamport=view.get("lamport"))
+            record.update(id=view.get("id"), lamport=view.get("lamport"),
+                          ts=view.get("timestamp"))
         if op == P.OP_FEED:
             record["seen"] = [p["id"] for p in result["posts"]]
         elif op == P.OP_CHAT:
