@@ -68,10 +68,10 @@ class Config:
     """How long a candidate waits for an ANSWER from a higher id."""
     coordinator_wait: float = 0.8
     """How long a candidate that got an ANSWER waits for COORDINATOR."""
-    stepdown_after: float = 1.8
+    stepdown_after: float = 1.5
     """A coordinator that has not heard a majority of the members for this long steps
     down (longer than a TCP stall under heavy loss, shorter than ``claim_wait``)."""
-    claim_wait: float = 2.8
+    claim_wait: float = 2.2
     """A candidate does not claim while a member above it was heard within this long:
     a coordinator silent for a moment on a lossy link is not replaced, and one cut off
     has stepped down (``stepdown_after``) before anyone claims in its place."""
@@ -327,10 +327,10 @@ class Config:
             raise ConfigError("log_flush_every must lie in (0, 1] seconds")
         if self.leave_deadline + self.heartbeat_interval > 2.0:
             raise ConfigError("a leaving server must be gone within 2 s: leave_deadline too long")
-        if self.claim_wait < self.stepdown_after + 2 * self.heartbeat_interval or \
-                self.stepdown_after < self.election_timeout:
-            raise ConfigError("need election_timeout <= stepdown_after and "
-                              "stepdown_after + 2 heartbeats <= claim_wait")
+        if self.stepdown_after <= 0 or \
+                self.claim_wait < self.stepdown_after + 2 * self.heartbeat_interval:
+            raise ConfigError("need 0 < stepdown_after, and stepdown_after + 2 heartbeats "
+                              "<= claim_wait")
         if self.write_wait <= 0:
             raise ConfigError("write_wait must be positive")
         if self.clock_tolerance <= 0:

@@ -22,13 +22,13 @@ A coordinator only with a majority behind it (issue 13):
 
 * a server claims coordinatorship only while it hears a majority of the members
   (``quorum``: each heard within the last two heartbeats), and steps down once it
-  has not heard a majority for ``stepdown_after`` (1.8 s) -- before anyone claims in
-  its place, which waits until it has been silent ``claim_wait`` (2.8 s, below). Two
+  has not heard a majority for ``stepdown_after`` (1.5 s) -- before anyone claims in
+  its place, which waits until it has been silent ``claim_wait`` (2.2 s, below). Two
   coordinators (of two epochs: followers obey the higher) overlap only when a
   partition moves under a fresh claim, and for ``stepdown_after`` at most;
 * while it hears no majority it calls no elections (it could win none);
 * a candidate that heard no ANSWER does not claim while a higher member was heard
-  within ``claim_wait`` (``higher_alive``: its ANSWER was only late, on a lossy link
+  within ``claim_wait`` (``higher_heard``: its ANSWER was only late, on a lossy link
   whose TCP stream stalls for a second or more), so loss alone does not churn epochs:
   the election that follows a real failure is the only one.
 
@@ -64,7 +64,7 @@ class Bully:
     def __init__(self, my_id: int, config: Config,
                  publish: Callable[[object], None], log: ProcessLog | None, *,
                  quorum: Callable[[float, float], bool] = lambda now, window: True,
-                 higher_alive: Callable[[float], bool] = lambda now: False) -> None:
+                 higher_heard: Callable[[], float | None] = lambda: None) -> None:
         if not 1 <= my_id < EPOCH_STRIDE:
             raise ValueError(f"server id {my_id} is not in 1..{EPOCH_STRIDE - 1}")
         self.my_id = my_id
@@ -82,7 +82,7 @@ class Bully:
         self.elections = 0
         self.messages_sent = 0
         self._quorum = quorum               # (now, window) -> a majority heard within window?
-        self._higher_alive = higher_alive   # (now) -> is a member above me alive?
+        self._higher_heard = higher_heard   # () -> when a server above me was last heard
         self._no_quorum = False             # said "no majority" (once, until it is back)
         self._claimed: int | None = None    # the last epoch I claimed, in this process
         self._deferred = False              # said "a higher id is alive" (once per election)
@@ -240,13 +240,14 @@ class Bully:
             if self._answered:
                 self._note("no COORDINATOR after an ANSWER: starting over")
                 self._call_election(now)
-            elif self._higher_alive(now):
+            elif (heard := self._higher_heard()) is not None and \
+                    now - heard < self.config.claim_wait:
                 if not self._deferred:
-                    self._note("no ANSWER, but a higher member is alive: waiting for its "
-                               "COORDINATOR")
+                    self._note(f"no ANSWER, but a server above me was heard "
+                               f"{(now - heard) * 1000:.0f} ms ago: no claim before it is "
+                               f"silent {self.config.claim_wait:g} s")
                     self._deferred = True
-                self._deadline = now + self.config.election_timeout
-                self._answered = True       # at the deadline: start over, not claim
+                self._deadline = heard + self.config.claim_wait   # then look again
             else:
                 self._become_coordinator()
         elif self._coordinator is None:

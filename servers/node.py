@@ -126,7 +126,7 @@ class Server:
         self.lag = ReplicationLag(server_id)
         self.election = Bully(server_id, config, self.publish, self.log,
                               quorum=self.quorum.has_majority,
-                              higher_alive=self.higher_alive)
+                              higher_heard=self.higher_heard)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
         self.membership = Membership(
@@ -502,11 +502,11 @@ class Server:
         except DiskError as exc:
             self.log.warn(f"cannot keep the member list: {exc}")
 
-    def higher_alive(self, now: float) -> bool:
-        """A server above me heard within ``claim_wait`` (and not gone by BYE, nor
-        joining): the bully's rightful coordinator, maybe only slow on a lossy link."""
-        return any(p.id > self.id and p.heard and now - p.heard < self.config.claim_wait
-                   for p in self.peers.table.values() if p.phase != JOINING)
+    def higher_heard(self) -> float | None:
+        """When a server above me (not gone by BYE, not joining) was last heard: the
+        bully's rightful coordinator, maybe only slow on a lossy link."""
+        return max((p.heard for p in self.peers.table.values()
+                    if p.id > self.id and p.heard and p.phase != JOINING), default=None)
 
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)

@@ -116,7 +116,8 @@ def test_a_server_whose_bus_falls_silent_leaves_serving_and_is_pooled_again_by_r
     wait_until(lambda: all(s.get("pooled") for s in c.serving().values()), 10,
                what="every server pooled again")
     # each came back by a READY sent after it caught up again
-    assert log_after(c, "broker", marks["broker"]).count("READY: joins the pool") >= 3
+    wait_until(lambda: log_after(c, "broker", marks["broker"]).count("READY: joins the pool")
+               >= 3, 10, what="the broker's log of three READYs")
     for sid in (1, 2, 3):
         after = log_after(c, f"server-{sid}", marks[f"server-{sid}"])
         assert "phase joining -> syncing" in after and "phase syncing -> serving" in after
