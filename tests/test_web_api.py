@@ -7,6 +7,7 @@ servers' (the CLI's) message and the HTTP status the code calls for.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import threading
@@ -289,6 +290,12 @@ def test_the_stream_pushes_followed_posts_and_messages_live(web):
     assert not reader.is_alive() and time.monotonic() - began < 5
     assert sorted((kind, item["text"]) for kind, item in events) == [
         ("message", "live message"), ("post", "live post")]
+
+    def unparked():        # the browser went away: its parked listen is sent again, wait 0
+        log = web.cluster.log_text("web")
+        return f"stream of {bob} closed" in log and re.search(
+            rf"send broker \| listen rid=\S+ user={bob} wait=0\.0 since=0 try=2", log)
+    wait_until(unparked, 5, what="the closed stream's listen unparked")
     a.close()
     b.close()
 

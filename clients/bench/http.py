@@ -77,9 +77,10 @@ def worker(port: int, user: str, password: str, text: str, rate: float | None,
 
 
 def run_http(port: int, users: list[str], password: str, text: str, seconds: float,
-             rate: float | None = None, setup_timeout: float = 30.0) -> LoadResult:
+             rate: float | None = None, setup_timeout: float = 30.0, probe=None) -> LoadResult:
     """One window of ``seconds`` with one worker per user, opened once every worker
-    has signed in; ``rate`` in total posts/s (None: flat out)."""
+    has signed in; ``rate`` in total posts/s (None: flat out). ``probe`` is called at
+    the window's start and once every worker is done; ``probed`` holds its answers."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     gos = [ctx.Queue() for _ in users]
@@ -96,10 +97,15 @@ def run_http(port: int, users: list[str], password: str, text: str, seconds: flo
         start = time.monotonic() + START_LEAD
         for go in gos:
             go.put((start, start + seconds))
+        if probe is not None:
+            time.sleep(max(0.0, start - time.monotonic()))    # the window's start
+            before = probe()
         for latencies, errors in collect(results, len(procs), "done",
                                          START_LEAD + seconds + 2 * REPLY_TIMEOUT + 10):
             result.latencies.extend(latencies)
             result.errors.update(errors)
+        if probe is not None:
+            result.probed = (before, probe())
     finally:
         for go in gos:
             go.put(None)

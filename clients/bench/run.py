@@ -245,12 +245,16 @@ class Bench:
         port = start_gateway(cluster.group)
         users = [bench_user(w) for w in range(self.plan.clients)]
         self.step(f"writes through the web gateway (HTTP), {self.plan.clients} clients")
-        result = run_http(port, users, BENCH_PASSWORD, TEXT, self.plan.phase_s)
+        result = run_http(port, users, BENCH_PASSWORD, TEXT, self.plan.phase_s,
+                          probe=cluster.cpu_seconds)
         self.count_errors("http post", result)
         f["http_posts_per_s"], f["http_p50_ms"], f["http_p99_ms"] = \
             result.rate, result.ms(50), result.ms(99)
+        cpu = self.cpu_per_request(result, "http_", "post")
+        f["http_gateway_cpu_us_per_post"] = f["http_cpu_us_per_post_by_process"].get("web")
         self.done(f"{result.rate:,.0f} posts/s, p50 {result.ms(50):.2f} ms, "
-                  f"p99 {result.ms(99):.2f} ms")
+                  f"p99 {result.ms(99):.2f} ms, {cpu} (the gateway "
+                  f"{f['http_gateway_cpu_us_per_post'] or 0:,.0f})")
         half = HALF_LOAD * f["http_posts_per_s"]
         self.step(f"writes through the web gateway paced at half load, {half:,.0f} posts/s")
         result = run_http(port, users, BENCH_PASSWORD, TEXT, self.plan.phase_s, rate=half)
@@ -421,6 +425,7 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         ("acked posts via HTTP (web gateway), 8 clients",
          f"{num('http_posts_per_s', unit=' /s')}, p50 / p99 {num('http_p50_ms', '{:.2f}')} / "
          f"{num('http_p99_ms', '{:.2f}')} ms", TARGETS["http_posts_per_s"]),
+        *cpu("http_", "post", "acked post via HTTP, gateway + broker + servers"),
         ("HTTP p99 at half load", num("http_p99_half_load_ms", "{:.2f}", " ms"),
          TARGETS["http_p99_half_load_ms"]),
         ("writes at 1k / large store",
