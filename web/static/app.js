@@ -156,6 +156,13 @@ function openStream() {
     const p = JSON.parse(e.data);
     if (p.code === "unauthorized") { source.close(); signedOut(); }
   });
+  source.onerror = () => {   // the browser retries by itself, unless the answer was an error
+    if (source.readyState !== EventSource.CLOSED || state.stream !== source) return;
+    setTimeout(async () => {
+      if (state.stream !== source || !state.user) return;
+      try { await api("GET", "me"); openStream(); } catch (err) { /* 401 signs out */ }
+    }, 3000);
+  };
 }
 function livePost(post) {
   post.followed = true;
@@ -342,8 +349,11 @@ async function submitMessage(event) {
 
 // --- cluster ----------------------------------------------------------------------------------
 async function pollStatus() {
+  if (state.polling) return;             // a slow answer (no broker) is not asked again meanwhile
+  state.polling = true;
   let status;
   try { status = await api("GET", "status"); } catch (err) { $("status-age").textContent = err.message; return; }
+  finally { state.polling = false; }
   const now = Date.now() / 1000;
   state.statusAt = now;
   const rows = status.servers || [];
