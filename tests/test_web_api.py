@@ -301,6 +301,27 @@ def test_the_stream_pushes_followed_posts_and_messages_live(web):
 
 
 @pytest.mark.timeout(60)
+def test_one_user_may_keep_only_a_few_streams_open(web):
+    from web.api import MAX_STREAMS
+    name, client = web.user("streams")
+    streams = []
+    try:
+        for _ in range(MAX_STREAMS):
+            stream = client.stream("GET", "/api/stream", timeout=20)
+            reply = stream.__enter__()
+            lines = reply.iter_lines()               # kept: a dropped iterator closes it
+            streams.append((stream, lines))
+            assert reply.status_code == 200 and next(lines) == "retry: 2000"
+        wait_until(lambda: f"stream of {name} opened ({MAX_STREAMS} open)"
+                   in web.cluster.log_text("web"), 5)
+        assert "streams open already" in error_of(client.get("/api/stream"), 429, "throttled")
+    finally:
+        for stream, _ in streams:
+            stream.__exit__(None, None, None)
+    client.close()
+
+
+@pytest.mark.timeout(60)
 def test_status_lists_the_servers_the_coordinator_and_the_gateway(web):
     with web.client() as client:
         status = client.get("/api/status").json()

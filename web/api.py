@@ -47,6 +47,8 @@ LISTEN_WAIT = 10.0
 """Seconds one listen of ``/api/stream`` stays parked on a server before the next."""
 STREAM_RETRY_S = 1.0
 """After a failed listen (no server), the stream asks again this much later."""
+MAX_STREAMS = 8
+"""Streams one user may have open at once (each parks a listen on a server)."""
 CONVERSATION_USERS = 200
 """``/api/conversations`` asks the chat with at most this many users (one request each)."""
 CONVERSATION_FANOUT = 32
@@ -231,6 +233,8 @@ def create_app(link: BrokerLink) -> FastAPI:
                               "X-Requested-With. Errors are JSON {error, code}.",
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
 
+    open_streams: dict[str, int] = {}     # user -> streams open (MAX_STREAMS), nothing else kept
+
     @app.exception_handler(ClientError)
     async def client_error(_request, exc: ClientError):
         return error_response(exc.code, exc.message)
@@ -382,12 +386,16 @@ def create_app(link: BrokerLink) -> FastAPI:
                      "messages to you (event: message), live")
     async def stream(request: Request):
         user, token = session_of(request)
+        if open_streams.get(user, 0) >= MAX_STREAMS:
+            raise ClientError(protocol.ERR_THROTTLED, f"{user} has {MAX_STREAMS} streams open "
+                                                      f"already: close one, and try again in 1 s")
         first = await call(request, protocol.OP_LISTEN, {"wait": 0.0, "since": 0})
         return StreamingResponse(events(request, user, token, first), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def events(request: Request, user: str, token: str, first: dict):
-        link.log.note(f"stream of {user} opened")
+        open_streams[user] = open_streams.get(user, 0) + 1
+        link.log.note(f"stream of {user} opened ({open_streams[user]} open)")
         yield f"retry: 2000\nevent: ready\ndata: {protocol.dumps({'user': user}).decode()}\n\n"
         result = first
         try:
@@ -412,6 +420,9 @@ def create_app(link: BrokerLink) -> FastAPI:
                     result = {}
                     await asyncio.sleep(STREAM_RETRY_S)
         finally:
+            open_streams[user] -= 1
+            if not open_streams[user]:
+                del open_streams[user]
             link.log.note(f"stream of {user} closed")
 
     # --- pages ------------------------------------------------------------------------
