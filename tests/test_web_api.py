@@ -222,6 +222,11 @@ def test_post_feed_follow_and_their_errors(web):
     too_big = a.post("/api/post", content=b"x" * (P.MAX_REQUEST_BYTES + 1),
                      headers={"Content-Type": "application/json"})
     bad(too_big, 413, "too_large")
+    chunked = a.post("/api/post", content=(b"x" * 1024 for _ in range(P.MAX_REQUEST_BYTES // 1024 + 1)),
+                     headers={"Content-Type": "application/json"})       # no Content-Length
+    bad(chunked, 413, "too_large")
+    assert a.post("/api/post", content=(part for part in (b'{"text": ', b'"in two chunks"}')),
+                  headers={"Content-Type": "application/json"}).status_code == 200
     a.close()
     b.close()
 

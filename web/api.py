@@ -185,10 +185,12 @@ class Guard:
             await send(message)
 
         refusal = self.refusal(method, path, headers)
+        if refusal is None and "content-length" not in headers and method not in ("GET", "HEAD"):
+            receive, refusal = await self.buffered(receive)       # chunked: read it all first
         if refusal is not None:
             await error_response(*refusal)(scope, receive, send_with_headers)
         else:
-            await self.app(scope, self.limited(receive), send_with_headers)
+            await self.app(scope, receive, send_with_headers)
         if path.startswith("/api/") and path != "/api/stream":
             client = scope.get("client") or ("?", 0)
             self.link.log.recv(f"http:{client[0]}", f"{method} {path} -> {status['code']} "
@@ -209,20 +211,29 @@ class Guard:
         return None
 
     @staticmethod
-    def limited(receive):
-        """``receive`` that refuses a (chunked) body growing past the limit."""
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+    async def buffered(receive):
+        """A body of unknown length (chunked) read whole, up to the limit: (a ``receive``
+        that hands it over in one message, None), or (``receive``, the refusal)."""
+        body = b""
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > protocol.MAX_REQUEST_BYTES:
-                    raise Refused("too_large", f"a request body may have at most "
-                                               f"{protocol.MAX_REQUEST_BYTES} bytes")
-            return message
-        return limited_receive
+            if message["type"] != "http.request":
+                return receive, ("bad_request", "the client went away")
+            body += message.get("body", b"")
+            if len(body) > protocol.MAX_REQUEST_BYTES:
+                return receive, ("too_large", f"a request body may have at most "
+                                              f"{protocol.MAX_REQUEST_BYTES} bytes")
+            if not message.get("more_body"):
+                break
+        handed = False
+
+        async def replay():
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return replay, None
 
 
 # --- the application ------------------------------------------------------------------
