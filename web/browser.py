@@ -6,6 +6,7 @@ gets a fresh profile (Playwright's ``launch`` makes a temporary user-data dir).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -25,9 +26,7 @@ def chromium_path() -> str | None:
 
 def why_not() -> str | None:
     """Why a browser cannot be driven here, or None when it can."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "the playwright package is not installed (pip install -r requirements.txt)"
     if chromium_path() is None:
         return ("no chromium found (apt-get install -y chromium, or set SOCIAL_CHROMIUM "
