@@ -207,6 +207,8 @@ def test_post_feed_follow_and_their_errors(web):
     assert "control characters" in bad(a.post("/api/post", json={"text": "a\x00b"}), 400, "bad_request")
     assert "direction overrides" in bad(a.post("/api/post", json={"text": "a\u202eb"}), 400, "bad_request")
     bad(a.post("/api/post", json={"text": 5}), 400, "bad_request")
+    assert "extra" in bad(a.post("/api/post", json={"text": "hi", "author": bob}), 400, "bad_request").lower()
+    bad(a.post("/api/post", json=["hi"]), 400, "bad_request")
     bad(a.post("/api/post", content=b"{not json", headers={"Content-Type": "application/json"}),
         400, "bad_request")
     assert "unknown user 'nobody_here'" in bad(a.post("/api/follow", json={"user": "nobody_here"}),

@@ -31,7 +31,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.connection import ClientError
@@ -79,20 +79,26 @@ SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()),
 
 
 # --- bodies -------------------------------------------------------------------------
-class Credentials(BaseModel):
+class Body(BaseModel):
+    """A JSON body: unknown fields are refused, as on the wire (``forbid_unknown_fields``);
+    the values are checked by ``protocol.request``."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Credentials(Body):
     user: str
     password: str
 
 
-class PostBody(BaseModel):
+class PostBody(Body):
     text: str
 
 
-class TargetBody(BaseModel):
+class TargetBody(Body):
     user: str
 
 
-class DmBody(BaseModel):
+class DmBody(Body):
     to: str
     text: str
 
