@@ -365,12 +365,13 @@ def test_a_stalled_broker_is_retried_with_the_same_rid_and_the_post_is_kept_once
 
 
 @pytest.mark.timeout(60)
-def test_no_broker_is_a_503_with_the_reason(tmp_path):
-    from common.processes import ProcessGroup, free_port_base
+def test_no_broker_is_a_503_and_a_broker_started_later_or_anew_is_found(tmp_path):
     from common.config import load_config
+    from common.keys import key_dir
+    from common.processes import ProcessGroup, free_port_base
     config = load_config(port_base=free_port_base(), data_dir=str(tmp_path / "data"),
                          log_dir=str(tmp_path / "logs"))
-    group = ProcessGroup(config, {"SOCIAL_REQUEST_DEADLINE": "0.6", "SOCIAL_REQUEST_TIMEOUT": "0.3"})
+    group = ProcessGroup(config, {"SOCIAL_REQUEST_DEADLINE": "3", "SOCIAL_REQUEST_TIMEOUT": "0.3"})
     port = local.usable_port(0)
     try:
         local.start(group, port)
@@ -378,9 +379,17 @@ def test_no_broker_is_a_503_with_the_reason(tmp_path):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=CSRF, timeout=10) as client:
             began = time.monotonic()
             message = error_of(client.get("/api/status"), 503, "unavailable")
-            assert "broker" in message and time.monotonic() - began < 5
+            assert "broker" in message and time.monotonic() - began < 6
             error_of(client.post("/api/login", json={"user": "alice", "password": PASSWORD}),
                      503, "unavailable")
+            group.start_broker()                        # it writes its key: found
+            assert client.get("/api/status").json()["servers"] == []
+            group.terminate("broker")
+            for path in key_dir(config.data_dir).glob("broker.key*"):
+                path.unlink()                           # a broker on a fresh folder: a new key
+            group.start_broker()
+            assert client.get("/api/status").json()["servers"] == []
+        log = (tmp_path / "logs" / "web.log").read_text()
+        assert "the broker's key changed" in log and "try=2" in log
     finally:
         group.stop_all()
-    wait_until(lambda: not group.procs or not any(group.alive(n) for n in group.procs), 5)

@@ -88,10 +88,12 @@ class Lane:
                 del self.pending[rid]
 
     def close(self) -> None:
+        """Close the socket; whoever waits on it hears "no reply" (and retries)."""
         self.reader.cancel()
         for waiter in self.pending.values():
             if not waiter.done():
-                waiter.cancel()
+                waiter.set_result(None)
+        self.pending.clear()
         self.socket.close(linger=0)
 
 
@@ -151,6 +153,7 @@ class BrokerLink:
                                           f"no reply from the broker at {self.endpoint} "
                                           f"after {tries} {'try' if tries == 1 else 'tries'}")
                     self.retries += 1
+                    self._check_broker_key()
                     own_lane = lane = Lane(self, f"retry lane of rid={body.rid}")
                     self.log.warn(f"no reply to try {tries} of rid={body.rid} from the broker "
                                   f"at {self.endpoint}; retrying on a new socket")
@@ -205,6 +208,20 @@ class BrokerLink:
                 self.shared = Lane(self, "the shared socket")
                 self.log.note(f"connected to the broker at {self.endpoint} (CURVE, "
                               f"broker key {self.broker_key[:8].decode()}…)")
+
+    def _check_broker_key(self) -> None:
+        """A broker started anew on a fresh data folder has a new key: the old one
+        would fail every handshake. Read it again, and if it changed, open the shared
+        socket anew with it."""
+        try:
+            key = keys.broker_public_key(self.config.data_dir)
+        except keys.KeyProblem:
+            return
+        if key != self.broker_key and self.shared is not None:
+            self.broker_key = key
+            self.shared.close()
+            self.shared = Lane(self, "the shared socket")
+            self.log.note(f"the broker's key changed (now {key[:8].decode()}…): reconnected")
 
     def _synchronize_clock(self, reply: protocol.Reply, sent_at: float) -> None:
         """Cristian, as ``clients/connection.py``: only servers' replies correct it."""
