@@ -1,6 +1,6 @@
 """Convenience commands over the system's processes.
 
-    python run_all.py up --servers 3     broker + servers 1..3 in the foreground; Ctrl-C stops all
+    python run_all.py up --servers 3     broker + servers 1..3 + the web panel; Ctrl-C stops all
     python run_all.py demo               the whole system at work, narrated, in under a minute
     python run_all.py timeline           every process's log merged in Lamport order
     python run_all.py admit N KEY        let server N on another host in (its public key)
@@ -22,6 +22,29 @@ from common import cli_options as O
 from common.config import load_config
 from common.processes import ProcessGroup
 
+WebPort = typer.Option(8080, "--web-port", envvar="SOCIAL_WEB_PORT", min=0, max=65535,
+                       help="The web panel's port (a free one if it is taken; 0: no panel).")
+
+
+def start_web(group: ProcessGroup, wanted: int) -> int | None:
+    """The web gateway in ``group`` on ``wanted`` (or a free port if it is taken), once
+    it answers; its port, or None (said on stderr) if it could not start."""
+    from web import local
+    if wanted == 0:
+        return None
+    try:
+        port = local.usable_port(wanted)
+        local.start(group, port)
+        local.wait_ready(port, alive=lambda: group.alive(local.NAME))
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        said = group.stderr_since_start(local.NAME).strip().splitlines() if local.NAME in group.procs else []
+        print(f"web panel not started: {exc}{': ' + said[-1] if said else ''}", file=sys.stderr)
+        return None
+    taken = f" ({wanted} is taken)" if port != wanted else ""
+    print(f"web panel: http://127.0.0.1:{port}{taken}", flush=True)
+    return port
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run the distributed social network: up, demo, timeline, bench, admit, nemesis.")
 
@@ -37,8 +60,10 @@ def main() -> None:
 def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many servers to start."),
        clock_chaos: bool = typer.Option(False, "--clock-chaos", help="Servers' clocks jump randomly by up to ±1 s."),
        port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
-       data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir) -> None:
-    """Start the broker and servers 1..N in the foreground; Ctrl-C stops them all within 2 s."""
+       data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir,
+       web_port: int = WebPort) -> None:
+    """Start the broker, servers 1..N and the web panel in the foreground; Ctrl-C stops
+    them all within 2 s."""
     config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
     group = ProcessGroup(config, {"SOCIAL_CLOCK_CHAOS": "1"} if clock_chaos else None)
     stopping = False
@@ -56,6 +81,7 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
           f"logs in {config.log_dir}/, data in {config.data_dir}/ (CurveZMQ keys in "
           f"{config.data_dir}/keys/). Ctrl-C stops all.")
     try:
+        start_web(group, web_port)
         while not stopping:
             for name in list(group.procs):
                 if not group.alive(name) and not stopping:
@@ -83,11 +109,24 @@ def demo(seconds: float = typer.Option(45.0, "--seconds", min=15.0,
          data_dir: O.OptStr = typer.Option(None, "--data-dir",
                                            help="Data folder (default data/demo-<time>)."),
          log_dir: O.OptStr = typer.Option(None, "--log-dir",
-                                          help="Log folder (default logs/demo-<time>).")) -> None:
+                                          help="Log folder (default logs/demo-<time>)."),
+         web_port: int = WebPort) -> None:
     """The whole system at work, narrated: users, a killed coordinator, a join, a removal,
-    clock sync; ends with a summary and a check that no acknowledged write was lost."""
-    from clients.demo.run import run_demo
-    raise typer.Exit(run_demo(seconds, servers, users, port_base, host, data_dir, log_dir))
+    clock sync; ends with a summary and a check that no acknowledged write was lost.
+    The web panel watches it live (its Cluster page, the bots' posts)."""
+    from clients.demo.run import demo_folders, run_demo
+    from common.processes import usable_port_base
+    data_dir, log_dir = demo_folders(data_dir, log_dir)
+    if port_base is None:
+        port_base = usable_port_base(load_config().port_base)
+    config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
+    web = ProcessGroup(config)           # the panel waits for the demo's broker key
+    try:
+        start_web(web, web_port)
+        code = run_demo(seconds, servers, users, port_base, host, data_dir, log_dir)
+    finally:
+        web.stop_all(timeout=1.5)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -75,20 +75,7 @@ def _run_window(client: BrokerClient, load: Load, start: float, end: float,
     latencies: list[float] = []
     acks: list[tuple[str, float]] = []
     errors: Counter = Counter()
-    interval = 1.0 / load.rate if load.rate else 0.0
-    next_at = start + offset * interval
-    while True:
-        now = time.monotonic()
-        if load.rate:
-            if next_at >= end:
-                break
-            if next_at > now:
-                time.sleep(next_at - now)      # pacing, not synchronization
-            sent, next_at = next_at, next_at + interval
-        else:
-            if now >= end:
-                break
-            sent = now
+    for sent in send_times(load.rate, start, end, offset):
         rid, ok, code = call(client, load.op, load.args)
         done = time.monotonic()
         if done > end:
@@ -100,6 +87,27 @@ def _run_window(client: BrokerClient, load: Load, start: float, end: float,
         else:
             errors[code] += 1
     return {"latencies": latencies, "acks": acks, "errors": dict(errors)}
+
+
+def send_times(rate: float | None, start: float, end: float, offset: float):
+    """When each request of a window is sent (monotonic): on a fixed schedule of
+    ``rate`` per second from ``start`` (shifted by ``offset`` of an interval), waiting
+    for each slot; or, flat out (``rate`` None), now, again and again, until ``end``."""
+    interval = 1.0 / rate if rate else 0.0
+    next_at = start + offset * interval
+    while True:
+        now = time.monotonic()
+        if rate:
+            if next_at >= end:
+                return
+            if next_at > now:
+                time.sleep(next_at - now)      # pacing, not synchronization
+            sent, next_at = next_at, next_at + interval
+        else:
+            if now >= end:
+                return
+            sent = now
+        yield sent
 
 
 def worker_main(worker: int, tasks, results) -> None:

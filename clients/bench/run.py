@@ -10,6 +10,8 @@ What it measures, in three fresh clusters (tmp folder, free ports, 127.0.0.1):
    8-client rate. Then the same 8-client write load on a cluster whose servers run
    with ``--fsync`` (an ack waits for an fsync of the log on 3 servers, one fsync
    per loop turn: group commit), so both durability modes are measured in one run.
+   Between them, the HTTP phase (issue 14, ``clients/bench/http.py``): the same posts
+   through the web gateway, 8 HTTP clients flat out, then paced at half that rate.
 3. **Replication lag**: a 4th server joins the same cluster (replicas stay 3, so an
    ack no longer means every server holds the write); each origin measures, from
    its peers' ACKs, when every server holds each of its writes, and the phase
@@ -75,12 +77,13 @@ TARGETS = {  # issues 6 and 10, shown next to the figures; tests assert none of 
     "ratio": "≥ 0.5", "posts_per_s": "≥ 5,000", "p99_half_load_ms": "≤ 10 ms",
     "cpu_us_per_post": "≤ 450 µs",
     "growth_ratio": "≥ 0.8", "feed_p99_ms": "≤ 20 ms", "catchup_s": "≤ 10 s",
-    "failover_s": "≤ 3 s"}
+    "failover_s": "≤ 3 s",
+    "http_posts_per_s": "≥ 1,000", "http_p99_half_load_ms": "≤ 20 ms"}  # issue 14
 
 
 # --- the run ----------------------------------------------------------------------------------
 class Bench:
-    STEPS = 12
+    STEPS = 14
 
     def __init__(self, plan: Plan, root: Path) -> None:
         self.plan = plan
@@ -137,13 +140,17 @@ class Bench:
                  for w in range(clients)]
         result = self.workers.run(loads, self.plan.phase_s,
                                   probe=cluster.cpu_seconds if cpu else None)
+        self.count_errors(op, result)
+        return result
+
+    def count_errors(self, op: str, result: LoadResult) -> None:
+        """Note a phase's errors, keep them in the figures; BenchError if none succeeded."""
         if result.errors:
             self.note(f"errors: {dict(result.errors)}")
         self.figures.setdefault("errors", {}).update(
             {f"{self.step_no}:{op}:{code}": n for code, n in result.errors.items()})
         if not result.latencies:
             raise BenchError(f"no {op} request succeeded ({dict(result.errors)})")
-        return result
 
     def cpu_per_request(self, result: LoadResult, prefix: str, per: str) -> str:
         """The cluster's CPU time in the window, in µs per ok reply: figures
@@ -225,9 +232,37 @@ class Bench:
             self.done(f"{result.rate:,.0f} posts/s done, p50 {result.ms(50):.2f} ms, "
                       f"p99 {result.ms(99):.2f} ms")
 
+            self.http_writes(cluster)
             self.replication_lag(cluster, half)
         finally:
             cluster.stop()
+
+    def http_writes(self, cluster: BenchCluster) -> None:
+        """Issue 14: the same posts through the web gateway, 8 HTTP clients flat out,
+        then paced at half that rate (``clients/bench/http.py``)."""
+        from clients.bench.http import run_http, start_gateway
+        f = self.figures
+        port = start_gateway(cluster.group)
+        users = [bench_user(w) for w in range(self.plan.clients)]
+        self.step(f"writes through the web gateway (HTTP), {self.plan.clients} clients")
+        result = run_http(port, users, BENCH_PASSWORD, TEXT, self.plan.phase_s,
+                          probe=cluster.cpu_seconds)
+        self.count_errors("http post", result)
+        f["http_posts_per_s"], f["http_p50_ms"], f["http_p99_ms"] = \
+            result.rate, result.ms(50), result.ms(99)
+        cpu = self.cpu_per_request(result, "http_", "post")
+        f["http_gateway_cpu_us_per_post"] = f["http_cpu_us_per_post_by_process"].get("web")
+        self.done(f"{result.rate:,.0f} posts/s, p50 {result.ms(50):.2f} ms, "
+                  f"p99 {result.ms(99):.2f} ms, {cpu} (the gateway "
+                  f"{f['http_gateway_cpu_us_per_post'] or 0:,.0f})")
+        half = HALF_LOAD * f["http_posts_per_s"]
+        self.step(f"writes through the web gateway paced at half load, {half:,.0f} posts/s")
+        result = run_http(port, users, BENCH_PASSWORD, TEXT, self.plan.phase_s, rate=half)
+        self.count_errors("http post", result)
+        f["http_half_load_per_s"], f["http_p99_half_load_ms"] = result.rate, result.ms(99)
+        self.done(f"{result.rate:,.0f} posts/s done, p50 {result.ms(50):.2f} ms, "
+                  f"p99 {result.ms(99):.2f} ms")
+        cluster.group.terminate("web")
 
     def writes_fsync(self) -> None:
         """The 8-client write phase again, every server fsyncing its log before it
@@ -387,6 +422,12 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         ("acked posts, 1 client", num("posts_per_s_1_client", unit=" /s"), ""),
         ("direct messages, 8 clients", num("dms_per_s", unit=" /s"), ""),
         ("p99 at half load", num("p99_half_load_ms", "{:.2f}", " ms"), TARGETS["p99_half_load_ms"]),
+        ("acked posts via HTTP (web gateway), 8 clients",
+         f"{num('http_posts_per_s', unit=' /s')}, p50 / p99 {num('http_p50_ms', '{:.2f}')} / "
+         f"{num('http_p99_ms', '{:.2f}')} ms", TARGETS["http_posts_per_s"]),
+        *cpu("http_", "post", "acked post via HTTP, gateway + broker + servers"),
+        ("HTTP p99 at half load", num("http_p99_half_load_ms", "{:.2f}", " ms"),
+         TARGETS["http_p99_half_load_ms"]),
         ("writes at 1k / large store",
          f"{num('rate_small_store')} / {num('rate_large_store')} /s", ""),
         ("growth ratio", num("growth_ratio", "{:.2f}"), TARGETS["growth_ratio"]),

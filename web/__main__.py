@@ -1,0 +1,4 @@
+from web.gateway import app
+
+if __name__ == "__main__":
+    app()
