@@ -88,6 +88,9 @@ class Server:
         self.config = config
         self.lamport = LamportClock()
         self.clock = clock or PhysicalClock()
+        # the member list first: a damaged one stops the server before it touches anything
+        self.members_file = MembersFile(config.members_path(server_id), config.fsync)
+        members = self.members_file.read()
         # the data folder, then the log file, each locked before it is touched: a
         # second server on either stops here (ownership.InUse), having written nothing
         # (servers hold the same events: their folds would all come at once, so staggered)
@@ -111,8 +114,7 @@ class Server:
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
-        self.members_file = MembersFile(config.members_path(server_id), config.fsync)
-        self.quorum = Quorum(server_id, config.peer_timeout, members=self.members_file.read(),
+        self.quorum = Quorum(server_id, config.peer_timeout, members=members,
                              save=self.save_members, log=self.log)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, self.catchup,

@@ -416,3 +416,16 @@ def test_every_start_up_problem_is_one_line_naming_the_path_or_port(make_cluster
     assert _one_error_line(_run(c, "broker")) == (
         f"error: cannot write {logs / 'broker.log'} ({logs} is a file, not a folder): every "
         f"process needs its log file writable")
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_member_list_is_one_line_and_nothing_is_written(make_cluster):
+    """``data/server-N.members`` (issue 13) with a flipped byte: the server says which
+    file and what to do, in one line, before it touches its folder."""
+    c = make_cluster()
+    c.config.members_path(3).parent.mkdir(parents=True, exist_ok=True)
+    c.config.members_path(3).write_text("1 2 \x003\n")
+    line = _one_error_line(_run(c, "servers", "--id", "3"))
+    assert f"{c.config.members_path(3)} is damaged" in line
+    assert "delete it to learn them again from the peers" in line
+    assert not c.config.server_data_dir(3).exists()

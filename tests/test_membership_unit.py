@@ -606,3 +606,38 @@ def test_any_schedule_follows_the_phase_machine_and_readies_once_per_serving(sch
     assert all(served_caught_up)
     assert len(r.sent(P.Leave)) == len(r.sent(P.Bye)) == \
         sum(1 for _, new, _ in r.phases if new == LEAVING) <= 1
+
+
+# --- issue 13: no stale reads ---------------------------------------------------------------
+def test_a_serving_server_whose_bus_falls_silent_leaves_serving_at_once():
+    r = Rig().serving()
+    sent = len(r.broker)
+    r.run(CONFIG.peer_timeout, bus=False)            # cut off: not even my own echo comes back
+    assert r.m.phase == JOINING and (SERVING, JOINING) in [(o, n) for o, n, _ in r.phases]
+    left_at = next(t for o, n, t in r.phases if (o, n) == (SERVING, JOINING))
+    # before a peer could count me out (peer_timeout) and ack writes without me
+    assert left_at - (r.m.bus_seen) < CONFIG.peer_timeout
+    assert r.log.has("the bus is silent: the others may acknowledge writes I never see")
+    assert any(isinstance(m, P.Heartbeat) and m.status.phase == JOINING
+               for m in r.broker[sent:])             # the broker hears it at once
+    r.run(6 * HB)                                    # the bus is back: caught up, READY again
+    assert r.m.phase == SERVING and len(r.sent(P.Ready)) == 2
+
+
+def test_a_serving_server_the_broker_does_not_pool_sends_ready_again():
+    r = Rig().serving()
+    assert len(r.sent(P.Ready)) == 1
+    r.m.on_broker_HB(P.Heartbeat(pooled=False), r.now)     # READY just sent: still in flight
+    assert len(r.sent(P.Ready)) == 1
+    r.now += 2 * HB
+    r.m.on_broker_HB(P.Heartbeat(pooled=True), r.now)
+    assert len(r.sent(P.Ready)) == 1
+    r.m.on_broker_HB(P.Heartbeat(pooled=False), r.now)     # the broker restarted
+    assert len(r.sent(P.Ready)) == 2 and r.log.has("I am not in its pool: READY again")
+
+
+def test_a_server_not_serving_never_sends_ready_on_the_brokers_word():
+    r = Rig(synced=False)
+    r.run(HB)                                            # joining
+    r.m.on_broker_HB(P.Heartbeat(pooled=False), r.now)
+    assert r.sent(P.Ready) == []

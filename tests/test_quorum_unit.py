@@ -168,3 +168,20 @@ def test_the_wire_carries_members_and_hears():
     beat = P.Beat(sender=1, phase="serving", vv={}, epoch=0, coordinator=None,
                   members=[1, 2, 3], hears=[1, 2])
     assert P.decode(P.encode(beat, 1), P.BUS).msg == beat
+
+
+def test_the_member_list_survives_beside_the_folder_and_a_damaged_one_is_refused(tmp_path):
+    from servers.members_file import MembersFile
+    path = tmp_path / "server-1.members"
+    kept = MembersFile(path)
+    assert kept.read() == []                          # a new server: learns from its peers
+    kept.write([1, 2, 3])
+    assert MembersFile(path).read() == [1, 2, 3] and path.read_text() == "1 2 3\n"
+    q = Quorum(1, WINDOW, members=MembersFile(path).read(), save=kept.write)
+    q.left(3)
+    assert MembersFile(path).read() == [1, 2]
+    for junk in ("1 2 x\n", "", "0 1\n", "1 100\n"):
+        path.write_text(junk)
+        with pytest.raises(ValueError,
+                           match=r"is damaged .*\(delete it to learn them again from the peers\)"):
+            MembersFile(path).read()
