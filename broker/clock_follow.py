@@ -18,7 +18,7 @@ the broker used to correct its clock 56-165 times, by up to -877 ms):
 * **Slow readings discarded.** A reading whose round trip is far above the best of
   the last ``RTT_WINDOW`` round trips measured is not used, by Berkeley's rule
   (``servers/berkeley.rtt_limit``: over 4 times the best, at least 2 ms, and anything
-  over ``berkeley_max_rtt``, 10 ms): a reading's error is up to half its round trip,
+  over ``berkeley_max_rtt``, 20 ms): a reading's error is up to half its round trip,
   and under loss the slow ones waited for a retransmission, one way or the other.
   Nor is one without an echo or with an impossible one (a negative round trip).
   Discarded readings are counted and said at most once a second.

@@ -96,7 +96,7 @@ class Config:
     berkeley_rtt_floor: float = 0.002
     """The RTT limit of a round is never below this (sub-millisecond loopback jitter
     keeps its readings)."""
-    berkeley_max_rtt: float = 0.01
+    berkeley_max_rtt: float = 0.02
     """A reading whose round trip is above this is discarded whatever the round's best
     (its error could be 10 ms); so is the broker's reading of the coordinator's clock."""
     join_clock_wait: float = 2.0

@@ -111,7 +111,7 @@ def test_the_first_reading_sets_the_clock_in_full():
     assert clock.offset == pytest.approx(0.5 - CONFIG.clock_step)
 
 
-@pytest.mark.parametrize("rtt", [0.011, 0.25, 0.877])
+@pytest.mark.parametrize("rtt", [0.021, 0.25, 0.877])
 def test_a_reading_with_a_long_round_trip_is_not_used(rtt):
     f, clock, log = follower(-0.3, synced=False)
     f.on_HB(5, hb(5, 305, rtt=rtt, clock_error=-0.4), NOW)
@@ -122,7 +122,7 @@ def test_a_reading_with_a_long_round_trip_is_not_used(rtt):
 
 def test_a_reading_far_above_the_recent_best_round_trip_is_not_used_under_the_bound():
     """Round trips of 1 ms, then one of 8 ms (a retransmission on one way): over 4 x
-    the best of the window, though under the 10 ms bound; its error could be 4 ms."""
+    the best of the window, though under the 20 ms bound; its error could be 4 ms."""
     f, clock, log = follower(0.0)
     for _ in range(3):
         f.on_HB(5, hb(5, 305, rtt=0.001), NOW)
