@@ -23,7 +23,7 @@ import msgspec
 import zmq
 
 from common import keys, protocol, sockets
-from common.clock import LamportClock, PhysicalClock
+from common.clock import LamportClock, PhysicalClock, cristian
 from common.config import Config
 from common.log import ProcessLog, args_brief
 
@@ -235,12 +235,8 @@ class Connection:
         """
         if reply.server is None:
             return
-        now = self.clock.now()
         rtt = time.monotonic() - sent_at
-        if reply.time <= now <= reply.time + rtt:
-            return
-        delta = reply.time + rtt / 2 - now
-        self.clock.adjust(delta)
+        delta = cristian(self.clock, reply.time, rtt)
         self.clock_correction += delta
         if abs(delta) > CLOCK_NOTE_THRESHOLD:
             self._note(f"clock corrected by {delta * 1000:+.1f} ms from "

@@ -86,3 +86,16 @@ class PhysicalClock:
     def skew(self) -> float:
         """This clock minus the host clock, in seconds: the ground truth on one machine."""
         return self.now() - time.time()
+
+
+def cristian(clock: PhysicalClock, server_time: float, rtt: float) -> float:
+    """Cristian's algorithm, for a reply whose server read its clock (``server_time``)
+    as it answered: the time now lies within [server_time, server_time + rtt]; take
+    the middle. A clock already inside that interval is left alone (the estimate is
+    no better than it). Returns the correction applied, 0.0 for none."""
+    now = clock.now()
+    if server_time <= now <= server_time + rtt:
+        return 0.0
+    delta = server_time + rtt / 2 - now
+    clock.adjust(delta)
+    return delta

@@ -29,7 +29,7 @@ import zmq.asyncio
 
 from clients.connection import ClientError, Connection, new_rid, peer_name
 from common import keys, protocol, sockets
-from common.clock import LamportClock, PhysicalClock
+from common.clock import LamportClock, PhysicalClock, cristian
 from common.config import Config
 from common.log import ProcessLog, args_brief
 
@@ -227,12 +227,8 @@ class BrokerLink:
         """Cristian, as ``clients/connection.py``: only servers' replies correct it."""
         if reply.server is None:
             return
-        now = self.clock.now()
         rtt = time.monotonic() - sent_at
-        if reply.time <= now <= reply.time + rtt:
-            return
-        delta = reply.time + rtt / 2 - now
-        self.clock.adjust(delta)
+        delta = cristian(self.clock, reply.time, rtt)
         if abs(delta) > CLOCK_NOTE_THRESHOLD:
             self.log.note(f"clock corrected by {delta * 1000:+.1f} ms from "
                           f"{peer_name(reply.server)} (rtt {rtt * 1000:.1f} ms)")
