@@ -13,6 +13,12 @@ broker sends says whether the server is pooled, so a current server that was
 dropped (or a broker that restarted) gets a fresh READY. The broker answers
 ``status`` itself from what the servers' heartbeats told it.
 
+Fast path (``broker/fast_path.py``): the operations any server may answer
+(``protocol.FAST_OPS``) also have a port of their own, where ZeroMQ's proxy, in C,
+moves requests and replies without this loop; the loop only reads the proxy's
+copies for the log (one line per request). What needs a choice stays here: logins
+(the throttle), ``status``, a user's home server, pinned requests, and every retry.
+
 Bus: an XSUB/XPUB proxy (``zmq.proxy_steerable``, in C, on its own thread)
 that relays replication, heartbeat, election and clock traffic between the
 servers. The broker does not read bus traffic.
@@ -26,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +48,8 @@ from common.gc_pacer import GcPacer
 from common.log import ProcessLog, client_peer
 
 from broker.clock_follow import ClockFollower
+from broker.fast_path import FastLog, FastPath
+from broker.proxy import ProxyThread
 from broker.throttle import LoginThrottle
 
 ALLOWLIST_EVERY = 1.0
@@ -72,61 +79,29 @@ class ServerEntry:
         return self.pooled and self.phase == "serving" and self.alive(now)
 
 
-class Bus:
-    """The XSUB/XPUB proxy on a thread of its own, stoppable through a PAIR socket."""
+class Bus(ProxyThread):
+    """The XSUB/XPUB proxy that relays the servers' bus."""
+    name = "bus"
 
     def __init__(self, ctx: zmq.Context, config: Config, security: keys.Security) -> None:
-        self._ctx = ctx
         self._config = config
         self._security = security
-        self._control_addr = f"inproc://bus-control-{id(self)}"
-        self._control = ctx.socket(zmq.PAIR)
-        self._control.bind(self._control_addr)
-        self._ready = threading.Event()
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
+        super().__init__(ctx)
 
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(5)
-        if self._error:
-            raise self._error
-
-    def _run(self) -> None:
-        xsub = self._ctx.socket(zmq.XSUB)
-        xpub = self._ctx.socket(zmq.XPUB)
-        control = self._ctx.socket(zmq.PAIR)
-        try:
-            for sock in (xsub, xpub):
-                sockets.tune(sock, self._config)
-                sock.sndhwm = self._config.hwm
-                sock.rcvhwm = self._config.hwm
-            xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
-            for sock in (xsub, xpub):            # ironhouse: cluster keys only, both ways
-                self._security.serve(sock)
-            startup.bind(xsub, self._config.bind_endpoint(self._config.bus_in_port))
-            startup.bind(xpub, self._config.bind_endpoint(self._config.bus_out_port))
-            control.connect(self._control_addr)
-        except (startup.CannotStart, zmq.ZMQError) as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
-        except zmq.ZMQError:
-            pass
-        finally:
-            for sock in (xsub, xpub, control):
-                sock.close(0)
-
-    def stop(self) -> None:
-        try:
-            self._control.send(b"TERMINATE")
-        except zmq.ZMQError:
-            pass
-        self._thread.join(1.0)
-        self._control.close(0)
+    def open_sockets(self, made: list[zmq.Socket]) -> tuple:
+        cfg = self._config
+        xsub, xpub = self._ctx.socket(zmq.XSUB), self._ctx.socket(zmq.XPUB)
+        made += [xsub, xpub]
+        for sock in (xsub, xpub):
+            sockets.tune(sock, cfg)
+            sock.sndhwm = cfg.hwm
+            sock.rcvhwm = cfg.hwm
+        xsub.setsockopt(zmq.MAXMSGSIZE, P.MAX_BUS_BYTES)
+        for sock in (xsub, xpub):            # ironhouse: cluster keys only, both ways
+            self._security.serve(sock)
+        startup.bind(xsub, cfg.bind_endpoint(cfg.bus_in_port))
+        startup.bind(xpub, cfg.bind_endpoint(cfg.bus_out_port))
+        return xsub, xpub, None
 
 
 class Broker:
@@ -155,6 +130,10 @@ class Broker:
         backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.backend = P.Endpoint(backend, P.SERVER_TO_BROKER, self.lamport)
         self.bus = Bus(self.ctx, config, self.security)
+        self.fast = FastPath(self.ctx, config, self.security)
+        self.fast_log = FastLog(self.log.line, self.lamport.merge)
+        self.capture: zmq.Socket | None = None
+        self._fast_said = False
         self.servers: dict[int, ServerEntry] = {}
         self._by_identity: dict[bytes, int] = {}
         self._rr = itertools.count()
@@ -183,12 +162,19 @@ class Broker:
     # --- main loop ------------------------------------------------------------
     def run(self) -> None:
         self.bus.start()
-        self.log.note(f"broker up: frontend :{self.config.frontend_port} backend "
-                      f":{self.config.backend_port} bus :{self.config.bus_in_port}->"
-                      f":{self.config.bus_out_port}")
+        self.fast.start()
+        self.capture = self.ctx.socket(zmq.SUB)
+        self.capture.rcvhwm = 0                  # the PUB's queue bounds it
+        self.capture.setsockopt(zmq.SUBSCRIBE, b"")
+        self.capture.connect(self.fast.capture)
+        cfg = self.config
+        self.log.note(f"broker up: frontend :{cfg.frontend_port} backend :{cfg.backend_port} "
+                      f"bus :{cfg.bus_in_port}->:{cfg.bus_out_port} fast path "
+                      f":{cfg.fast_frontend_port}->:{cfg.fast_backend_port}")
         poller = zmq.Poller()
         poller.register(self.frontend.sock, zmq.POLLIN)
         poller.register(self.backend.sock, zmq.POLLIN)
+        poller.register(self.capture, zmq.POLLIN)
         self.gc.settle()
         try:
             while self.running:
@@ -199,8 +185,11 @@ class Broker:
                     self._drain(self.backend.sock, self.on_backend, P.recv_from)
                 if self.frontend.sock in events:
                     self._drain(self.frontend.sock, self.on_frontend)
+                if self.capture in events:
+                    self._drain(self.capture, self.fast_log.on_copy, limit=5000)
                 self.log.guard(self.send_heartbeats)
                 self.log.guard(self.allowlist_changes)
+                self.log.guard(self.check_fast)
                 self.log.flush_if_due()
                 self.gc.tick(time.monotonic())
         finally:
@@ -229,9 +218,20 @@ class Broker:
         self._allowlist_at = now + ALLOWLIST_EVERY
         self.security.log_news(self.log)
 
+    def check_fast(self) -> None:
+        """Said once: a proxy stopped by itself (without the fast path, users' retries
+        take the routed path)."""
+        problem = self.fast.problem() or self.bus.problem()
+        if problem and not self._fast_said:
+            self._fast_said = True
+            self.log.warn(problem)
+
     def close(self) -> None:
         self.log.note("broker stopping")
         self.bus.stop()
+        self.fast.stop()
+        if self.capture is not None:
+            self.capture.close(0)
         self.frontend.sock.close(0)
         self.backend.sock.close(0)
         self.security.stop()
@@ -250,7 +250,7 @@ class Broker:
         try:
             incoming = self.frontend.receive(frames)
         except P.ProtocolError as exc:
-            rid = _rid_of(frames)
+            rid = P.rid_of(frames[-1]) if len(frames) == 4 else "?"
             self.log.recv(client_peer(client), f"bad request rid={rid}: {exc}")
             self.reply_error(client, rid, P.ERR_BAD_REQUEST, str(exc))
             return
@@ -500,7 +500,9 @@ class Broker:
         return {"servers": servers,
                 "coordinator": best.get("coordinator") if best else None,
                 "epoch": best.get("epoch") if best else None,
-                "broker": {"lamport": self.lamport.value, "requests": self.requests,
+                "broker": {"lamport": self.lamport.value,
+                           "requests": self.requests + self.fast_log.requests,
+                           "fast_requests": self.fast_log.requests,
                            "replies_dropped": self.replies_dropped}}
 
 
@@ -514,16 +516,6 @@ def _home_rank(user: str, server_id: int) -> int:
     """Rendezvous hashing: a user's home is the serving server that ranks highest."""
     digest = hashlib.blake2b(f"{user}/{server_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
-
-
-def _rid_of(frames: list[bytes]) -> str:
-    """Best effort: the rid of a request we could not accept, for the error reply."""
-    try:
-        body = P.loads(frames[-1]) if len(frames) == 4 else None
-        rid = body.get("rid") if isinstance(body, dict) else None
-        return rid if isinstance(rid, str) and len(rid) <= 64 else "?"
-    except Exception:  # noqa: BLE001 - any garbage: no rid
-        return "?"
 
 
 def serve(config: Config, clock: PhysicalClock | None = None) -> None:

@@ -230,6 +230,22 @@ class Config:
         """XPUB side of the bus: servers' SUB sockets connect here."""
         return self.port_base + 3
 
+    @property
+    def fast_frontend_port(self) -> int:
+        """The fast path's ROUTER (``broker/fast_path.py``): users send ``FAST_OPS`` here."""
+        return self.port_base + 4
+
+    @property
+    def fast_backend_port(self) -> int:
+        """The fast path's DEALER: a serving server connects its fast socket here."""
+        return self.port_base + 5
+
+    @property
+    def broker_ports(self) -> tuple[int, ...]:
+        """Every port the broker binds."""
+        return (self.frontend_port, self.backend_port, self.bus_in_port, self.bus_out_port,
+                self.fast_frontend_port, self.fast_backend_port)
+
     def peer_port(self, server_id: int) -> int:
         """Each server binds a ROUTER here for catch-up requests from peers."""
         return self.port_base + 100 + server_id

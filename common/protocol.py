@@ -83,6 +83,7 @@ MIN_PASSWORD = 8
 USER_PATTERN = r"^[a-z0-9_]{1,32}$"
 USER_RE = re.compile(USER_PATTERN)
 RID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"
+RID_RE = re.compile(RID_PATTERN)
 TEXT_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]+$"
 """Printable text: no control characters, no bidirectional overrides (which let a
 message display other than it reads); ``Request`` and ``Event`` also refuse blank text."""
@@ -184,6 +185,14 @@ BROKER_OPS = frozenset({OP_STATUS})
 SEEN_OPS = frozenset({OP_LISTEN, OP_NOTIFICATIONS})
 """Operations that mark items seen: the broker sends each user's to one server."""
 ALL_OPS = WRITE_OPS | READ_OPS | BROKER_OPS
+FAST_OPS = frozenset({OP_POST, OP_DM, OP_FOLLOW, OP_UNFOLLOW, OP_FEED, OP_CHAT,
+                      OP_FOLLOWING, OP_USERS})
+"""The operations the broker's fast path carries (``zmq.proxy``, in C, to whichever
+serving server is next): any server may answer them. The others take the routed
+path, where the broker's Python loop chooses: ``status`` (the broker's own),
+``register``/``login``/``logout`` (the cluster-wide login throttle sees them),
+``listen``/``notifications`` (a user's home server), and any request pinned to a
+server (``--server N``). A server refuses any other operation on its fast socket."""
 Op = Literal["register", "post", "feed", "follow", "unfollow", "following", "users",
              "dm", "chat", "notifications", "status", "listen", "login", "logout"]
 
@@ -249,11 +258,18 @@ class Request(Struct, **_message()):
     attempt: Attempt = 0
     """The try this is (0 first): a retry's copy of a write wins over earlier tries'
     (``copy_key``), so the reply to the last try names the copy that is kept."""
+    stamp: Optional[Stamp] = None
+    """A write's Lamport stamp, taken by the client when it issued the write and the
+    same on every retry (None: the server that takes the write stamps it). A client
+    with many writes in flight sets it, so that its user's writes keep the order they
+    were issued in on every server, whichever servers take them (``order_key``).
+    A server refuses a stamp ahead of its own clock, which has merged the request's."""
 
     def __repr__(self) -> str:                 # never a token in a traceback or a log
         return (f"Request(rid={self.rid!r}, op={self.op!r}, user={self.user!r}, "
                 f"args={self.args!r}, server={self.server!r}, "
-                f"token={'<hidden>' if self.token else None}, attempt={self.attempt})")
+                f"token={'<hidden>' if self.token else None}, attempt={self.attempt}, "
+                f"stamp={self.stamp})")
 
     def __post_init__(self) -> None:
         given = {name for name, attr in _ARG_NAMES.items() if getattr(self.args, attr) is not None}
@@ -324,6 +340,9 @@ class ServerStatus(Struct, **_message()):
     reachable: Count = 0
     """How many of the members it hears, itself included: below a majority it
     acknowledges no write."""
+    batched: Annotated[list[Count], Meta(max_length=3)] = []
+    """``[turns, events, largest]``: loop turns that made events of this server's own,
+    the events they made, the most in one turn (each turn's are one EVENT, one flush)."""
 
 
 class Ready(Struct, **_message()):
@@ -775,14 +794,15 @@ def validate(msg) -> None:
 
 
 def request(rid: str, op: str, user: str | None, args: dict, server: int | None,
-            time: float, token: str | None = None) -> Request:
+            time: float, token: str | None = None, stamp: int | None = None) -> Request:
     """A validated Request from plain arguments (the CLI's and the bots'); ProtocolError."""
     text = args.get("text")
     if isinstance(text, str) and not text.strip():
         raise ProtocolError("text must not be empty")
     try:
         return msgspec.convert({"rid": rid, "op": op, "user": user, "args": args,
-                                "server": server, "time": time, "token": token}, Request)
+                                "server": server, "time": time, "token": token,
+                                "stamp": stamp}, Request)
     except msgspec.ValidationError as exc:
         raise ProtocolError(_readable(str(exc))) from None
 
@@ -893,6 +913,16 @@ def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
         part = _raw_recv(sock, 0, False)
         frames.append(part.bytes)
     return frames
+
+
+def rid_of(body: bytes) -> str:
+    """Best effort: the rid of a message we could not accept, for the error reply."""
+    try:
+        decoded = loads(body)
+        rid = decoded.get("rid") if isinstance(decoded, dict) else None
+        return rid if isinstance(rid, str) and RID_RE.fullmatch(rid) else "?"
+    except Exception:  # noqa: BLE001 - any garbage: no rid
+        return "?"
 
 
 USER_ID = "User-Id"

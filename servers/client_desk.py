@@ -93,17 +93,19 @@ class ClientDesk:
                 self.reply(route, msg.rid, msg.user, self.requests.read(msg.op, msg.user, msg.args))
             elif msg.op in P.WRITE_OPS:
                 self.write(route, msg.rid, msg.op, msg.user, msg.args, now, msg.token,
-                           attempt=msg.attempt)
+                           attempt=msg.attempt, stamp=msg.stamp)
             else:
                 raise RequestError(P.ERR_BAD_REQUEST, f"{msg.op} is answered by the broker")
         except RequestError as exc:
             self.reply(route, msg.rid, msg.user, code=exc.code, error=str(exc))
 
     def write(self, route: bytes, rid: str, op: str, user: str, args: P.Args, now: float,
-              token: str | None, listen_until: float | None = None, attempt: int = 0) -> None:
+              token: str | None, listen_until: float | None = None, attempt: int = 0,
+              stamp: int | None = None) -> None:
         """Make the event of a write (or find it, for a retry) and wait for its copies.
         With no majority of the members in reach, nothing is made: the user hears why
-        at once (and retries elsewhere, or later, under the same request id)."""
+        at once (and retries elsewhere, or later, under the same request id). A post,
+        message, follow or unfollow with a ``stamp`` (``Request.stamp``) carries it."""
         wall = self.clock.now()
         short = self._short_of_majority(now)
         if short is not None:
@@ -116,7 +118,8 @@ class ClientDesk:
                     self.log.note(f"retry of {rid} (try {attempt + 1}): held as "
                                   f"{existing.origin}:{existing.seq} from try "
                                   f"{existing.attempt + 1}; this try's copy replaces it")
-                self._create(route, rid, existing.kind, user, existing.data, now, attempt)
+                self._create(route, rid, existing.kind, user, existing.data, now, attempt,
+                             stamp)
                 return
             if self.log is not None:
                 self.log.note(f"retry of {rid}: already applied as "
@@ -139,11 +142,19 @@ class ClientDesk:
                 self.reply(route, rid, user, plan)
             return
         kind, data = plan
-        self._create(route, rid, kind, user, data, now, attempt)
+        self._create(route, rid, kind, user, data, now, attempt,
+                     stamp if kind in RETRIED_KINDS else None)
 
     def _create(self, route: bytes, rid: str, kind: str, user: str, data: P.EventData,
-                now: float, attempt: int = 0) -> None:
-        event = self.replication.create(kind, user, data, rid, self.lamport.tick(),
+                now: float, attempt: int = 0, stamp: int | None = None) -> None:
+        if stamp is None:
+            lamport = self.lamport.tick()
+        elif stamp > self.lamport.value:         # the request's own clock is merged: a lie
+            raise RequestError(P.ERR_BAD_REQUEST,
+                               f"stamp {stamp} is ahead of the request's Lamport clock")
+        else:
+            lamport = stamp
+        event = self.replication.create(kind, user, data, rid, lamport,
                                         self.clock.stamp(), attempt)
         self.replication.wait(route, rid, event, now)
 

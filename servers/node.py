@@ -4,6 +4,8 @@ Sockets (all owned by the one loop in ``run``):
 
 * ``broker``  DEALER -> broker backend: client requests in, replies out,
   READY / HB / LEAVE (the Paranoid Pirate worker).
+* ``fast``    DEALER -> the broker's fast path (``broker/fast_path.py``), open only
+  while serving: ``FAST_OPS`` requests in, their replies out on the same socket.
 * ``pub``     PUB -> bus: EVENT, BEAT, BYE, election and clock messages.
 * ``sub``     SUB <- bus: the same from every other server.
 * peer links  (``peer_links.py``) ROUTER on ``peer_port(id)`` for FETCH and ACK,
@@ -75,6 +77,32 @@ LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY
                                P.TIME_REPLY, P.TIME_ADJUST})
 """Bus messages whose receipt gets a log line here (the others log in their handler;
 BEAT, every heartbeat, only when it changes something)."""
+class BatchSizes:
+    """How many of my own new events each loop turn made into one EVENT (and one log
+    flush, one fsync in fsync mode, one ACK round): ``status`` shows it, the benchmark
+    reads it."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.events = 0
+        self.largest = 0
+
+    def count(self, events: int) -> None:
+        self.turns += 1
+        self.events += events
+        self.largest = max(self.largest, events)
+
+    def figures(self) -> list[int]:
+        """``[turns, events, largest]``: the mean batch is events / turns."""
+        return [self.turns, self.events, self.largest]
+
+
+class FastRoute(bytes):
+    """A user's ROUTER identity on the broker's fast path: a reply to it goes out on the
+    fast socket, never the routed one (whose users' identities are another ROUTER's,
+    and may be the same bytes)."""
+
+
 STOPPED = "stopped"
 """``Server.run``'s outcome: told to stop (SIGTERM, SIGINT)."""
 RESTART = "restart"
@@ -178,6 +206,10 @@ class Server:
         self._handlers: dict[zmq.Socket, object] = {}
         self._named: set[zmq.Socket] = set()     # handlers told who sent (P.recv_from)
         self.broker: P.Endpoint | None = None
+        self.fast: P.Endpoint | None = None
+        self.fast_closing = False                # close the fast socket at the turn's end
+        self.fast_refused = keys.Tally()
+        self.batches = BatchSizes()
         self.pub: P.Endpoint | None = None
         self.sub: P.Endpoint | None = None
         self.allowlist_at = 0.0
@@ -265,7 +297,74 @@ class Server:
             self.broker_blocked = True
 
     def reply(self, route: bytes, reply: P.Reply) -> None:
-        self.to_broker(reply, route)
+        if not isinstance(route, FastRoute):
+            self.to_broker(reply, route)
+            return
+        if self.fast is None:                    # not serving since: its user retries
+            return
+        try:
+            self.fast.send(reply, route, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass                                 # the broker is far behind: its user retries
+
+    # --- the fast path ----------------------------------------------------------------------
+    def open_fast(self) -> None:
+        """Serving: take requests from the broker's fast path."""
+        self.fast_closing = False
+        if self.fast is not None:
+            return
+        sock = self.security.client(self.socket(zmq.DEALER, self.on_fast))
+        sock.sndhwm = sock.rcvhwm = self.config.client_hwm
+        sock.connect(self.config.endpoint(self.config.fast_backend_port))
+        # a user's stamp may lead my clock by as much as the broker lets it lead the broker's
+        self.fast = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport,
+                               max_lead=P.MAX_CLIENT_LEAD)
+        self.log.note("fast path open: taking requests from the broker's proxy")
+
+    def close_fast(self) -> None:
+        """No longer serving: take no more fast requests (the ones queued to me are
+        lost, and their users retry); the replies of this turn still go out."""
+        if self.fast is not None:
+            self.fast_closing = True
+
+    def _close_fast_now(self) -> None:
+        self.fast_closing = False
+        if self.fast is not None:
+            self.close_socket(self.fast.sock)
+            self.fast = None
+            self.log.note("fast path closed")
+
+    def on_fast(self, frames: list[bytes]) -> None:
+        """A user's request through the proxy: validated here (nobody checked it on the
+        way), one of ``FAST_OPS``, never pinned; anything else is refused."""
+        if self.fast is None or self.fast_closing:
+            return
+        try:
+            incoming = self.fast.receive(frames)
+        except P.ProtocolError as exc:
+            self._refuse_fast(frames, P.ERR_BAD_REQUEST, str(exc))
+            return
+        msg, route = incoming.msg, incoming.envelope[0]
+        if not isinstance(msg, P.Request) or not route:
+            self._refuse_fast(frames, P.ERR_BAD_REQUEST, f"{incoming.type} is not a request")
+        elif msg.op not in P.FAST_OPS or msg.server is not None:
+            what = f"{msg.op} pinned to a server" if msg.server is not None else msg.op
+            self._refuse_fast(frames, P.ERR_BAD_REQUEST,
+                              f"{what} goes through the broker's routed port "
+                              f"({self.config.frontend_port}), not the fast path")
+        else:
+            self.desk.on_REQ(FastRoute(route), msg, time.monotonic())
+
+    def _refuse_fast(self, frames: list[bytes], code: str, why: str) -> None:
+        """Say no to a fast request (if it has a route), with a line now and then."""
+        rid = P.rid_of(frames[-1]) if frames else "?"
+        count = self.fast_refused.count(why[:80])
+        if count:
+            self.log.warn(f"refused a fast-path request rid={rid} ({count} so far): {why}")
+        if len(frames) == 4 and frames[0]:
+            self.reply(FastRoute(frames[0]), P.Reply(rid=rid, ok=False, server=self.id,
+                                                     time=self.clock.now(), code=code,
+                                                     error=why))
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -345,6 +444,8 @@ class Server:
                 self._drain(sock, handler)
         if not self.disk.halted:
             self.log.guard(self.after_batch)
+        if self.fast_closing:
+            self._close_fast_now()
         now = time.monotonic()
         if now >= self.tick_at:
             self.tick_at = now + self.config.tick_every
@@ -397,6 +498,7 @@ class Server:
             self.halt(exc, now)
             return
         if outbox:
+            self.batches.count(len(outbox))
             # this turn's new writes, one bus message, and my vector with them: it
             # acknowledges every peer event applied this turn (the ACK rides along)
             self.publish(P.EventBatch(sender=self.id, events=outbox, vv=self.state.vv(),
@@ -476,7 +578,10 @@ class Server:
         if new == SYNCING:
             self.election.start(now)
             self.berkeley.request_round()
+        if new == SERVING:
+            self.open_fast()
         if old == SERVING:
+            self.close_fast()
             self.desk.wake_all(now)              # answered "unavailable": listen elsewhere
         if new in (LEAVING, HALTED):
             self.election.leave(new)
@@ -540,7 +645,8 @@ class Server:
             peers=sorted(p.id for p in self.peers.live(now)),
             waiting=self.membership.waiting, repairs=self.repair.repaired,
             sums=sums, durability=self.durability, address=self.links.address,
-            members=sorted(self.quorum.members), reachable=self.quorum.reachable(now))
+            members=sorted(self.quorum.members), reachable=self.quorum.reachable(now),
+            batched=self.batches.figures())
 
     def answer_fetch(self, msg: P.Fetch) -> P.Events:
         limit = min(msg.limit, self.config.fetch_batch)

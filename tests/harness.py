@@ -262,8 +262,9 @@ class Cluster:
         tests' trusted ``server-99`` elsewhere)."""
         port = port or self.config.frontend_port
         if key is None:
-            key = "client" if port == self.config.frontend_port else TRUSTED
-        peer = port - self.config.peer_port(0) if port > self.config.bus_out_port else None
+            key = "client" if port in (self.config.frontend_port,
+                                       self.config.fast_frontend_port) else TRUSTED
+        peer = port - self.config.peer_port(0) if port > self.config.peer_port(0) else None
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
         for name, value in self.curve_options(key, peer).items():

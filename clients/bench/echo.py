@@ -41,6 +41,13 @@ class EchoServer:
         sock.sndhwm = sock.rcvhwm = config.hwm
         sock.connect(config.endpoint(config.backend_port))
         self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
+        fast = self.security.client(sockets.tune(self.ctx.socket(zmq.DEALER), config))
+        fast.sndhwm = fast.rcvhwm = config.client_hwm
+        fast.connect(config.endpoint(config.fast_backend_port))   # the broker's proxy
+        self.fast = P.Endpoint(fast, P.BROKER_TO_SERVER, self.lamport)
+        self.poller = zmq.Poller()
+        for endpoint in (self.broker, self.fast):
+            self.poller.register(endpoint.sock, zmq.POLLIN)
         self.heartbeat_at = 0.0
         self.running = True
 
@@ -49,32 +56,33 @@ class EchoServer:
         try:
             while self.running:
                 wait = max(0.0, self.heartbeat_at - time.monotonic())
-                if self.broker.sock.poll(wait * 1000):
-                    self.drain()
+                for sock, _ in self.poller.poll(wait * 1000):
+                    self.drain(self.broker if sock is self.broker.sock else self.fast)
                 self.send_heartbeats()
             self.to_broker(b"", P.Leave(id=self.id))
         finally:
             self.security.stop()
             self.ctx.destroy(0)
 
-    def drain(self) -> None:
+    def drain(self, endpoint: P.Endpoint) -> None:
         for _ in range(self.config.drain):
             try:
-                frames = P.recv(self.broker.sock, zmq.NOBLOCK)
+                frames = P.recv(endpoint.sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.on_broker(frames)
+            self.on_request(endpoint, frames)
 
-    def on_broker(self, frames: list[bytes]) -> None:
-        """A request (non-empty route) gets ok at once; the broker's heartbeats need nothing."""
+    def on_request(self, endpoint: P.Endpoint, frames: list[bytes]) -> None:
+        """A request (non-empty route) gets ok at once, on the socket it came by; the
+        broker's heartbeats need nothing."""
         try:
-            incoming = self.broker.receive(frames)
+            incoming = endpoint.receive(frames)
         except P.ProtocolError:
             return
         route = incoming.envelope[0]
         if route and isinstance(incoming.msg, P.Request):
-            self.to_broker(route, P.Reply(rid=incoming.msg.rid, ok=True, server=self.id,
-                                          time=self.clock.now(), result={}))
+            self.send(endpoint, route, P.Reply(rid=incoming.msg.rid, ok=True, server=self.id,
+                                               time=self.clock.now(), result={}))
 
     def send_heartbeats(self) -> None:
         """Idempotent periodic job: tell the broker we are alive and serving."""
@@ -88,8 +96,11 @@ class EchoServer:
             under_replicated=0, repl_lag_hist=[], peers=[])))
 
     def to_broker(self, route: bytes, msg) -> None:
+        self.send(self.broker, route, msg)
+
+    def send(self, endpoint: P.Endpoint, route: bytes, msg) -> None:
         try:
-            self.broker.send(msg, route, flags=zmq.NOBLOCK)
+            endpoint.send(msg, route, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass                    # broker gone or queue full: the client retries or times out
 

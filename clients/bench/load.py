@@ -47,6 +47,8 @@ class Load:
     password: str = ""               # log in with it before the setup (not measured)
     tag: int = 0                     # which run() this Load belongs to
     broker_key: bytes = b""          # the broker's CURVE public key (z85)
+    window: int = 0                  # >0: a Pipeline (clients/pipeline.py) with this many
+    port_base: int = 0               #     in flight, on the fast path of this cluster
 
 
 def call(client: BrokerClient, op: str, args: dict) -> tuple[str, bool | None, str | None]:
@@ -89,6 +91,55 @@ def _run_window(client: BrokerClient, load: Load, start: float, end: float,
     return {"latencies": latencies, "acks": acks, "errors": dict(errors)}
 
 
+def run_pipelined(ctx: zmq.Context, token: str | None, load: Load, start: float,
+                  end: float, offset: float) -> dict:
+    """``run_window`` with ``load.window`` requests in flight on one Pipeline: flat out,
+    the window kept full; paced, each request sent at its slot whatever is in flight
+    (up to 4 windows), its latency from that slot."""
+    from clients.pipeline import Pipeline
+    from common.config import Config
+    config = Config(port_base=load.port_base, host="127.0.0.1",
+                    request_timeout=REPLY_TIMEOUT, request_deadline=REPLY_TIMEOUT).validate()
+    pipe = Pipeline(ctx, config, load.user, load.broker_key, window=load.window, token=token)
+    latencies: list[float] = []
+    acks: list[tuple[str, float]] = []
+    errors: Counter = Counter()
+    slots: dict[str, float] = {}
+
+    def count(done_list) -> None:
+        for done in done_list:
+            sent = slots.pop(done.rid, done.issued)
+            if not start <= done.finished <= end:
+                continue
+            if done.ok:
+                latencies.append(done.finished - sent)
+                if load.record_acks:
+                    acks.append((done.rid, done.finished))
+            else:
+                errors[done.code] += 1
+
+    gc.disable()
+    try:
+        time.sleep(max(0.0, start - time.monotonic()))         # the shared window's start
+        interval = 1.0 / load.rate if load.rate else 0.0
+        next_at = start + offset * interval
+        while (now := time.monotonic()) < end:
+            if load.rate:
+                while next_at <= now and next_at < end and pipe.pending < 4 * load.window:
+                    slots[pipe.submit(load.op, load.args)] = next_at
+                    next_at += interval
+                count(pipe.poll(max(0.0, min(next_at, end) - time.monotonic())))
+            else:
+                while pipe.pending < load.window:
+                    pipe.submit(load.op, load.args)
+                count(pipe.poll(0.05))
+        count(pipe.drain(1.0))
+    finally:
+        gc.enable()
+        pipe.close()
+    return {"latencies": latencies, "acks": acks, "errors": dict(errors)}
+
+
 def send_times(rate: float | None, start: float, end: float, offset: float):
     """When each request of a window is sent (monotonic): on a fixed schedule of
     ``rate`` per second from ``start`` (shifted by ``offset`` of an interval), waiting
@@ -125,8 +176,11 @@ def worker_main(worker: int, tasks, results) -> None:
                 go = tasks.get()
                 if go is not None:
                     start, end, offset = go
-                    results.put(("done", load.tag, worker,
-                                 run_window(client, load, start, end, offset)))
+                    if load.window:
+                        part = run_pipelined(ctx, client.token, load, start, end, offset)
+                    else:
+                        part = run_window(client, load, start, end, offset)
+                    results.put(("done", load.tag, worker, part))
             except Exception as exc:  # noqa: BLE001 - report it, never hang the orchestrator
                 results.put(("failed", load.tag, worker, f"{type(exc).__name__}: {exc}"))
             finally:

@@ -68,6 +68,8 @@ QUICK = Plan(phase_s=1.0, stored_small=1_000, stored_large=10_000, start_timeout
 BENCH_PASSWORD = secrets.token_urlsafe(16)
 """The bench users' password, drawn per run: every worker logs in with it before its
 window (register + login cost nothing of the posts/s measured)."""
+PIPELINE_WINDOW = 32
+"""Posts each client of the pipelined phases keeps in flight (issue 16)."""
 HALF_LOAD = 0.5
 """Paced phases run at this fraction of the measured 8-client write rate."""
 LAG_DRAIN_S = 3.0
@@ -78,12 +80,14 @@ TARGETS = {  # issues 6 and 10, shown next to the figures; tests assert none of 
     "cpu_us_per_post": "≤ 450 µs",
     "growth_ratio": "≥ 0.8", "feed_p99_ms": "≤ 20 ms", "catchup_s": "≤ 10 s",
     "failover_s": "≤ 3 s",
-    "http_posts_per_s": "≥ 1,000", "http_p99_half_load_ms": "≤ 20 ms"}  # issue 14
+    "http_posts_per_s": "≥ 1,000", "http_p99_half_load_ms": "≤ 20 ms",  # issue 14
+    "posts_per_s_pipelined": "≥ 12,000", "posts_per_s_fsync_pipelined": "≥ 6,000",  # issue 16
+    "p99_half_load_ms_pipelined": "≤ 20 ms", "pipelined_cpu_us_per_post": "≤ 150 µs"}
 
 
 # --- the run ----------------------------------------------------------------------------------
 class Bench:
-    STEPS = 14
+    STEPS = 17
 
     def __init__(self, plan: Plan, root: Path) -> None:
         self.plan = plan
@@ -129,14 +133,17 @@ class Bench:
 
     def load(self, cluster: BenchCluster, op: str, args_of, clients: int | None = None,
              rate: float | None = None, record_acks: bool = False, setup=(),
-             cpu: bool = False) -> LoadResult:
-        """Run ``op`` from ``clients`` workers (``args_of(worker)`` gives its args);
-        ``cpu``: read the cluster's CPU time at the window's start and end."""
+             cpu: bool = False, window: int = 1) -> LoadResult:
+        """Run ``op`` from ``clients`` workers (``args_of(worker)`` gives its args), each
+        a Pipeline with ``window`` requests in flight on the fast path (1: one at a
+        time; 0: the bare routed client of issue 6); ``cpu``: read the cluster's CPU
+        time at the window's start and end."""
         clients = clients or self.plan.clients
         per_worker = rate / clients if rate else None
         loads = [Load(cluster.frontend, bench_user(w), op, args_of(w), per_worker, record_acks,
                       tuple(setup) + ((op, args_of(w)),), password=BENCH_PASSWORD,
-                      broker_key=cluster.broker_key)
+                      broker_key=cluster.broker_key, window=window,
+                      port_base=cluster.config.port_base)
                  for w in range(clients)]
         result = self.workers.run(loads, self.plan.phase_s,
                                   probe=cluster.cpu_seconds if cpu else None)
@@ -232,10 +239,34 @@ class Bench:
             self.done(f"{result.rate:,.0f} posts/s done, p50 {result.ms(50):.2f} ms, "
                       f"p99 {result.ms(99):.2f} ms")
 
+            self.pipelined(cluster)
             self.http_writes(cluster)
             self.replication_lag(cluster, half)
         finally:
             cluster.stop()
+
+    def pipelined(self, cluster: BenchCluster) -> None:
+        """Issue 16: 8 clients with ``PIPELINE_WINDOW`` posts in flight each, then paced
+        at half that rate; the batch sizes the servers saw (``status``: ``batched``)."""
+        f, window = self.figures, PIPELINE_WINDOW
+        self.step(f"writes, {self.plan.clients} clients x {window} in flight")
+        before = cluster.rows()
+        result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT}, cpu=True,
+                           window=window)
+        f["posts_per_s_pipelined"] = result.rate
+        f["p50_ms_pipelined"], f["p99_ms_pipelined"] = result.ms(50), result.ms(99)
+        cpu = self.cpu_per_request(result, "pipelined_", "post")
+        f["batch"] = batch_sizes(before, cluster.rows())
+        self.done(f"{result.rate:,.0f} posts/s, p50 {result.ms(50):.2f} ms, "
+                  f"p99 {result.ms(99):.2f} ms, {cpu}, {describe_batches(f['batch'])}")
+        half = HALF_LOAD * result.rate
+        self.step(f"pipelined writes paced at half load, {half:,.0f} posts/s")
+        result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT}, rate=half,
+                           window=window)
+        f["pipelined_half_load_per_s"] = result.rate
+        f["p99_half_load_ms_pipelined"] = result.ms(99)
+        self.done(f"{result.rate:,.0f} posts/s done, p50 {result.ms(50):.2f} ms, "
+                  f"p99 {result.ms(99):.2f} ms")
 
     def http_writes(self, cluster: BenchCluster) -> None:
         """Issue 14: the same posts through the web gateway, 8 HTTP clients flat out,
@@ -279,6 +310,15 @@ class Bench:
                 f["fsync_ratio"] = result.rate / f["posts_per_s"]
             self.done(f"{result.rate:,.0f} posts/s, p50 {f['p50_ms_fsync']:.2f} ms, "
                       f"p99 {f['p99_ms_fsync']:.2f} ms")
+            window = PIPELINE_WINDOW
+            self.step(f"writes with --fsync, {self.plan.clients} clients x {window} in flight")
+            before = cluster.rows()
+            result = self.load(cluster, P.OP_POST, lambda w: {"text": TEXT}, window=window)
+            f["posts_per_s_fsync_pipelined"] = result.rate
+            f["p99_ms_fsync_pipelined"] = result.ms(99)
+            f["batch_fsync"] = batch_sizes(before, cluster.rows())
+            self.done(f"{result.rate:,.0f} posts/s, p99 {result.ms(99):.2f} ms, "
+                      f"{describe_batches(f['batch_fsync'])}")
         finally:
             cluster.stop()
 
@@ -419,6 +459,16 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         ("ratio to baseline", num("ratio", "{:.2f}"), TARGETS["ratio"]),
         ("latency p50 / p95 / p99",
          f"{num('p50_ms', '{:.2f}')} / {num('p95_ms', '{:.2f}')} / {num('p99_ms', '{:.2f}')} ms", ""),
+        ("acked posts, 8 clients x 32 in flight", f"{num('posts_per_s_pipelined', unit=' /s')}, "
+         f"p50 / p99 {num('p50_ms_pipelined', '{:.2f}')} / {num('p99_ms_pipelined', '{:.2f}')} ms",
+         TARGETS["posts_per_s_pipelined"]),
+        *cpu("pipelined_", "post", "acked post pipelined, broker + servers"),
+        ("  batch sizes (own events per EVENT)", describe_batches(f.get("batch")), ""),
+        ("p99 at half the pipelined load", num("p99_half_load_ms_pipelined", "{:.2f}", " ms"),
+         TARGETS["p99_half_load_ms_pipelined"]),
+        ("acked posts, 8 x 32 in flight, --fsync",
+         f"{num('posts_per_s_fsync_pipelined', unit=' /s')}, batches "
+         f"{describe_batches(f.get('batch_fsync'))}", TARGETS["posts_per_s_fsync_pipelined"]),
         ("acked posts, 1 client", num("posts_per_s_1_client", unit=" /s"), ""),
         ("direct messages, 8 clients", num("dms_per_s", unit=" /s"), ""),
         ("p99 at half load", num("p99_half_load_ms", "{:.2f}", " ms"), TARGETS["p99_half_load_ms"]),
@@ -440,6 +490,26 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         ("new coordinator after kill", num("failover_s", "{:.2f}", " s"), TARGETS["failover_s"]),
         ("killed server left in pool", num("pool_residency_s", "{:.2f}", " s"), ""),
     ]
+
+
+def batch_sizes(before: dict[int, dict], after: dict[int, dict]) -> dict:
+    """The servers' batches between two ``status`` readings (``batched``: turns, events,
+    largest): the mean and largest number of own events per EVENT, over every server."""
+    turns = events = largest = 0
+    for server_id, row in after.items():
+        now, then = row.get("batched") or [0, 0, 0], \
+            (before.get(server_id) or {}).get("batched") or [0, 0, 0]
+        turns += now[0] - then[0]
+        events += now[1] - then[1]
+        largest = max(largest, now[2])
+    return {"turns": turns, "events": events, "mean": events / turns if turns else None,
+            "largest": largest}
+
+
+def describe_batches(batch: dict | None) -> str:
+    if not batch or not batch.get("mean"):
+        return "—"
+    return f"batches of {batch['mean']:.1f} on average, {batch['largest']} at most"
 
 
 def print_table(f: dict) -> None:

@@ -1,0 +1,247 @@
+"""Many requests in flight on one connection, each matched to its reply by request id.
+
+A ``Pipeline`` keeps up to ``window`` requests outstanding at once, where the
+Lazy Pirate client (``clients/connection.py``) keeps one. It is what the benchmark,
+the bots and scripts use to write fast:
+
+* **The fast path first.** A request in ``FAST_OPS`` goes to the broker's proxy
+  (``broker/fast_path.py``, in C); every other request, and every retry, goes to
+  the routed port, where the broker's loop picks a serving server or says why none
+  serves (``unavailable: 1 of 3 servers reachable``).
+* **Exactly once.** A request unanswered for ``request_timeout`` is sent again
+  under the same request id (the next ``attempt``: a retry's copy wins, as for the
+  CLI), and so is one answered ``unavailable``, after a pause that doubles from
+  ``retry_first_delay``, until ``request_deadline``. A server applies a request id
+  once, so a retry that reaches another server never makes a second post. A reply
+  to a request already finished (an earlier try's, late) is dropped here.
+* **A user's writes keep their order.** Each post and message carries its user's
+  Lamport stamp, taken when it was issued (``Request.stamp``), the same on every
+  retry; a server keeps it as the write's stamp, so the writes of one pipeline sort
+  in the order they were issued on every server, whichever servers took them and
+  in whatever order they arrived. A follow or unfollow is a barrier: it goes out
+  alone, once everything before it is answered, and nothing after it goes out
+  before its answer (a server checks an unfollow against the follows it holds).
+
+Synchronous and single-threaded: ``submit`` queues, ``poll`` sends, receives,
+retries and returns what finished.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+import zmq
+
+from common import keys
+from common import protocol as P
+from common import sockets
+from common.clock import LamportClock
+from common.config import Config
+
+STAMPED_OPS = frozenset({P.OP_POST, P.OP_DM, P.OP_FOLLOW, P.OP_UNFOLLOW})
+"""The writes that carry their issue stamp (``Request.stamp``)."""
+BARRIER_OPS = frozenset({P.OP_FOLLOW, P.OP_UNFOLLOW})
+"""Writes a server checks against what it holds: sent alone, in order."""
+
+
+@dataclass
+class Done:
+    """A finished request: its reply's body (``ok``, ``result`` or ``code``/``error``),
+    or ``reply`` None with ``code`` ``timeout`` when its deadline passed unanswered."""
+    rid: str
+    op: str
+    reply: dict | None
+    issued: float                       # monotonic, when it was submitted
+    finished: float
+    tries: int
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None and bool(self.reply.get("ok"))
+
+    @property
+    def code(self) -> str | None:
+        if self.reply is None:
+            return "timeout"
+        return None if self.reply.get("ok") else self.reply.get("code") or P.ERR_INTERNAL
+
+
+@dataclass
+class Flight:
+    request: P.Request
+    issued: float
+    deadline: float
+    sent_at: float = 0.0
+    tries: int = 0
+    resend_at: float = 0.0              # when to send again (a timeout or a retryable error)
+    delay: float = 0.0
+
+
+@dataclass
+class Pipeline:
+    """Up to ``window`` requests of ``user`` in flight; CURVE client of the broker."""
+    ctx: zmq.Context
+    config: Config
+    user: str | None
+    broker_key: bytes
+    window: int = 32
+    token: str | None = None
+    lamport: LamportClock = field(default_factory=LamportClock)
+    fast: bool = True                   # False: every request by the routed port
+
+    def __post_init__(self) -> None:
+        self.public, self.secret = zmq.curve_keypair()
+        self.prefix = uuid.uuid4().hex[:10]
+        self.count = 0
+        self.queue: deque[Flight] = deque()
+        self.flights: dict[str, Flight] = {}
+        self.finished: list[Done] = []
+        self.retries = 0
+        cfg = self.config
+        self.routed = self._open(cfg.endpoint(cfg.frontend_port))
+        self.quick = self._open(cfg.endpoint(cfg.fast_frontend_port)) if self.fast else None
+        self.poller = zmq.Poller()
+        for link in (self.routed, self.quick):
+            if link is not None:
+                self.poller.register(link.sock, zmq.POLLIN)
+
+    def _open(self, endpoint: str) -> P.Endpoint:
+        sock = sockets.tune(self.ctx.socket(zmq.DEALER), self.config)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = max(1000, 4 * self.window)
+        keys.client_socket(sock, self.public, self.secret, self.broker_key)
+        sock.connect(endpoint)
+        return P.Endpoint(sock, P.BROKER_TO_CLIENT, self.lamport)
+
+    # --- the verbs ---------------------------------------------------------------------
+    def submit(self, op: str, args: dict, server: int | None = None,
+               token: str | None = None) -> str:
+        """Queue one request (sent as soon as the window allows); its request id.
+        ``ProtocolError`` if it is invalid."""
+        self.count += 1
+        rid = f"{self.prefix}-{self.count}"
+        stamp = self.lamport.tick() if op in STAMPED_OPS else None
+        request = P.request(rid, op, self.user, args, server, time.time(),
+                            token or self.token, stamp)
+        now = time.monotonic()
+        patience = args.get("wait", 0.0) if op == P.OP_LISTEN else 0.0
+        self.queue.append(Flight(request, now, now + self.config.request_deadline + patience))
+        self._pump(now)
+        return rid
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not finished."""
+        return len(self.queue) + len(self.flights)
+
+    def poll(self, timeout: float) -> list[Done]:
+        """Wait up to ``timeout`` seconds for replies (less if a retry or a deadline is
+        due sooner); send what is due; what finished since the last call."""
+        now = time.monotonic()
+        wake = min([now + timeout] + [f.resend_at for f in self.flights.values()])
+        for sock, _ in self.poller.poll(max(0.0, wake - now) * 1000):
+            link = self.quick if self.quick is not None and sock is self.quick.sock \
+                else self.routed
+            self._receive_all(link)
+        now = time.monotonic()
+        self._resend_due(now)
+        self._pump(now)
+        done, self.finished = self.finished, []
+        return done
+
+    def drain(self, timeout: float) -> list[Done]:
+        """Poll until nothing is pending or ``timeout`` passed; everything finished."""
+        end = time.monotonic() + timeout
+        done: list[Done] = []
+        while self.pending and (left := end - time.monotonic()) > 0:
+            done += self.poll(min(left, 0.05))
+        return done + self.poll(0)
+
+    def call(self, op: str, args: dict, server: int | None = None,
+             token: str | None = None) -> Done:
+        """One request, waited for (the others in flight go on meanwhile)."""
+        rid = self.submit(op, args, server, token)
+        kept: list[Done] = []
+        while True:
+            for done in self.poll(0.05):
+                if done.rid == rid:
+                    self.finished = kept + self.finished
+                    return done
+                kept.append(done)
+
+    def close(self) -> None:
+        for link in (self.routed, self.quick):
+            if link is not None:
+                link.sock.close(0)
+
+    # --- inside ------------------------------------------------------------------------
+    def _pump(self, now: float) -> None:
+        """Send queued requests while the window has room; a barrier goes alone."""
+        while self.queue and len(self.flights) < self.window:
+            head = self.queue[0]
+            barrier = head.request.op in BARRIER_OPS
+            if self.flights and (barrier or self._barrier_in_flight()):
+                return
+            self.queue.popleft()
+            self.flights[head.request.rid] = head
+            self._send(head, now)
+            if barrier:
+                return
+
+    def _barrier_in_flight(self) -> bool:
+        return any(f.request.op in BARRIER_OPS for f in self.flights.values())
+
+    def _send(self, flight: Flight, now: float) -> None:
+        request = flight.request
+        if flight.tries:
+            request = msgspec.structs.replace(request, attempt=min(flight.tries, 10_000))
+        fast = (self.quick is not None and flight.tries == 0 and request.server is None
+                and request.op in P.FAST_OPS)
+        try:
+            (self.quick if fast else self.routed).send(request, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass                         # its queue is full: it counts as sent, and retries
+        flight.tries += 1
+        flight.sent_at = now
+        flight.resend_at = min(flight.deadline, now + self.config.request_timeout + (
+            request.args.wait or 0.0 if request.op == P.OP_LISTEN else 0.0))
+
+    def _receive_all(self, link: P.Endpoint) -> None:
+        while True:
+            try:
+                frames = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = link.receive(frames).msg
+            except P.ProtocolError:
+                continue                 # not a reply we can read: its request retries
+            self._answered(reply, time.monotonic())
+
+    def _answered(self, reply: P.Reply, now: float) -> None:
+        flight = self.flights.get(reply.rid)
+        if flight is None:
+            return                       # an earlier try's late reply: already finished
+        if not reply.ok and reply.code in P.RETRYABLE_ERRORS and now < flight.deadline:
+            flight.delay = min(self.config.retry_max_delay,
+                               flight.delay * 2 or self.config.retry_first_delay)
+            flight.resend_at = min(flight.deadline, now + flight.delay)
+            return
+        del self.flights[reply.rid]
+        self.finished.append(Done(reply.rid, flight.request.op, P.to_builtins(reply),
+                                  flight.issued, now, flight.tries))
+
+    def _resend_due(self, now: float) -> None:
+        for rid, flight in list(self.flights.items()):
+            if now < flight.resend_at:
+                continue
+            if now >= flight.deadline:
+                del self.flights[rid]
+                self.finished.append(Done(rid, flight.request.op, None, flight.issued, now,
+                                          flight.tries))
+            else:
+                self.retries += 1
+                self._send(flight, now)

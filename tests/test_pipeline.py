@@ -1,0 +1,151 @@
+"""Many requests in flight (issue 16): ``clients/pipeline.py`` over the broker's fast
+path (``broker/fast_path.py``), against real processes.
+
+Pipelining must weaken no guarantee: every user's posts keep their issue order on
+every server, whichever servers took them; a server SIGKILLed mid-stream loses no
+acked post and duplicates none; the fast path takes only its own operations, and a
+stranger's garbage on it changes nothing.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from broker.fast_path import FastLog
+from clients.pipeline import Pipeline
+from common import keys
+from common import protocol as P
+from common.processes import wait_until
+from tests.harness import Cluster
+from tests.hostile_helpers import collect_replies, frames, raw_request, request, signed_request
+
+pytestmark = pytest.mark.timeout(180)
+
+SERVERS = [1, 2, 3]
+WINDOW = 64
+
+
+def pipeline(cluster: Cluster, user: str, window: int = WINDOW) -> tuple[zmq.Context, Pipeline]:
+    ctx = zmq.Context()
+    ctx.linger = 0
+    pipe = Pipeline(ctx, cluster.config, user, keys.broker_public_key(cluster.config.data_dir),
+                    window=window, token=cluster.login(user))
+    return ctx, pipe
+
+
+def posts_on(cluster: Cluster, server: int) -> list[dict]:
+    """Every post a server holds, oldest first (a pinned feed of a user who follows nobody)."""
+    feed = cluster.request("reader", P.OP_FEED, {"limit": P.MAX_LIMIT}, server=server)
+    return list(reversed(feed["posts"]))
+
+
+@pytest.mark.timeout(240)
+def test_64_posts_in_flight_per_user_keep_their_order_and_a_sigkill_loses_none(cluster):
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    users, per_user = ["ann", "bob"], 300
+    pipes = {u: pipeline(cluster, u) for u in users}
+    cluster.login("reader")
+    acked: dict[str, set[str]] = {u: set() for u in users}
+    failed: list = []
+    issued = {u: 0 for u in users}
+    killed = False
+    try:
+        deadline = time.monotonic() + 120
+        while any(issued[u] < per_user or pipes[u][1].pending for u in users):
+            assert time.monotonic() < deadline, f"not done: {issued}, acked " \
+                f"{ {u: len(a) for u, a in acked.items()} }"
+            for user in users:
+                pipe = pipes[user][1]
+                while issued[user] < per_user and pipe.pending < WINDOW:
+                    pipe.submit(P.OP_POST, {"text": f"{user} {issued[user]}"})
+                    issued[user] += 1
+                for done in pipe.poll(0.01):
+                    if done.ok:
+                        acked[user].add(done.reply["result"]["post"]["text"])
+                    else:
+                        failed.append((user, done.code, done.reply))
+            if not killed and sum(map(len, acked.values())) >= 150:
+                cluster.kill("server-2")              # mid-stream: 2 windows in flight
+                killed = True
+        retries = sum(p.retries for _, p in pipes.values())
+    finally:
+        for ctx, pipe in pipes.values():
+            pipe.close()
+            ctx.destroy(0)
+    assert killed
+    assert not failed, failed[:5]
+    assert all(len(acked[u]) == per_user for u in users), {u: len(a) for u, a in acked.items()}
+
+    cluster.start_server(2)                           # back, and caught up
+    cluster.wait_serving(SERVERS, timeout=30)
+    for server in SERVERS:
+        def complete(server=server):
+            held = posts_on(cluster, server)
+            return held if len(held) >= len(users) * per_user else None
+        held = wait_until(complete, 20, what=f"server {server} to hold every post")
+        for user in users:
+            texts = [p["text"] for p in held if p["author"] == user]
+            assert len(texts) == len(set(texts)), f"server {server}: a post of {user} twice"
+            assert set(texts) == acked[user], f"server {server}: acked posts of {user} missing"
+            assert texts == [f"{user} {i}" for i in range(per_user)], \
+                f"server {server}: {user}'s posts out of issue order ({retries} retries)"
+
+
+def test_fast_path_takes_only_its_own_operations(cluster):
+    """Logins (the throttle), pinned requests and stamps ahead of the sender's clock are
+    refused on the fast path, each with a reply naming why; a stranger's garbage gets
+    at most a refusal, and the cluster goes on answering."""
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    fast = cluster.config.fast_frontend_port
+    sock = cluster.dealer(fast)
+    try:
+        login = raw_request(sock, frames("REQ", request(P.OP_LOGIN, "mallory", {
+            "password": "guess-guess-guess"}, token="t" * 43)))
+        assert login is not None and login["body"]["code"] == P.ERR_BAD_REQUEST
+        assert "routed port" in login["body"]["error"]
+
+        pinned = raw_request(sock, frames("REQ", signed_request(
+            cluster, P.OP_FEED, "ann", {"limit": 5}, server=1)))
+        assert pinned is not None and pinned["body"]["code"] == P.ERR_BAD_REQUEST
+
+        ahead = signed_request(cluster, P.OP_POST, "ann", {"text": "from the future"})
+        ahead["stamp"] = 10 ** 9
+        reply = raw_request(sock, frames("REQ", ahead, lamport=5))
+        assert reply is not None and reply["body"]["code"] == P.ERR_BAD_REQUEST, reply
+        assert "ahead" in reply["body"]["error"]
+
+        for junk in ([b"REQ", b"1", b"{not json"], [b"\xff" * 40], [b"REQ", b"x", b"{}"],
+                     [b"REP", b"1", b"{}"], [b""] * 9):
+            sock.send_multipart(junk)
+        still = signed_request(cluster, P.OP_POST, "ann", {"text": "still served"})
+        sock.send_multipart(frames("REQ", still))
+        ok = collect_replies(sock, {still["rid"]}, timeout=10)[still["rid"]]
+        assert ok["result"]["post"]["text"] == "still served", ok
+    finally:
+        sock.close(0)
+    assert all(cluster.alive(f"server-{i}") for i in SERVERS)
+    assert "refused a fast-path request" in "".join(
+        cluster.log_since_start(f"server-{i}") for i in SERVERS)
+
+
+def test_fast_log_writes_one_line_per_answered_request():
+    lines, clock = [], []
+    log = FastLog(lambda *parts: lines.append(parts), clock.append)
+    req = frames("REQ", {"rid": "r1", "op": "post", "user": "ann"}, lamport=7)
+    rep = frames("REP", {"rid": "r1", "ok": True, "server": 2}, lamport=40)
+    log.on_copy([b"\x00ab", *req])
+    log.on_copy([b"\x00ab", *rep])
+    log.on_copy([b"\x00ab", *frames("REP", {"rid": "r9", "ok": False, "server": 1,
+                                            "code": "unavailable"}, lamport=41)])
+    for junk in ([b"x"], [b"\x00ab", b"REQ", b"1", b"{oops"], [b"\x00ab", b"HB", b"1", b"{}"],
+                 [b"\x00ab", b"REP", b"9" * 40, b'{"rid": "r2"}']):
+        log.on_copy(junk)
+    assert lines[0] == ("fast", "server-2->ann", "post rid=r1 ok")
+    assert lines[1] == ("fast", "server-1->?", "? rid=r9 error unavailable")
+    assert log.requests == 1 and log.replies == 3
+    assert clock == [40, 41], "only a plausible reply stamp is merged"
+    assert not log.pending
