@@ -106,7 +106,8 @@ class Write:
 @dataclass
 class Writers:
     """Users writing posts, follows and private messages, each on a thread and a
-    Lazy Pirate connection of their own, until ``stop()``."""
+    Lazy Pirate connection of their own, until ``stop()``; with ``window`` above 1,
+    each on a Pipeline (``clients/pipeline.py``) with that many writes in flight."""
     cluster: Cluster
     users: list[str]
     deadline: float = 60.0
@@ -115,6 +116,7 @@ class Writers:
     """Posts per user at most, so one feed read holds them all (see READ_LIMIT)."""
     ops: tuple[str, ...] = (P.OP_POST, P.OP_POST, P.OP_DM, P.OP_DM, P.OP_FOLLOW)
     seed: int = 1
+    window: int = 1
     acked: list[Write] = field(default_factory=list)
     errors: list[tuple[str, str, BaseException]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -153,30 +155,41 @@ class Writers:
         with self._lock:
             return max((w.latency for w in self.acked), default=0.0)
 
+    def _next(self, user: str, others: list[str], rng: random.Random,
+              posts: int) -> tuple[str, str | None, dict]:
+        """The next write of ``user``: (op, the other user or None, its args)."""
+        op = rng.choice(self.ops)
+        if op == P.OP_POST and posts >= self.max_posts:
+            op = P.OP_DM
+        other = None if op == P.OP_POST else rng.choice(others)
+        args = {P.OP_POST: lambda: {"text": f"{user} post {posts}"},
+                P.OP_DM: lambda: {"to": other, "text": f"{user} to {other}"},
+                P.OP_FOLLOW: lambda: {"target": other}}[op]()
+        return op, other, args
+
+    def _acked(self, op: str, user: str, other: str | None, result: dict,
+               latency: float) -> None:
+        item = result[{P.OP_POST: "post", P.OP_DM: "message", P.OP_FOLLOW: "follow"}[op]]
+        with self._lock:
+            self.acked.append(Write(op, item["id"], user, other, result["replicas"], latency))
+
     def _run(self, user: str, rng: random.Random) -> None:
+        if self.window > 1:
+            self._run_pipelined(user, rng)
+            return
         others = [u for u in self.users if u != user]
         posts = 0
         conn = self.cluster.connection(user, self.deadline)
         try:
             while not self._stop.is_set():
-                op = rng.choice(self.ops)
-                if op == P.OP_POST and posts >= self.max_posts:
-                    op = P.OP_DM
-                other = None if op == P.OP_POST else rng.choice(others)
-                args = {P.OP_POST: lambda: {"text": f"{user} post {posts}"},
-                        P.OP_DM: lambda: {"to": other, "text": f"{user} to {other}"},
-                        P.OP_FOLLOW: lambda: {"target": other}}[op]()
+                op, other, args = self._next(user, others, rng, posts)
                 started = time.monotonic()
                 try:
                     result = conn.request(op, args)
                 except ClientError as exc:
                     self.errors.append((user, op, exc))
                     return
-                item = result[{P.OP_POST: "post", P.OP_DM: "message",
-                               P.OP_FOLLOW: "follow"}[op]]
-                with self._lock:
-                    self.acked.append(Write(op, item["id"], user, other, result["replicas"],
-                                            time.monotonic() - started))
+                self._acked(op, user, other, result, time.monotonic() - started)
                 posts += op == P.OP_POST
                 if self.pause:
                     time.sleep(rng.uniform(0, 2 * self.pause))    # load shaping only
@@ -184,6 +197,42 @@ class Writers:
             self.errors.append((user, "?", exc))
         finally:
             conn.close()
+
+    def _run_pipelined(self, user: str, rng: random.Random) -> None:
+        """Up to ``window`` writes in flight; at ``stop()`` the ones in flight finish."""
+        from clients.pipeline import Pipeline
+        import dataclasses
+        import zmq
+        from common import keys
+        others = [u for u in self.users if u != user]
+        posts = 0
+        ctx = zmq.Context()
+        ctx.linger = 0
+        config = dataclasses.replace(self.cluster.config, request_deadline=self.deadline)
+        pipe = Pipeline(ctx, config, user, keys.broker_public_key(config.data_dir),
+                        window=self.window, token=self.cluster.login(user))
+        meta: dict[str, tuple[str, str | None]] = {}
+        try:
+            while not self._stop.is_set() or pipe.pending:
+                while not self._stop.is_set() and pipe.pending < self.window:
+                    op, other, args = self._next(user, others, rng, posts)
+                    meta[pipe.submit(op, args)] = (op, other)
+                    posts += op == P.OP_POST
+                for done in pipe.poll(0.02):
+                    op, other = meta.pop(done.rid)
+                    if not done.ok:
+                        self.errors.append((user, op, ClientError(
+                            done.code or "?", str((done.reply or {}).get("error")))))
+                        return
+                    self._acked(op, user, other, done.reply["result"],
+                                done.finished - done.issued)
+                if self.pause and not self._stop.is_set():
+                    time.sleep(rng.uniform(0, 2 * self.pause))    # load shaping only
+        except BaseException as exc:   # noqa: BLE001 - reported by the test's thread
+            self.errors.append((user, "?", exc))
+        finally:
+            pipe.close()
+            ctx.destroy(0)
 
 
 class BusyReaders:

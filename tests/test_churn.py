@@ -2,8 +2,9 @@
 
 Servers are added, stopped (SIGTERM), killed (SIGKILL), frozen (SIGSTOP then
 SIGCONT) and restarted, and the broker is SIGKILLed and restarted once, while
-five users post, follow and send private messages on threads of their own (Lazy
-Pirate connections with a generous deadline). At the end every acknowledged
+five users post, follow and send private messages on threads of their own, each a
+pipelined client with 8 writes in flight (``clients/pipeline.py``, issue 16) with a
+generous deadline. At the end every acknowledged
 write must be on every live server exactly once, every server must have the
 same digest, and every feed and chat must read the same on every server.
 """
@@ -94,7 +95,7 @@ def test_five_users_keep_writing_through_joins_leaves_crashes_freezes_and_a_brok
     c.wait_serving({1, 2, 3}, timeout=SERVE_TIMEOUT)
     for user in USERS:
         c.request(user, P.OP_REGISTER, {})
-    writers = Writers(c, USERS, deadline=60.0, pause=0.05, max_posts=150).start()
+    writers = Writers(c, USERS, deadline=60.0, pause=0.05, max_posts=150, window=8).start()
     started = time.monotonic()
     churn = Churn(c, writers)
     writers.wait_for(WRITES_BETWEEN_FAULTS, timeout=30)
