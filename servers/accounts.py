@@ -20,6 +20,7 @@ again: a server never knows a token again once it has hashed it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -38,7 +39,10 @@ MAX_PARALLELISM = 8
 loop seconds or the host its memory): only a broken server could have made it."""
 
 
+@functools.lru_cache(maxsize=4096)
 def token_hash(token: str) -> str:
+    """The sha256 a server keeps of a session token (cached: every request hashes its
+    token, and a busy user's are the same)."""
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
