@@ -193,9 +193,11 @@ class Replication:
         if not self.waiters:
             return []
         need = self.required(now)
+        vvs = [p.vv for p in self.peers.live(now)]      # once per turn, not per waiter
         done, still = [], []
         for w in self.waiters:
-            n = self.holders(w.origin, w.seq, now)
+            n = (self.state.seq_of(w.origin) >= w.seq) + sum(
+                1 for vv in vvs if vv.get(w.origin, 0) >= w.seq)
             if n >= need:
                 done.append((w, n))
             else:
