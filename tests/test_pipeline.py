@@ -18,6 +18,7 @@ from clients.pipeline import Pipeline
 from common import keys
 from common import protocol as P
 from common.processes import wait_until
+from tests.faults import freeze, thaw
 from tests.harness import Cluster
 from tests.hostile_helpers import collect_replies, frames, raw_request, request, signed_request
 
@@ -149,3 +150,46 @@ def test_fast_log_writes_one_line_per_answered_request():
     assert log.requests == 1 and log.replies == 3
     assert clock == [40, 41], "only a plausible reply stamp is merged"
     assert not log.pending
+
+
+def test_a_frozen_server_leaves_the_fast_path_and_comes_back(cluster):
+    """SIGSTOP: the broker's ZMTP heartbeats drop the frozen server's fast connection,
+    so posts are answered on their first try again (none queued to it); SIGCONT: it
+    notices its freeze, catches up and serves (fast path too) again, holding them all."""
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    ctx, pipe = pipeline(cluster, "ann", window=1)
+    acked: set[str] = set()
+    count = [0]
+
+    def first_tries_in_a_row(n: int) -> bool:
+        for _ in range(n):
+            count[0] += 1
+            done = pipe.call(P.OP_POST, {"text": f"ann {count[0]}"})
+            assert done.ok, done.reply
+            acked.add(done.reply["result"]["post"]["text"])
+            if done.tries > 1:
+                return False
+        return True
+
+    try:
+        assert first_tries_in_a_row(10)
+        freeze(cluster, "server-3")
+        try:
+            wait_until(lambda: first_tries_in_a_row(30), 15,
+                       what="30 posts in a row answered on their first try")
+        finally:
+            thaw(cluster, "server-3")
+        def reopened() -> bool:
+            log = cluster.log_since_start("server-3")
+            return "fast path closed" in log and \
+                "fast path open" in log.rsplit("fast path closed", 1)[1]
+        wait_until(reopened, 30, what="server-3 to close its fast path, then open it again")
+        assert first_tries_in_a_row(10)
+    finally:
+        pipe.close()
+        ctx.destroy(0)
+    cluster.wait_serving(SERVERS, timeout=30)
+    held = wait_until(lambda: (h := posts_on(cluster, 3)) and {p["text"] for p in h} >= acked
+                      and h, 20, what="server-3 to hold every acked post")
+    assert len({p["text"] for p in held}) == len(held)
