@@ -171,9 +171,13 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             for line in [header, *rows]]
 
 
-def push(item: dict) -> str:
-    """One live item from ``listen``."""
+MISSED = "  (missed while away)"
+
+
+def push(item: dict, missed: bool = False) -> str:
+    """One item from ``listen``: live, or ``missed`` while the listener was away."""
     when = f"[L={item.get('lamport', '?')} {clock_time(item.get('timestamp'))}]"
+    mark = MISSED if missed else ""
     if item.get("type") == "message":
-        return f"{when} new message from {item.get('from', '?')}: {item.get('text', '')}"
-    return f"{when} {item.get('author', '?')} posted: {item.get('text', '')}"
+        return f"{when} new message from {item.get('from', '?')}: {item.get('text', '')}{mark}"
+    return f"{when} {item.get('author', '?')} posted: {item.get('text', '')}{mark}"

@@ -38,7 +38,8 @@ class UserSession:
         self.lamport = LamportClock(self.state.lamport if self.state else 0)
         self.clock = PhysicalClock(offset=clock_offset + learned, chaos=clock_chaos)
         process = f"client-{user}" if user else ANONYMOUS_PROCESS
-        self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock)
+        self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock,
+                              plain=True)   # a command writes a few lines: no loguru
         self.connection = Connection(config, user, self.lamport, self.clock, self.log)
 
     def __enter__(self) -> "UserSession":
