@@ -363,6 +363,7 @@ class ListenLoop:
         self.in_flight = None                # the parked request (protocol.Request)
         self.lost = False
         session.connection.on_waiting = self._lose
+        session.connection.watch_disconnects()
 
     def _lose(self, _line: str) -> None:
         if not self.lost:

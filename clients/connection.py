@@ -65,6 +65,11 @@ class _Waiting:
             if self.connection.on_waiting is not None:
                 self.connection.on_waiting(self.connection.waiting_line())
 
+    def now(self) -> None:
+        """Say it now: the connection is lost, whatever the time."""
+        self.notice_at = min(self.notice_at, time.monotonic())
+        self.check()
+
     def answered(self) -> None:
         if self.said and self.connection.on_answered is not None:
             self.connection.on_answered()
@@ -107,6 +112,8 @@ class Connection:
         self.on_answered: Callable[[], None] | None = None
         """Called when a reply comes after ``on_waiting`` was called for its request."""
         self._earlier_tries: dict[str, int] = {}     # rid -> tries of an exchange given up
+        self._monitor: zmq.Socket | None = None       # the socket's events (watch_disconnects)
+        self._watching = False
         self.user = user
         self.lamport = lamport
         self.clock = clock
@@ -207,8 +214,27 @@ class Connection:
             waiting.check()
             time.sleep(KEY_POLL)
 
+    def watch_disconnects(self) -> None:
+        """From now on a try ends as soon as the socket loses its broker (killed, or
+        frozen: ZeroMQ's heartbeats notice within a second), not at its timeout; then
+        ``on_waiting`` is called at once. For ``listen``, whose tries are long polls."""
+        self._watching = True
+        self._watch()
+
+    def _watch(self) -> None:
+        self._unwatch()
+        if self._watching and self._socket is not None:
+            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def _unwatch(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+
     def close(self) -> None:
         if self._socket is not None:
+            self._unwatch()
             self._socket.close(linger=0)
         self._context.term()
 
@@ -223,8 +249,10 @@ class Connection:
 
     def _reopen_socket(self, tries: int) -> None:
         """A reply may still arrive on the old socket: only a new one forgets it."""
+        self._unwatch()
         self._socket.close(linger=0)
         self._socket = self._open_socket()
+        self._watch()
         self._note(f"no reply to try {tries} from the broker at {self.endpoint}; "
                    f"reconnected", level="WARNING")
 
@@ -253,7 +281,11 @@ class Connection:
                 return None
             waiting.check()
             wake_at = min(timeout_at, waiting.due())
-            if not self._socket.poll(max(1, int((wake_at - now) * 1000))):
+            ready = self._poll(max(1, int((wake_at - now) * 1000)))
+            if ready is None:                      # the broker is gone: try again now
+                waiting.now()
+                return None
+            if not ready:
                 continue
             try:
                 reply = self._endpoint.receive(self._socket.recv_multipart()).msg
@@ -267,6 +299,23 @@ class Connection:
                 continue
             self._log("recv", peer, self._describe_reply(body.op, reply))
             return reply
+
+    def _poll(self, ms: int) -> bool | None:
+        """True if a reply waits, False if none came within ``ms``; None if the socket
+        lost its connection meanwhile (only when watching)."""
+        if self._monitor is None:
+            return bool(self._socket.poll(ms))
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        ready = dict(poller.poll(ms))
+        if self._socket in ready:
+            return True
+        if self._monitor not in ready:
+            return False
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()         # EVENT_DISCONNECTED: nothing else asked
+        return None
 
     # --- replies ------------------------------------------------------------
     @staticmethod
