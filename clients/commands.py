@@ -449,6 +449,9 @@ def shell(options: GlobalOptions, lines) -> int:
     a script gets none, and exit code 1 if any command failed. One session for all."""
     import shlex
     interactive = lines.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
     prompt = f"{options.user or 'social'}> "
     failed = False
     with session_for(options) as session:
