@@ -166,7 +166,8 @@ def parse_command(words: list[str]) -> tuple[str, dict] | None:
 
 
 def parse(argv: list[str], environ=os.environ) -> tuple[GlobalOptions, str, dict] | None:
-    """The global options, the command and its values; None to let typer parse ``argv``."""
+    """The global options, the command and its values; None to let typer parse ``argv``.
+    UsageError for a number that is not one."""
     found: dict = {}
     i = 0
     while i < len(argv) and argv[i].startswith("--"):
@@ -179,10 +180,7 @@ def parse(argv: list[str], environ=os.environ) -> tuple[GlobalOptions, str, dict
         if taken is None:
             return None
         value, i = taken
-        try:
-            found[key] = value if kind in (str, FLAG) else kind(value)
-        except ValueError:
-            return None                       # typer's wording for global options
+        found[key] = value if kind in (str, FLAG) else _convert(option, kind, value)
     command = parse_command(argv[i:])
     if command is None:
         return None
@@ -479,7 +477,13 @@ def shell(options: GlobalOptions, lines) -> int:
                 continue
             if words[0] in ("exit", "quit"):
                 break
-            code = run_line(options, words, session)
+            try:
+                code = run_line(options, words, session)
+            except KeyboardInterrupt:          # Ctrl-C stops the command, not the shell
+                if not interactive:
+                    raise
+                print()
+                code = 130
             failed = failed or code != 0
     return 1 if failed and not interactive else 0
 

@@ -92,6 +92,9 @@ def test_limit_that_is_not_a_number_is_refused_in_our_words(tmp_path):
     for args in (["feed", "--limit", "abc"], ["chat", "bob", "--limit=abc"]):
         done = run("-m", "clients", "--user", "alice", *args, env=env)        # the fast path
         assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
+    done = run("-m", "clients", "--port-base", "abc", "status", env=env)
+    assert (done.returncode, done.stderr) == (2, "error: --port-base must be a whole number, "
+                                                 "not 'abc'\n")
     from clients.cli import app                                               # typer's path
     result = CliRunner().invoke(app, ["--user", "alice", "feed", "--limit", "abc"])
     assert result.exit_code == 2 and result.stderr == expected
