@@ -10,6 +10,10 @@ The socket is a CURVE client (stonehouse): a fresh keypair per connection, and t
 broker's public key from the data folder or ``SOCIAL_BROKER_KEY``, checked in the
 handshake, so nobody else can pose as the broker or read the traffic.
 
+Nobody answering is said at once: ``on_waiting`` gets the endpoint and where the
+port base came from after ``WAIT_NOTICE`` seconds; the CLI gives up a read after
+``READ_DEADLINE`` seconds (a write only at its deadline) with a hint.
+
 Every reply also carries two clocks: its Lamport stamp is merged into the
 user's Lamport clock, and its physical ``time`` corrects the user's physical
 clock by Cristian's algorithm.
@@ -49,8 +53,7 @@ class ClientError(Exception):
 
 
 class _Waiting:
-    """One request's notice: ``on_waiting`` once it has gone unanswered until ``notice_at``,
-    then ``on_answered`` when its reply comes."""
+    """One request's notice: ``on_waiting`` once it has gone unanswered until ``notice_at``."""
 
     def __init__(self, connection: "Connection", notice_at: float) -> None:
         self.connection, self.notice_at, self.said = connection, notice_at, False
@@ -69,10 +72,6 @@ class _Waiting:
         """Say it now: the connection is lost, whatever the time."""
         self.notice_at = min(self.notice_at, time.monotonic())
         self.check()
-
-    def answered(self) -> None:
-        if self.said and self.connection.on_answered is not None:
-            self.connection.on_answered()
 
 
 def new_rid() -> str:
@@ -99,9 +98,9 @@ class Connection:
 
     def __init__(self, config: Config, user: str | None, lamport: LamportClock,
                  clock: PhysicalClock, log: ProcessLog | None = None,
-                 broker_key: bytes | None = None, port_base_from: str = "the default") -> None:
+                 broker_key: bytes | None = None) -> None:
         self.config = config
-        self.port_base_from = port_base_from
+        self.port_base_from = "the default"
         """Where the port base came from (``--port-base``, ``SOCIAL_PORT_BASE`` or the
         default), for the waiting line and the hint."""
         self.read_deadline: float | None = None
@@ -109,8 +108,6 @@ class Connection:
         self.on_waiting: Callable[[str], None] | None = None
         """Called with ``waiting_line()`` when a request goes unanswered for ``WAIT_NOTICE``
         seconds (a listen: for its whole try), at most once per request."""
-        self.on_answered: Callable[[], None] | None = None
-        """Called when a reply comes after ``on_waiting`` was called for its request."""
         self._earlier_tries: dict[str, int] = {}     # rid -> tries of an exchange given up
         self._monitor: zmq.Socket | None = None       # the socket's events (watch_disconnects)
         self._watching = False
@@ -186,7 +183,6 @@ class Connection:
                                       f"no reply from the broker at {self.endpoint} after "
                                       f"{time.monotonic() - started:.1f} s; {self.hint()}")
                 continue
-            waiting.answered()
             self._synchronize_clock(reply, sent_at)
             if reply.ok:
                 return self._result_of(reply)
