@@ -190,3 +190,35 @@ def test_shell_runs_a_script_on_one_connection_and_fails_if_a_command_did(runnin
                 stdin="users\nfollowing\n")
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.splitlines()[1] == "alice follows bob"
+
+
+def test_the_fast_path_parses_what_typer_would_and_leaves_the_rest_to_it():
+    from clients.commands import parse
+    options, name, values = parse(["--user=alice", "--port-base", "7000", "feed", "--limit", "5",
+                                   "--json"], environ={})
+    assert (options.user, options.port_base, options.port_base_from) == ("alice", 7000,
+                                                                          "--port-base")
+    assert (name, values) == ("feed", {"limit": 5, "json": True})
+    options, name, values = parse(["dm", "bob", "hi there"], environ={"SOCIAL_USER": "carol",
+                                                                      "SOCIAL_PORT_BASE": "7000"})
+    assert (options.user, options.port_base, options.port_base_from) == ("carol", None,
+                                                                          "SOCIAL_PORT_BASE")
+    assert (name, values) == ("dm", {"user": "bob", "text": "hi there", "json": False})
+    assert parse(["--version"], environ={})[1] == "version"
+    for typers in (["--help"], ["post", "--help"], ["post"], ["post", "a", "b"], ["nope"],
+                   ["post", "--", "-x"], ["--user"], ["feed", "--limit"], []):
+        assert parse(typers, environ={}) is None, typers
+
+
+@pytest.mark.timeout(60)
+def test_a_command_loads_neither_typer_nor_loguru_nor_the_authenticator(tmp_path):
+    """What start-up under 100 ms rests on (issue 15): none of these in a user's command."""
+    env, _ = closed_port_env(tmp_path)
+    code = ("import runpy, sys\n"
+            "sys.argv = ['clients', '--user', 'alice', '--timeout', '0.2', 'users']\n"
+            "try:\n    runpy.run_module('clients', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('typer', 'pydantic', 'rich', 'loguru', 'asyncio',"
+            " 'zmq.auth.thread') if m in sys.modules))")
+    done = run("-c", code, env=env)
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
