@@ -11,7 +11,6 @@ and logs in again once if the servers refuse the token (expired or logged out).
 """
 from __future__ import annotations
 
-import secrets
 import time
 
 from common import protocol
@@ -96,6 +95,7 @@ class UserSession:
 
     def login(self, password: str) -> dict:
         """A new session: a fresh 256-bit token, saved once the servers hold its hash."""
+        import secrets           # here: most commands never log in
         token = secrets.token_urlsafe(32)
         result = self.connection.request(protocol.OP_LOGIN, {"password": password},
                                          token=token)

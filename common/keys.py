@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import tempfile
 import threading
 from pathlib import Path
 
@@ -60,6 +58,7 @@ def dealer_identity(server_id: int) -> bytes:
     for each connection. The broker takes it only with server N's key; unguessable, so no
     other member of the cluster can take it over (ROUTER_HANDOVER hands an identity to
     whichever connection names it last)."""
+    import secrets               # here, as tempfile below: a user's command needs neither
     return f"{server_name(server_id)}.{secrets.token_hex(8)}".encode()
 
 
@@ -107,6 +106,7 @@ def _certificate(public: bytes, secret: bytes | None = None) -> str:
 
 
 def _write_temp(folder: Path, text: str) -> Path:
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".key")   # 0600
     try:
         with os.fdopen(fd, "w") as f:
