@@ -32,10 +32,10 @@ def apps() -> dict[str, typer.Typer]:
     import broker.__main__ as broker_main
     import run_all
     import servers.__main__ as servers_main
-    import web.gateway
+    import web.__main__ as web_main
     from clients.cli import app as clients_app
     return {"clients": clients_app, "broker": broker_main.app, "servers": servers_main.app,
-            "run_all": run_all.app, "web": web.gateway.app}
+            "run_all": run_all.app, "web": web_main.app}
 
 
 def commands_of(app: typer.Typer) -> list[tuple[list[str], object]]:

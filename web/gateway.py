@@ -22,7 +22,7 @@ DEFAULT_PORT = 8080
 FLUSH_EVERY = 0.05
 """Seconds between two flushes of the log's gathered lines."""
 
-app = typer.Typer(**O.APP_SETTINGS, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="The web panel and HTTP API of the social network.")
 
 
