@@ -45,12 +45,12 @@ def start_web(group: ProcessGroup, wanted: int) -> int | None:
     return port
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(**O.APP_SETTINGS, no_args_is_help=True,
                   help="Run the distributed social network: up, demo, timeline, bench, admit, nemesis.")
 
 
 @app.callback()
-def main() -> None:
+def main(version: bool = O.version_option()) -> None:
     """Run the distributed social network: up, demo, timeline, bench, admit, nemesis."""
     from common.startup import private_files
     private_files()              # logs, data and keys of every process it starts: owner-only

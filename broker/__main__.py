@@ -7,7 +7,7 @@ from common import cli_options as O
 from common import startup
 from common.config import load_config
 
-app = typer.Typer(add_completion=False, help="Run the broker: request load balancer and PUB/SUB bus.")
+app = typer.Typer(**O.APP_SETTINGS, help="Run the broker: request load balancer and PUB/SUB bus.")
 
 
 @app.command()
@@ -17,7 +17,10 @@ def main(port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host, bind: O.OptS
                                             help="Start the broker's clock this many seconds off."),
          clock_chaos: bool = typer.Option(False, "--clock-chaos", envvar="SOCIAL_CLOCK_CHAOS",
                                           help="Push the clock randomly by up to ±1 s at random "
-                                               "intervals (it follows the coordinator's clock).")) -> None:
+                                               "intervals (it follows the coordinator's clock)."),
+         version: bool = O.version_option()) -> None:
+    """Run the broker in the foreground until Ctrl-C: it balances the users' requests
+    over the serving servers and relays the servers' bus (PUB/SUB)."""
     from broker.broker import serve
     from common.clock import PhysicalClock
     startup.private_files()

@@ -10,6 +10,10 @@ The socket is a CURVE client (stonehouse): a fresh keypair per connection, and t
 broker's public key from the data folder or ``SOCIAL_BROKER_KEY``, checked in the
 handshake, so nobody else can pose as the broker or read the traffic.
 
+Nobody answering is said at once: ``on_waiting`` gets the endpoint and where the
+port base came from after ``WAIT_NOTICE`` seconds; the CLI gives up a read after
+``READ_DEADLINE`` seconds (a write only at its deadline) with a hint.
+
 Every reply also carries two clocks: its Lamport stamp is merged into the
 user's Lamport clock, and its physical ``time`` corrects the user's physical
 clock by Cristian's algorithm.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Callable
 
 import msgspec
 import zmq
@@ -31,6 +36,11 @@ KEY_POLL = 0.05
 """Seconds between two looks for the broker's key while a broker starts."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
+WAIT_NOTICE = 0.8
+"""Seconds without a reply after which ``on_waiting`` is told what the client waits for."""
+READ_DEADLINE = 5.0
+"""Seconds the CLI keeps retrying a read before giving up (a write keeps its
+``request_deadline``: giving up early could leave it done but unacknowledged)."""
 
 
 class ClientError(Exception):
@@ -40,6 +50,28 @@ class ClientError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _Waiting:
+    """One request's notice: ``on_waiting`` once it has gone unanswered until ``notice_at``."""
+
+    def __init__(self, connection: "Connection", notice_at: float) -> None:
+        self.connection, self.notice_at, self.said = connection, notice_at, False
+
+    def due(self) -> float:
+        """When to call ``check`` next (never again once said)."""
+        return float("inf") if self.said else self.notice_at
+
+    def check(self) -> None:
+        if not self.said and time.monotonic() >= self.notice_at:
+            self.said = True
+            if self.connection.on_waiting is not None:
+                self.connection.on_waiting(self.connection.waiting_line())
+
+    def now(self) -> None:
+        """Say it now: the connection is lost, whatever the time."""
+        self.notice_at = min(self.notice_at, time.monotonic())
+        self.check()
 
 
 def new_rid() -> str:
@@ -68,6 +100,17 @@ class Connection:
                  clock: PhysicalClock, log: ProcessLog | None = None,
                  broker_key: bytes | None = None) -> None:
         self.config = config
+        self.port_base_from = "the default"
+        """Where the port base came from (``--port-base``, ``SOCIAL_PORT_BASE`` or the
+        default), for the waiting line and the hint."""
+        self.read_deadline: float | None = None
+        """When set, reads give up after this many seconds (writes: ``request_deadline``)."""
+        self.on_waiting: Callable[[str], None] | None = None
+        """Called with ``waiting_line()`` when a request goes unanswered for ``WAIT_NOTICE``
+        seconds (a listen: for its whole try), at most once per request."""
+        self._earlier_tries: dict[str, int] = {}     # rid -> tries of an exchange given up
+        self._monitor: zmq.Socket | None = None       # the socket's events (watch_disconnects)
+        self._watching = False
         self.user = user
         self.lamport = lamport
         self.clock = clock
@@ -112,25 +155,33 @@ class Connection:
         return self.exchange(self.build(op, args, server, token))
 
     def exchange(self, body: protocol.Request) -> dict:
-        """Lazy Pirate: send ``body`` until a final reply or the deadline."""
+        """Lazy Pirate: send ``body`` until a final reply or the deadline.
+
+        Sent again after a give-up (``listen`` does), the same request counts its
+        tries on, so the servers still see each copy as a later retry."""
         # a listen is a long poll: the server may rightly keep it for ``wait`` seconds
-        patience = self.config.request_timeout + (
-            body.args.wait if body.op == protocol.OP_LISTEN else 0.0)
-        deadline = time.monotonic() + self.config.request_deadline + patience
-        self._wait_for_broker_key(deadline)
+        is_listen = body.op == protocol.OP_LISTEN
+        patience = self.config.request_timeout + (body.args.wait if is_listen else 0.0)
+        started = time.monotonic()
+        deadline = started + self.config.request_deadline + patience
+        if self.read_deadline is not None and body.op not in protocol.WRITE_OPS:
+            deadline = min(deadline, started + self.read_deadline)
+        waiting = _Waiting(self, started + (patience if is_listen else WAIT_NOTICE))
+        self._wait_for_broker_key(deadline, waiting)
         retry_delay = self.config.retry_first_delay
-        tries = 0
+        tries = self._earlier_tries.pop(body.rid, 0)
         while True:
             tries += 1
             sent_at = self._send(body, tries)
             timeout_at = min(deadline, sent_at + patience)
-            reply = self._wait_for_reply(body, timeout_at)
+            reply = self._wait_for_reply(body, timeout_at, waiting)
             if reply is None:
                 self._reopen_socket(tries)
                 if time.monotonic() >= deadline:
+                    self._earlier_tries[body.rid] = tries
                     raise ClientError(protocol.ERR_UNAVAILABLE,
-                                      f"no reply from the broker at {self.endpoint} "
-                                      f"after {tries} {'try' if tries == 1 else 'tries'}")
+                                      f"no reply from the broker at {self.endpoint} after "
+                                      f"{time.monotonic() - started:.1f} s; {self.hint()}")
                 continue
             self._synchronize_clock(reply, sent_at)
             if reply.ok:
@@ -142,16 +193,44 @@ class Connection:
             time.sleep(retry_delay)
             retry_delay = min(self.config.retry_max_delay, retry_delay * 2)
 
-    def _wait_for_broker_key(self, deadline: float) -> None:
+    def waiting_line(self) -> str:
+        """``waiting for the broker at tcp://…:5555 (port base 5555 from the default)...``"""
+        return (f"waiting for the broker at {self.endpoint} "
+                f"(port base {self.config.port_base} from {self.port_base_from})...")
+
+    def hint(self) -> str:
+        return f"is `python run_all.py up` running on port base {self.config.port_base}?"
+
+    def _wait_for_broker_key(self, deadline: float, waiting: "_Waiting") -> None:
         """A broker starting on this data folder writes its key at once: wait for it as
         for its reply (until ``deadline``); a malformed key fails at once."""
         while (problem := self._find_broker_key()) is not None:
             if not isinstance(problem, keys.NoBrokerKey) or time.monotonic() >= deadline:
                 raise ClientError(protocol.ERR_UNAVAILABLE, str(problem))
+            waiting.check()
             time.sleep(KEY_POLL)
+
+    def watch_disconnects(self) -> None:
+        """From now on a try ends as soon as the socket loses its broker (killed, or
+        frozen: ZeroMQ's heartbeats notice within a second), not at its timeout; then
+        ``on_waiting`` is called at once. For ``listen``, whose tries are long polls."""
+        self._watching = True
+        self._watch()
+
+    def _watch(self) -> None:
+        self._unwatch()
+        if self._watching and self._socket is not None:
+            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def _unwatch(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def close(self) -> None:
         if self._socket is not None:
+            self._unwatch()
             self._socket.close(linger=0)
         self._context.term()
 
@@ -166,8 +245,10 @@ class Connection:
 
     def _reopen_socket(self, tries: int) -> None:
         """A reply may still arrive on the old socket: only a new one forgets it."""
+        self._unwatch()
         self._socket.close(linger=0)
         self._socket = self._open_socket()
+        self._watch()
         self._note(f"no reply to try {tries} from the broker at {self.endpoint}; "
                    f"reconnected", level="WARNING")
 
@@ -187,12 +268,21 @@ class Connection:
         self._log("send", "broker", " ".join(part for part in parts if part))
         return time.monotonic()
 
-    def _wait_for_reply(self, body: protocol.Request, timeout_at: float) -> protocol.Reply | None:
+    def _wait_for_reply(self, body: protocol.Request, timeout_at: float,
+                        waiting: "_Waiting") -> protocol.Reply | None:
         """The reply to ``body`` (by rid), or None when ``timeout_at`` passes."""
         while True:
-            remaining = timeout_at - time.monotonic()
-            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+            now = time.monotonic()
+            if now >= timeout_at:
                 return None
+            waiting.check()
+            wake_at = min(timeout_at, waiting.due())
+            ready = self._poll(max(1, int((wake_at - now) * 1000)))
+            if ready is None:                      # the broker is gone: try again now
+                waiting.now()
+                return None
+            if not ready:
+                continue
             try:
                 reply = self._endpoint.receive(self._socket.recv_multipart()).msg
             except protocol.ProtocolError as exc:
@@ -205,6 +295,23 @@ class Connection:
                 continue
             self._log("recv", peer, self._describe_reply(body.op, reply))
             return reply
+
+    def _poll(self, ms: int) -> bool | None:
+        """True if a reply waits, False if none came within ``ms``; None if the socket
+        lost its connection meanwhile (only when watching)."""
+        if self._monitor is None:
+            return bool(self._socket.poll(ms))
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        ready = dict(poller.poll(ms))
+        if self._socket in ready:
+            return True
+        if self._monitor not in ready:
+            return False
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()         # EVENT_DISCONNECTED: nothing else asked
+        return None
 
     # --- replies ------------------------------------------------------------
     @staticmethod

@@ -129,17 +129,53 @@ def notifications(result: dict, user: str | None, args: dict) -> str:
     return "\n".join(lines)
 
 
+NARROW_COLUMNS = {"id": "id", "alive": "alive", "phase": "phase", "events": "events",
+                  "digest": "digest", "lamport": "lamport", "clock_offset_ms": "offset_ms",
+                  "clock_skew_ms": "skew_ms", "last_sync": "last_sync",
+                  "under_replicated": "under_repl", "peers": "peers"}
+"""The default table's columns (the row's field: its header), made to fit 100 columns."""
+NARROW_DIGEST = 8
+STATUS_LEGEND = (
+    "offset_ms: how far this server's clock was from the cluster's average when its last "
+    "Berkeley round (at last_sync) corrected it; skew_ms: its clock minus this host's now; "
+    "under_repl: writes it holds with fewer than 3 copies; peers: how many servers it hears. "
+    "--wide: every column.")
+
+
 def status(result: dict, user: str | None, args: dict) -> str:
+    """The servers as a table: ``args["wide"]`` every field, else those that fit 100
+    columns, with a legend; what is not per server (coordinator, epoch) below it."""
     servers = result.get("servers", [])
-    columns = list(STATUS_COLUMNS)
-    for server in servers:
-        columns += [key for key in server if key not in columns and key not in JSON_ONLY_COLUMNS]
-    rows = [[cell(column, server.get(column)) for column in columns] for server in servers]
-    lines = table(columns, rows) if servers else ["no servers"]
+    if args.get("wide"):
+        columns = list(STATUS_COLUMNS)
+        for server in servers:
+            columns += [key for key in server if key not in columns and key not in JSON_ONLY_COLUMNS]
+        header = columns
+        rows = [[cell(column, server.get(column)) for column in columns] for server in servers]
+    else:
+        columns = [key for key in NARROW_COLUMNS if any(key in server for server in servers)]
+        header = [NARROW_COLUMNS[key] for key in columns]
+        rows = [[narrow_cell(column, server.get(column)) for column in columns]
+                for server in servers]
+    lines = table(header, rows) if servers else ["no servers"]
     # "server" is who answered: None when the broker did, as it should for status
     extras = [f"{key}: {cell(key, value)}" for key, value in result.items()
               if key != "servers" and not (key == "server" and value is None)]
-    return "\n".join(lines + extras)
+    legend = [] if args.get("wide") or not servers else wrap(STATUS_LEGEND, 100)
+    return "\n".join(lines + extras + legend)
+
+
+def narrow_cell(column: str, value: object) -> str:
+    if column == "digest" and isinstance(value, str):
+        return value[:NARROW_DIGEST]
+    if column == "peers" and isinstance(value, list):
+        return str(len(value))
+    return cell(column, value)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width)
 
 
 def cell(column: str, value: object) -> str:
@@ -171,9 +207,13 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             for line in [header, *rows]]
 
 
-def push(item: dict) -> str:
-    """One live item from ``listen``."""
+MISSED = "  (missed while away)"
+
+
+def push(item: dict, missed: bool = False) -> str:
+    """One item from ``listen``: live, or ``missed`` while the listener was away."""
     when = f"[L={item.get('lamport', '?')} {clock_time(item.get('timestamp'))}]"
+    mark = MISSED if missed else ""
     if item.get("type") == "message":
-        return f"{when} new message from {item.get('from', '?')}: {item.get('text', '')}"
-    return f"{when} {item.get('author', '?')} posted: {item.get('text', '')}"
+        return f"{when} new message from {item.get('from', '?')}: {item.get('text', '')}{mark}"
+    return f"{when} {item.get('author', '?')} posted: {item.get('text', '')}{mark}"

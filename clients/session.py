@@ -11,7 +11,6 @@ and logs in again once if the servers refuse the token (expired or logged out).
 """
 from __future__ import annotations
 
-import secrets
 import time
 
 from common import protocol
@@ -38,7 +37,8 @@ class UserSession:
         self.lamport = LamportClock(self.state.lamport if self.state else 0)
         self.clock = PhysicalClock(offset=clock_offset + learned, chaos=clock_chaos)
         process = f"client-{user}" if user else ANONYMOUS_PROCESS
-        self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock)
+        self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock,
+                              plain=True)   # a command writes a few lines: no loguru
         self.connection = Connection(config, user, self.lamport, self.clock, self.log)
 
     def __enter__(self) -> "UserSession":
@@ -95,6 +95,7 @@ class UserSession:
 
     def login(self, password: str) -> dict:
         """A new session: a fresh 256-bit token, saved once the servers hold its hash."""
+        import secrets           # here: most commands never log in
         token = secrets.token_urlsafe(32)
         result = self.connection.request(protocol.OP_LOGIN, {"password": password},
                                          token=token)

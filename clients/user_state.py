@@ -13,7 +13,6 @@ A file of before accounts (``"registered": true``, no token) still loads.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +54,16 @@ class UserState:
         return cls(path, saved["lamport"], float(saved["clock_offset"]), token, float(expires))
 
     def save(self) -> None:
-        """Write atomically: a crash leaves the old file or the new, never half of one."""
+        """Write atomically: a crash leaves the old file or the new, never half of one.
+
+        The temporary file is this process's own (its pid in the name; a leftover of a
+        crashed one with the same pid is replaced), mode 0600 and so the file; no
+        ``tempfile``, whose import would cost each command a few ms."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = orjson.dumps({"lamport": self.lamport, "clock_offset": self.clock_offset,
                              "token": self.token, "expires": self.expires})
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                    suffix=".tmp")         # mode 0600, and so the file
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as file:

@@ -22,14 +22,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import tempfile
 import threading
 from pathlib import Path
 
 import zmq
-from zmq.auth.certs import load_certificate
-from zmq.auth.thread import ThreadAuthenticator
 
 BROKER = "broker"
 CLUSTER_DOMAIN = "cluster"
@@ -62,6 +58,7 @@ def dealer_identity(server_id: int) -> bytes:
     for each connection. The broker takes it only with server N's key; unguessable, so no
     other member of the cluster can take it over (ROUTER_HANDOVER hands an identity to
     whichever connection names it last)."""
+    import secrets               # here, as tempfile below: a user's command needs neither
     return f"{server_name(server_id)}.{secrets.token_hex(8)}".encode()
 
 
@@ -109,6 +106,7 @@ def _certificate(public: bytes, secret: bytes | None = None) -> str:
 
 
 def _write_temp(folder: Path, text: str) -> Path:
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".key")   # 0600
     try:
         with os.fdopen(fd, "w") as f:
@@ -140,6 +138,23 @@ def _replace(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def load_certificate(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) of a certificate file, read as pyzmq's
+    ``zmq.auth.certs.load_certificate`` reads it; importing that module would load
+    all of ``zmq.auth`` (and ``logging``) into every user's command.
+    OSError if it cannot be read, ValueError if it holds no public key."""
+    found: dict[bytes, bytes] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            for name in (b"public-key", b"secret-key"):
+                if line.startswith(name) and b"=" in line and name not in found:
+                    found[name] = line.split(b"=", 1)[1].strip(b" \t'\"")
+    if not found.get(b"public-key"):
+        raise ValueError(f"No public key found in {path}")
+    return found[b"public-key"], found.get(b"secret-key")
 
 
 def load_public(path: str | os.PathLike) -> bytes:
@@ -326,16 +341,19 @@ class Allowlist:
         return False
 
 
-class _Authenticator(ThreadAuthenticator):
-    """pyzmq's ZAP thread, naming each allowlisted connection by its id (``User-Id``)."""
+def _authenticator(context: zmq.Context, allowlist: Allowlist):
+    """pyzmq's ZAP thread, naming each allowlisted connection by its id (``User-Id``).
 
-    def __init__(self, context: zmq.Context, allowlist: Allowlist) -> None:
-        super().__init__(context)
-        self.allowlist = allowlist
+    Its module (threads, asyncio) is imported here, not at the top: a user's client
+    never authenticates anyone, and the import would cost each command ~15 ms."""
+    from zmq.auth.thread import ThreadAuthenticator
 
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        from zmq.utils import z85
-        return self.allowlist.id_of(z85.encode(client_public_key)) or ANYONE
+    class Authenticator(ThreadAuthenticator):
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            from zmq.utils import z85
+            return allowlist.id_of(z85.encode(client_public_key)) or ANYONE
+
+    return Authenticator(context)
 
 
 class Security:
@@ -352,7 +370,7 @@ class Security:
         self.problem = admit_self(data_dir, server_id, self.public) if server_id else None
         self.allowlist = Allowlist(data_dir)
         self.allowlist.refresh()
-        self.auth = _Authenticator(ctx, self.allowlist)
+        self.auth = _authenticator(ctx, self.allowlist)
         self.auth.start()
         self.auth.configure_curve_callback(CLUSTER_DOMAIN, self.allowlist)
         self.auth.configure_curve_callback(CLIENTS_DOMAIN, self.allowlist)

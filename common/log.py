@@ -13,6 +13,10 @@ Lines are formatted at once but handed to loguru together, at most
 ``flush_every`` seconds later (``Config.log_flush_every``) (``flush_if_due()`` every loop turn): one loguru
 call costs ~35 µs, and a busy server writes a dozen lines per client write, so
 per-line calls would cost more than the write itself.
+
+A short-lived process (one CLI command writes a handful of lines) passes
+``plain=True``: the same lines, appended to the file directly, without importing
+loguru (~20 ms of a command's start-up).
 """
 from __future__ import annotations
 
@@ -21,8 +25,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-from loguru import logger
 
 from common.clock import LamportClock, PhysicalClock
 from common.ownership import claim, release
@@ -51,7 +53,7 @@ class ProcessLog:
 
     def __init__(self, process: str, path: Path | str, lamport: LamportClock,
                  clock: PhysicalClock, echo: bool = False, flush_every: float = 0.05,
-                 exclusive: bool = False) -> None:
+                 exclusive: bool = False, plain: bool = False) -> None:
         self.process = process
         self.flush_every = flush_every
         self.lamport = lamport
@@ -60,11 +62,7 @@ class ProcessLog:
         self._lock = claim(path, need="every process needs its log file writable") \
             if exclusive else None
         path.parent.mkdir(parents=True, exist_ok=True)
-        logger.remove()
-        self._sink = logger.add(str(path), format="{message}", level="DEBUG",
-                                enqueue=False, colorize=False)
-        if echo:
-            logger.add(sys.stderr, format="{message}", level="WARNING", colorize=False)
+        self._sink = _PlainSink(path) if plain else _LoguruSink(path, echo)
         self._pending: list[str] = []
         self._flush_at = 0.0
 
@@ -78,12 +76,12 @@ class ProcessLog:
             self._pending.append(text)
         else:
             self.flush()
-            logger.log(level, text)
+            self._sink.write(text, level)
 
     def flush(self) -> None:
         """Hand the lines gathered so far to loguru."""
         if self._pending:
-            logger.info("\n".join(self._pending))
+            self._sink.write("\n".join(self._pending), "INFO")
             self._pending.clear()
         self._flush_at = time.monotonic() + self.flush_every
 
@@ -123,9 +121,41 @@ class ProcessLog:
 
     def close(self) -> None:
         self.flush()
-        logger.remove()
+        self._sink.close()
         release(self._lock)
         self._lock = None
+
+
+class _LoguruSink:
+    """The log file through loguru (long-lived processes); ``echo``: warnings on stderr too."""
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        from loguru import logger
+        self.logger = logger
+        logger.remove()
+        logger.add(str(path), format="{message}", level="DEBUG", enqueue=False, colorize=False)
+        if echo:
+            logger.add(sys.stderr, format="{message}", level="WARNING", colorize=False)
+
+    def write(self, text: str, level: str) -> None:
+        self.logger.log(level, text)
+
+    def close(self) -> None:
+        self.logger.remove()
+
+
+class _PlainSink:
+    """The log file appended to directly, each write at once: the same lines as loguru's."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, text: str, level: str) -> None:
+        self.file.write(text + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _describe_cause(args: tuple) -> str:

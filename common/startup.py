@@ -22,11 +22,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-import typer
 import zmq
 
 
@@ -51,6 +49,7 @@ def describe(exc: BaseException) -> str:
         return f"cannot use {exc.filename} ({exc.strerror})"
     if isinstance(exc, (CannotStart, OSError, zmq.ZMQError, ValueError)):
         return str(exc)
+    import traceback             # only for a bug's line: not every start pays for it
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{where} (a bug: please report it)"
@@ -70,6 +69,7 @@ def private_files() -> None:
 def one_line():
     """Run a process's start (and loop): any failure becomes one ``error: …`` line on
     stderr and exit code 1 (Ctrl-C during start-up: code 130, no line)."""
+    import typer                 # here: a user's command imports this module, not typer
     try:
         yield
     except (typer.Exit, SystemExit):

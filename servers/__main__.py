@@ -26,7 +26,7 @@ from common import cli_options as O
 from common import startup
 from common.config import load_config
 
-app = typer.Typer(add_completion=False, help="Run one server: storage, replication, election, clock sync.")
+app = typer.Typer(**O.APP_SETTINGS, help="Run one server: storage, replication, election, clock sync.")
 
 
 @app.command()
@@ -41,7 +41,10 @@ def main(
                                      help="Push the clock randomly by up to ±1 s at random intervals."),
     drop_rate: Optional[float] = typer.Option(None, "--drop-rate", help="TEST ONLY: drop this fraction of incoming replication messages."),
     fsync: Optional[bool] = typer.Option(None, "--fsync/--no-fsync", help="fsync the log before acking (one fsync per loop turn): acks survive a power loss."),
+    version: bool = O.version_option(),
 ) -> None:
+    """Run server N in the foreground until Ctrl-C: it stores and replicates the
+    events, joins elections and keeps its clock in step (Berkeley)."""
     from common.clock import PhysicalClock
     from servers.node import RESTART, Server
     startup.private_files()

@@ -436,10 +436,16 @@ def test_cli_status_needs_no_user_and_shows_a_table(cli, start_broker):
     result = cli("status", port=broker.port)
     assert result.exit_code == 0, result.stderr
     header, row, *rest = result.stdout.splitlines()
+    assert header.split() == ["id", "alive", "phase", "events", "digest", "lamport"]
+    assert row.split() == ["1", "yes", "serving", "10", "01234567", "33"]
+    assert rest[:2] == ["coordinator: 1", "epoch: 2"]
+    assert rest[2].startswith("offset_ms: ")                 # the legend
+    assert broker.ops == ["status"] and broker.requests[0].msg.user is None
+    wide = cli("status", "--wide", port=broker.port)
+    header, row, *rest = wide.stdout.splitlines()
     assert header.split() == ["id", "alive", "phase", "events", "digest", "lamport", "lag"]
     assert row.split() == ["1", "yes", "serving", "10", "0123456789ab", "33", "0"]
     assert rest == ["coordinator: 1", "epoch: 2"]
-    assert broker.ops == ["status"] and broker.requests[0].msg.user is None
 
 
 def test_cli_reports_an_unreachable_broker(cli, monkeypatch):
@@ -453,7 +459,9 @@ def test_cli_without_the_brokers_key_says_where_it_looked(cli, tmp_path, monkeyp
     monkeypatch.delenv("SOCIAL_BROKER_KEY", raising=False)
     result = cli("--user", "alice", "users")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: no broker key: {tmp_path / 'data' / 'keys'}")
+    waiting, error = result.stderr.splitlines()         # a broker starting writes it at once
+    assert waiting.startswith("waiting for the broker at tcp://127.0.0.1:45000")
+    assert error.startswith(f"error: no broker key: {tmp_path / 'data' / 'keys'}")
     assert "SOCIAL_BROKER_KEY" in result.stderr
 
 

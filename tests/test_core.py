@@ -212,7 +212,7 @@ def test_origins_measure_when_every_server_holds_each_write(make_cluster):
     # each answered write is counted once, by its origin, when the last server's
     # version vector covers it (heartbeats carry the counts to the broker)
     wait_until(lambda: measured() == 7, timeout=5, what="7 lag measurements")
-    table = c.cli("alice", "status", json=False)      # the counts shown summed up
+    table = c.cli("alice", "status", "--wide", json=False)   # the counts shown summed up
     assert "repl_lag_hist" in table and "p99<=" in table and "[0, " not in table
 
 

@@ -285,7 +285,7 @@ def test_a_server_whose_db_json_is_damaged_moves_it_aside_syncs_and_then_serves(
     _all_there(c, acked)
     rows = c.servers()
     assert {row["durability"] for row in rows.values()} == {"flush"}
-    table = c.cli(None, "status", json=False)
+    table = c.cli(None, "status", "--wide", json=False)       # every column
     assert "durability" in table.splitlines()[0] and "flush" in table
 
 

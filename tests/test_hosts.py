@@ -70,7 +70,7 @@ def test_a_cluster_on_distinct_addresses_serves_replicates_and_rejoins(hosts: Cl
                       10, what="every server's address in status")
     assert {i: rows[i]["address"] for i in SERVER_HOSTS} == \
         {i: peer_endpoint(c, i) for i in SERVER_HOSTS}
-    table = c.cli(None, "status", json=False)
+    table = c.cli(None, "status", "--wide", json=False)       # every column
     assert "address" in table.splitlines()[0]
     for i in SERVER_HOSTS:
         assert peer_endpoint(c, i) in table
