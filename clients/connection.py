@@ -125,9 +125,9 @@ class Connection:
         self._context.linger = 0
         self._socket: zmq.Socket | None = None
         self.broker_key = broker_key
-        self._find_broker_key()
+        self.find_broker_key()
 
-    def _find_broker_key(self) -> keys.KeyProblem | None:
+    def find_broker_key(self) -> keys.KeyProblem | None:
         """Open the socket once the broker's key is known; what is wrong until then (a
         problem is said when a request is sent, after the request's own checks)."""
         if self._socket is None:
@@ -204,7 +204,7 @@ class Connection:
     def _wait_for_broker_key(self, deadline: float, waiting: "_Waiting") -> None:
         """A broker starting on this data folder writes its key at once: wait for it as
         for its reply (until ``deadline``); a malformed key fails at once."""
-        while (problem := self._find_broker_key()) is not None:
+        while (problem := self.find_broker_key()) is not None:
             if not isinstance(problem, keys.NoBrokerKey) or time.monotonic() >= deadline:
                 raise ClientError(protocol.ERR_UNAVAILABLE, str(problem))
             waiting.check()

@@ -91,6 +91,7 @@ class Pipeline:
     token: str | None = None
     lamport: LamportClock = field(default_factory=LamportClock)
     fast: bool = True                   # False: every request by the routed port
+    log: object = None                  # a ProcessLog: one line per send and per answer
 
     def __post_init__(self) -> None:
         self.public, self.secret = zmq.curve_keypair()
@@ -206,6 +207,10 @@ class Pipeline:
             pass                         # its queue is full: it counts as sent, and retries
         flight.tries += 1
         flight.sent_at = now
+        if self.log is not None:
+            again = f" try={flight.tries}" if flight.tries > 1 else ""
+            self.log.line("send", "broker", f"{request.op} rid={request.rid} "
+                                            f"({'fast path' if fast else 'routed'}{again})")
         flight.resend_at = min(flight.deadline, now + self.config.request_timeout + (
             request.args.wait or 0.0 if request.op == P.OP_LISTEN else 0.0))
 
@@ -231,6 +236,10 @@ class Pipeline:
             flight.resend_at = min(flight.deadline, now + flight.delay)
             return
         del self.flights[reply.rid]
+        if self.log is not None:
+            what = "ok" if reply.ok else f"error {reply.code}: {reply.error}"
+            self.log.line("recv", f"server-{reply.server}" if reply.server else "broker",
+                          f"{flight.request.op} {what} rid={reply.rid}")
         self.finished.append(Done(reply.rid, flight.request.op, P.to_builtins(reply),
                                   flight.issued, now, flight.tries))
 
@@ -240,6 +249,9 @@ class Pipeline:
                 continue
             if now >= flight.deadline:
                 del self.flights[rid]
+                if self.log is not None:
+                    self.log.line("local", "-", f"{flight.request.op} rid={rid}: no answer "
+                                                f"after {flight.tries} tries", "WARNING")
                 self.finished.append(Done(rid, flight.request.op, None, flight.issued, now,
                                           flight.tries))
             else:

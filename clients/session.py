@@ -40,6 +40,7 @@ class UserSession:
         self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock,
                               plain=True)   # a command writes a few lines: no loguru
         self.connection = Connection(config, user, self.lamport, self.clock, self.log)
+        self._pipelines: list = []
 
     def __enter__(self) -> "UserSession":
         return self
@@ -69,6 +70,23 @@ class UserSession:
         self.state.token = None                  # refused: expired or logged out elsewhere
         self.login(self.password)
         return self.connection.request(op, args, server)
+
+    def pipeline(self, window: int = 32):
+        """A Pipeline (``clients/pipeline.py``) of this user: up to ``window`` requests in
+        flight, with this session's token, Lamport clock and log; close it after use."""
+        import zmq
+        from clients.pipeline import Pipeline
+        self.ensure_session()
+        problem = self.connection.find_broker_key()
+        if problem is not None:
+            raise ClientError(protocol.ERR_UNAVAILABLE, str(problem))
+        ctx = zmq.Context()
+        ctx.linger = 0
+        pipe = Pipeline(ctx, self.connection.config, self.user, self.connection.broker_key,
+                        window=window, token=self.connection.token, lamport=self.lamport,
+                        log=self.log)
+        self._pipelines.append((ctx, pipe))
+        return pipe
 
     def ensure_session(self) -> bool:
         """Use the saved token; or, with a password, log in (registering the name
@@ -112,6 +130,9 @@ class UserSession:
         return self.connection.request(protocol.OP_LOGOUT, {}, token=token)
 
     def close(self) -> None:
+        for ctx, pipe in self._pipelines:
+            pipe.close()
+            ctx.destroy(0)
         if self.state is not None:
             self.state.lamport = self.lamport.value
             self.state.clock_offset += self.connection.clock_correction

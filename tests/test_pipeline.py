@@ -193,3 +193,33 @@ def test_a_frozen_server_leaves_the_fast_path_and_comes_back(cluster):
     held = wait_until(lambda: (h := posts_on(cluster, 3)) and {p["text"] for p in h} >= acked
                       and h, 20, what="server-3 to hold every acked post")
     assert len({p["text"] for p in held}) == len(held)
+
+
+def test_a_shell_script_of_posts_goes_out_pipelined_and_prints_in_order(cluster):
+    """``shell`` from a script: a run of posts is sent without waiting for each answer
+    (the client's log shows many sends before the first answer), the outputs come in
+    the script's order, and the posts keep that order on every server."""
+    import subprocess
+    import sys
+    from common.processes import ROOT
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    script = "".join(f"post 'line {i}'\n" for i in range(120)) + "feed --limit 3\n"
+    done = subprocess.run([sys.executable, "-m", "clients", "--user", "alice", "shell"],
+                          cwd=ROOT, env=cluster.env, input=script, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert len(out) == 120 + 1 + 3, out[-6:]
+    assert all(line.startswith("posted as alice (id ") for line in out[:120])
+    lamports = [int(line.split("L=")[1].split(",")[0]) for line in out[:120]]
+    assert lamports == sorted(lamports), "outputs out of the script's order"
+    assert out[121].endswith("alice: line 119") and out[123].endswith("alice: line 117")
+    log = cluster.log_text("client-alice").splitlines()
+    first_answer = next(i for i, line in enumerate(log) if "| recv server-" in line
+                        and " post ok " in line)
+    sends_before = sum(1 for line in log[:first_answer] if "| send broker | post " in line)
+    assert sends_before > 1, "the posts went out one at a time"
+    for server in SERVERS:
+        texts = [p["text"] for p in posts_on(cluster, server) if p["author"] == "alice"]
+        assert texts == [f"line {i}" for i in range(120)], f"server {server}"
