@@ -101,6 +101,7 @@ class Pipeline:
         self.flights: dict[str, Flight] = {}
         self.finished: list[Done] = []
         self.retries = 0
+        self.barriers = 0                     # follows and unfollows in flight (0 or 1)
         cfg = self.config
         self.routed = self._open(cfg.endpoint(cfg.frontend_port))
         self.quick = self._open(cfg.endpoint(cfg.fast_frontend_port)) if self.fast else None
@@ -184,16 +185,14 @@ class Pipeline:
         while self.queue and len(self.flights) < self.window:
             head = self.queue[0]
             barrier = head.request.op in BARRIER_OPS
-            if self.flights and (barrier or self._barrier_in_flight()):
+            if self.flights and (barrier or self.barriers):
                 return
             self.queue.popleft()
             self.flights[head.request.rid] = head
+            self.barriers += barrier
             self._send(head, now)
             if barrier:
                 return
-
-    def _barrier_in_flight(self) -> bool:
-        return any(f.request.op in BARRIER_OPS for f in self.flights.values())
 
     def _send(self, flight: Flight, now: float) -> None:
         request = flight.request
@@ -235,7 +234,7 @@ class Pipeline:
                                flight.delay * 2 or self.config.retry_first_delay)
             flight.resend_at = min(flight.deadline, now + flight.delay)
             return
-        del self.flights[reply.rid]
+        self._finish(reply.rid)
         if self.log is not None:
             what = "ok" if reply.ok else f"error {reply.code}: {reply.error}"
             self.log.line("recv", f"server-{reply.server}" if reply.server else "broker",
@@ -243,12 +242,16 @@ class Pipeline:
         self.finished.append(Done(reply.rid, flight.request.op, P.to_builtins(reply),
                                   flight.issued, now, flight.tries))
 
+    def _finish(self, rid: str) -> None:
+        flight = self.flights.pop(rid)
+        self.barriers -= flight.request.op in BARRIER_OPS
+
     def _resend_due(self, now: float) -> None:
         for rid, flight in list(self.flights.items()):
             if now < flight.resend_at:
                 continue
             if now >= flight.deadline:
-                del self.flights[rid]
+                self._finish(rid)
                 if self.log is not None:
                     self.log.line("local", "-", f"{flight.request.op} rid={rid}: no answer "
                                                 f"after {flight.tries} tries", "WARNING")
