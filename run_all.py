@@ -2,7 +2,7 @@
 
     python run_all.py up --servers 3     broker + servers 1..3 + the web panel; Ctrl-C stops all
     python run_all.py demo               the whole system at work, narrated, in under a minute
-    python run_all.py timeline           every process's log merged in Lamport order
+    python run_all.py timeline           every process's log merged (--compact, --only, --user…)
     python run_all.py admit N KEY        let server N on another host in (its public key)
     python run_all.py nemesis --quick    as root: faults in network namespaces, checked
 """
@@ -243,18 +243,46 @@ def timeline(follow: bool = typer.Option(False, "--follow", "-f",
              window: float = typer.Option(1.0, "--window", min=0.0,
                                           help="--follow: seconds a line waits for earlier "
                                                "lines of other logs before it is printed."),
+             order: str = typer.Option("time", "--order",
+                                       help="time: by each line's synchronized clock (as it "
+                                            "happened); lamport: by (Lamport clock, process), "
+                                            "exact causal order."),
+             user: O.OptStr = typer.Option(None, "--user",
+                                           help="Only that user's client and the lines naming them."),
+             only: O.OptStr = typer.Option(None, "--only",
+                                           help="Only one kind: writes, membership, election, clock."),
+             hide: str = typer.Option("", "--hide",
+                                      help="Leave out these message types, e.g. HB,BEAT,ACK."),
+             since: O.OptStr = typer.Option(None, "--since",
+                                            help="From this clock time (HH:MM:SS, UTC as in the "
+                                                 "logs), or -30s before the end, +10s after the start."),
+             until: O.OptStr = typer.Option(None, "--until", help="Up to this time (as --since)."),
+             compact: bool = typer.Option(False, "--compact",
+                                          help="Each write's request, EVENTs and ACKs as one line: "
+                                               "'post 7a38 by alice held by 3 in 1.2 ms'."),
              log_dir: O.OptStr = O.LogDir) -> None:
-    """Every process's log merged into one timeline, ordered by (Lamport clock, process)."""
-    from common.timeline import follow_timeline, print_timeline
+    """Every process's log merged into one timeline (by default the newest run's,
+    logs/latest), in time or Lamport order, filtered and folded as asked."""
+    from common.processes import LATEST
+    from common.timeline import View, follow_timeline, print_timeline
     folder = Path(load_config(log_dir=log_dir).log_dir)
+    if (folder / LATEST).is_dir():          # a folder of runs: its newest
+        folder = folder / LATEST
     if not folder.is_dir():
         typer.echo(f"error: no log folder {folder}/", err=True)
         raise typer.Exit(1)
     try:
+        view = View(order=order, user=user, only=only, hide=frozenset(hide.split(",")),
+                    since=since, until=until, compact=compact)
+        if follow and compact:
+            raise ValueError("--compact needs each write's whole trail: not with --follow")
         if follow:
-            follow_timeline(folder, window)
+            follow_timeline(folder, window, view=view)
         else:
-            print_timeline(folder)
+            print_timeline(folder, view=view)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:                 # `| head`: the reader has had enough

@@ -25,6 +25,7 @@ from pathlib import Path
 from loguru import logger
 
 from common.clock import LamportClock, PhysicalClock
+from common.log_lines import CHAOS_JUMP
 from common.ownership import claim, release
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
@@ -67,6 +68,10 @@ class ProcessLog:
             logger.add(sys.stderr, format="{message}", level="WARNING", colorize=False)
         self._pending: list[str] = []
         self._flush_at = 0.0
+        clock.on_jump = self._clock_jumped       # every process's chaos jumps, in its log
+
+    def _clock_jumped(self, jump: float) -> None:
+        self.note(CHAOS_JUMP.format(jump_ms=f"{jump * 1000:+.1f}"))
 
     def line(self, direction: str, peer: str, what: str, level: str = "INFO") -> None:
         """Write ``direction peer | what`` stamped with both clocks."""
@@ -184,8 +189,19 @@ def brief(body, width: int = 120) -> str:
     if not isinstance(body, dict):
         body = {f: getattr(body, f) for f in body.__struct_fields__
                 if f not in ("sender",) and getattr(body, f) is not None}
-    text = " ".join(f"{k}={_value(secret(k, v))}" for k, v in body.items() if k != "from")
+    text = " ".join(f"{k}={ms_brief(v) if k in MS_FIELDS else _value(secret(k, v))}"
+                    for k, v in body.items() if k != "from")
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def ms_brief(seconds: dict) -> str:
+    """A map of durations in seconds (Berkeley's corrections) in ms, as every log line
+    gives times: ``{1:+0.011ms,2:-0.227ms}``."""
+    return "{" + ",".join(f"{k}:{v * 1000:+.3f}ms" for k, v in sorted(seconds.items())) + "}"
+
+
+MS_FIELDS = frozenset({"corrections"})
+"""Message fields in seconds that log lines show in ms."""
 
 
 def vv_brief(vv: dict) -> str:

@@ -171,7 +171,6 @@ class Server:
             P.TIME_QUERY: (self.berkeley.on_TIME_QUERY,),
             P.TIME_REPLY: (self.berkeley.on_TIME_REPLY,),
             P.TIME_ADJUST: (self.berkeley.on_TIME_ADJUST,)}
-        self.clock_jumps = 0
         self.last_write = now
         self.rng = random.Random()
         self.gc = GcPacer()
@@ -440,9 +439,6 @@ class Server:
                 self.disk.tick(now)
             self.gc.tick(now)
             return
-        if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
-            self.clock_jumps = self.clock.jumps
-            self.log.note(LL.CHAOS_JUMP.format(jump_ms=f"{self.clock.last_jump * 1000:+.1f}"))
         self.desk.expire_listeners(now)
         self.desk.expire_writes(now)
         self.election.tick(now)

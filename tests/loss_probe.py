@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import log_lines as LL
 from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, log_lines, ns_name, sh,
                               start_cluster)
 
-ADJUSTED = re.compile(r"\| clock adjusted by ([+-]\d+\.\d+) ms")
+ADJUSTED = LL.pattern(LL.ADJUSTED)
 BROKER_STEP = re.compile(r"\| clock (?:corrected|set) by ([+-][\d.]+) ms")
 
 
