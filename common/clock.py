@@ -66,8 +66,12 @@ class PhysicalClock:
         self.jumps += 1
         self.last_jump = jump
         self._next_jump = mono + self._draw_interval()
-        if self.on_jump is not None:
-            self.on_jump(jump)
+        told, self.on_jump = self.on_jump, None      # its log line reads this clock again
+        if told is not None:
+            try:
+                told(jump)
+            finally:
+                self.on_jump = told
 
     def now(self) -> float:
         mono = time.monotonic()

@@ -51,7 +51,7 @@ FIELDS = {
     "folder": r".+?",
     "readings": r".*?",
     "excluded": r"[^\]]*",
-    "corrections": r"(?:s\d+=[+-]?[\d.]+ms ?)+",
+    "corrections": r"s\d+=[+-]?[\d.]+ms(?: s\d+=[+-]?[\d.]+ms)*",
     "seconds": r"\S+",
 }
 """Fields that match something other than a run of non-space characters."""
