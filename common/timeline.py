@@ -26,14 +26,17 @@ starts at L=1), which are concurrent with everything printed before them.
 
 Views (``run_all.py timeline`` options, ``View`` here):
 
-* ``order``: ``time`` (the default) sorts by each line's synchronized wall time,
-  every file kept in its own order. It reads as things happened: a fresh user's
-  first command (its Lamport clock starts at 1) sits where it was typed, not at
-  the top. The servers' clocks agree to about a millisecond (Berkeley), so a
-  receive comes after its send, except right after a ``--clock-chaos`` jump
-  (up to ±1 s until the next round). ``lamport`` sorts by ``(L, process)``:
-  exact causal order, whatever the clocks, but lines of concurrent processes
-  are placed by their counters (a new user's first line comes first).
+* ``order``: ``time`` (the default) sorts by each line's wall time, as things
+  happened: a fresh user's first command (its Lamport clock starts at 1) sits
+  where it was typed, not at the top. Clocks differ, though (a user's is set
+  only by its first reply; ``--clock-chaos`` moves the servers' by up to 1 s
+  between two Berkeley rounds), so a line's time is pushed, never pulled, to
+  keep causes first: each line comes after the line before it in its file and
+  after every line of the same request or event (``rid=``/``id=``) lower in
+  Lamport order (``causal_times``). ``lamport`` sorts by ``(L, process)``: exact
+  causal order for every message, but concurrent lines are placed by their
+  counters (a new user's first line comes first). ``--follow`` prints in Lamport
+  order (each line as soon as the reorder window allows).
 * filters: ``user`` (that user's client lines and every line naming them),
   ``only`` (one kind: ``writes``, ``membership``, ``election``, ``clock``),
   ``hide`` (message types such as ``HB,BEAT``), ``since``/``until`` (a clock
@@ -44,6 +47,7 @@ Views (``run_all.py timeline`` options, ``View`` here):
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import re
 from datetime import datetime, timedelta
@@ -136,28 +140,24 @@ def read_timeline(folder: Path | str) -> list[Entry]:
 
 
 class ReorderBuffer:
-    """Holds lines for ``window`` seconds, then releases them in order (``key``:
-    Lamport order by default)."""
+    """Holds lines for ``window`` seconds, then releases them in Lamport order."""
 
-    def __init__(self, window: float, key: Callable[[Entry], tuple] = lambda e: e) -> None:
+    def __init__(self, window: float) -> None:
         self.window = window
-        self.key = key
-        self._heap: list[tuple[tuple, int, Entry, float]] = []
-        self._count = 0
+        self._heap: list[tuple[Entry, float]] = []
         self.last: Entry | None = None
         self.late = 0
         """Lines released after a line that follows them (read too late to reorder)."""
 
     def add(self, entries: list[Entry], now: float) -> None:
         for entry in entries:
-            self._count += 1
-            heapq.heappush(self._heap, (self.key(entry), self._count, entry, now))
+            heapq.heappush(self._heap, (entry, now))
 
     def release(self, now: float) -> list[Entry]:
         out = []
-        while self._heap and self._heap[0][3] + self.window <= now:
-            key, _, entry, _ = heapq.heappop(self._heap)
-            if self.last is not None and key < self.key(self.last):
+        while self._heap and self._heap[0][1] + self.window <= now:
+            entry, _ = heapq.heappop(self._heap)
+            if self.last is not None and entry < self.last:
                 self.late += 1
             else:
                 self.last = entry
@@ -252,14 +252,12 @@ class View:
             raise ValueError(f"--only is one of {', '.join(KINDS)}, not {self.only!r}")
         self.hide = frozenset(t.strip().lower() for t in self.hide if t.strip())
 
-    def key(self) -> Callable[[Entry], tuple]:
-        if self.order == "lamport":
-            return lambda e: e
-        return lambda e: (e.time, e.process, e.source, e.position)
-
     def apply(self, entries: list[Entry]) -> list[Entry]:
         """The lines to print, in order (compact lines folded in)."""
-        entries = sorted(entries, key=self.key())
+        entries = sorted(entries)
+        if self.order == "time":
+            times = causal_times(entries)
+            entries.sort(key=lambda e: (times[e], e))
         write_ids = {m["id"] for e in entries if (m := EVENT_RE.search(e.text))}
         if self.compact:
             entries = fold_writes(entries, write_ids)
@@ -289,6 +287,29 @@ class View:
                     return False
             return True
         return keep
+
+
+def causal_times(entries: list[Entry]) -> dict[Entry, datetime]:
+    """Each line's wall time, pushed later where a clock was behind: never before the
+    line before it in its file, nor before a line of the same request or event (the
+    same ``rid=``/``id=``) that is lower in Lamport order (``entries``: in that order)."""
+    step = timedelta(microseconds=1)
+    out: dict[Entry, datetime] = {}
+    last_in_file: dict[str, datetime] = {}
+    last_of_id: dict[str, datetime] = {}
+    for e in entries:
+        t = wall(e)
+        before = last_in_file.get(e.source)
+        if before is not None and t < before:
+            t = before
+        found = ID_RE.search(e.rest)
+        if found is not None:
+            cause = last_of_id.get(found.group(1))
+            if cause is not None and t <= cause:
+                t = cause + step
+            last_of_id[found.group(1)] = max(t, last_of_id.get(found.group(1), t))
+        out[e] = last_in_file[e.source] = t
+    return out
 
 
 def fold_writes(entries: list[Entry], write_ids: set[str]) -> list[Entry]:
@@ -360,13 +381,13 @@ def print_timeline(folder: Path | str, out: TextIO = sys.stdout,
 
 def follow_timeline(folder: Path | str, window: float = DEFAULT_WINDOW,
                     out: TextIO = sys.stdout, view: View | None = None) -> None:
-    """Print what is there in order, then new lines as they come, until Ctrl-C
-    (``view``'s filters and order; not ``compact``, which needs a write's whole trail)."""
-    view = view or View(order="lamport")
+    """Print what is there in Lamport order, then new lines as they come, until Ctrl-C
+    (``view``'s filters; not ``compact``, which needs a write's whole trail)."""
+    view = dataclasses.replace(view or View(), order="lamport")
     logs = LogFolder(folder)
     backlog = view.apply(logs.read_new())
     _write(out, backlog)
-    buffer = ReorderBuffer(window, view.key())
+    buffer = ReorderBuffer(window)
     buffer.last = backlog[-1] if backlog else None
     show = view._filter([], set())
     try:
