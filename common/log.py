@@ -157,6 +157,25 @@ def client_peer(route: bytes) -> str:
     return f"client:{route.hex()[-16:]}"
 
 
+class ReplyNames:
+    """Whose request each rid is, so that the line of its reply names the user
+    (``server-2->alice``), not the connection (``client:00e43c9869``). Bounded: a
+    request whose reply never came is forgotten after ``limit`` others."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._users: dict[str, str] = {}
+
+    def asked(self, rid: str, user: str) -> None:
+        if len(self._users) >= self.limit:
+            self._users.clear()
+        self._users[rid] = user
+
+    def peer(self, rid: str, route: bytes) -> str:
+        """The user who asked ``rid`` (forgotten now), else the connection."""
+        return self._users.pop(rid, None) or client_peer(route)
+
+
 def _value(v) -> str:
     if isinstance(v, str):
         return repr(v)

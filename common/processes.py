@@ -40,10 +40,13 @@ at random and so could hold a port of the cluster when it binds."""
 
 
 def cluster_ports(base: int, servers: int = 20) -> list[int]:
-    """Every port a cluster on ``base`` binds (``Config``'s ``*_port``): the frontend,
-    backend and bus (base..base+3) and the peer ports of servers 1..``servers``
-    (base+101..base+100+servers)."""
-    return [base + i for i in range(4)] + [base + 100 + i for i in range(1, servers + 1)]
+    """Every port a cluster on ``base`` binds: each ``*_port`` of ``Config`` (the
+    frontend, backend, bus...) and the peer ports of servers 1..``servers``."""
+    config = Config(port_base=base)
+    names = sorted(n for n in dir(Config)
+                   if n.endswith("_port") and isinstance(getattr(Config, n), property))
+    return sorted({getattr(config, n) for n in names}
+                  | {config.peer_port(i) for i in range(1, servers + 1)})
 
 
 def ports_taken(ports: list[int]) -> list[int]:

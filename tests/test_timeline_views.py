@@ -125,3 +125,10 @@ def test_a_bad_option_is_one_line_in_our_words(ran: Cluster):
                               text=True, timeout=30)
         assert done.returncode == 2 and done.stderr.startswith("error: "), (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(30)
+def test_the_broker_logs_each_reply_to_the_user_by_name(ran: Cluster):
+    broker = (ran.folder / "logs" / "broker.log").read_text()
+    replies = re.findall(r"\| reply server-\d+->(\S+) \| REP rid=", broker)
+    assert replies and set(replies) <= {"alice", "bob", "carol"}, set(replies)
