@@ -7,7 +7,8 @@ format to ``parse`` (the first match in a text, its fields as strings) or
 
     parse(CLAIM, "... | local - | I am coordinator (epoch 103)")  ->  {"epoch": "103"}
 
-A format matches where a line's field starts (the line's start or after ``| ``).
+A format matches where a line's field starts (the line's start, after ``| ``, or
+after ``: `` for a format told inside another, such as CAUGHT_UP in PHASE).
 A field matches a run of characters without a space unless ``FIELDS`` says
 otherwise, so change a format here and both sides follow.
 """
@@ -73,7 +74,7 @@ def pattern(fmt: str) -> re.Pattern:
         if field is not None:
             last = i == len(parts) - 1
             out.append(f"(?P<{field}>{FIELDS.get(field, LAST_WORD if last else WORD)})")
-    return re.compile(r"(?:^|(?<=\| ))" + "".join(out), re.M)
+    return re.compile(r"(?:^|(?<=\| )|(?<=: ))" + "".join(out), re.M)
 
 
 def parse(fmt: str, text: str) -> dict[str, str] | None:

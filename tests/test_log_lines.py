@@ -41,6 +41,10 @@ def test_a_format_matches_only_where_a_field_of_the_line_starts():
     assert LL.parse(LL.SERVING, own) == {"old": "syncing", "why": "caught up"}
     assert LL.parse(LL.SERVING, heard) is None           # a peer's phase, not this server's
     assert LL.parse(LL.CLAIM, HEAD + "local - | not I am coordinator (epoch 1)") is None
+    # a format told inside another: the reason of a phase change
+    why = LL.CAUGHT_UP.format(events=709, digest="68993b08bee6") + "pulled 12 events"
+    line = HEAD + "local - | " + LL.PHASE.format(old="syncing", new="serving", why=why)
+    assert LL.parse(LL.CAUGHT_UP, line) == {"events": "709", "digest": "68993b08bee6"}
 
 
 @pytest.mark.timeout(10)
