@@ -99,7 +99,7 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
     """Start the broker, servers 1..N and the web panel in the foreground; Ctrl-C stops
     them all within 2 s. Refuses (exit 1) if its ports or data folder are in use; says
     `ready: N servers serving` once they serve; exits 1 if the broker or every server dies."""
-    from common.ownership import InUse, claim
+    from common.ownership import InUse, claim, release
     from common.processes import new_run_folder
     config = load_config(port_base=port_base, host=host, data_dir=data_dir,
                          log_dir=log_dir or DEFAULT_LOG_DIR)
@@ -125,7 +125,7 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    code = 0
+    code, watch = 0, None
     try:
         group.start_broker()
         for server_id in range(1, servers + 1):
@@ -155,20 +155,15 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
             time.sleep(0.2)
     finally:
         group.stop_all(timeout=1.5)
-        if "watch" in locals():
+        if watch is not None:
             watch.close()
         print("stopped", flush=True)
-        release_lock(lock)
+        release(lock)
     raise typer.Exit(code)
 
 
 UP_LOCK = "up.lock"
 """The file in the data folder a running ``up`` locks (it holds its pid)."""
-
-
-def release_lock(fd) -> None:
-    from common.ownership import release
-    release(fd)
 
 
 class Readiness:
