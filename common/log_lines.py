@@ -40,6 +40,10 @@ ROUND = ("berkeley round {number} (epoch {epoch}): readings {readings} median={m
 """A Berkeley round, as its coordinator logs it (servers/berkeley.py)."""
 ADJUSTED = "clock adjusted by {delta_ms} ms (round {round}, coordinator s{coordinator})"
 """A server applies its Berkeley correction (servers/berkeley.py)."""
+CLOCK_SET = "clock set by {step_ms} ms from {source}"
+"""The broker's first clock correction, from the coordinator (broker/clock_follow.py)."""
+CLOCK_CORRECTED = "clock corrected by {step_ms} ms (it was {off_ms} ms off) from {source}"
+"""The broker's later, bounded steps (broker/clock_follow.py)."""
 LAMPORT_START = "lamport clock starts at L={lamport} (stored ceiling {stored}, "
 """A server's Lamport clock at start (servers/node.py, servers/lamport_file.py)."""
 READY = "ready: {count} servers serving"
@@ -54,6 +58,7 @@ FIELDS = {
     "excluded": r"[^\]]*",
     "corrections": r"s\d+=[+-]?[\d.]+ms(?: s\d+=[+-]?[\d.]+ms)*",
     "seconds": r"\S+",
+    "source": r".*",
 }
 """Fields that match something other than a run of non-space characters."""
 

@@ -30,7 +30,6 @@ from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, log_lines, 
                               start_cluster)
 
 ADJUSTED = LL.pattern(LL.ADJUSTED)
-BROKER_STEP = re.compile(r"\| clock (?:corrected|set) by ([+-][\d.]+) ms")
 
 
 def lossy(node: str, loss: float, on: bool) -> None:
@@ -84,8 +83,9 @@ def summarize(folder: Path, began: float, ended: float) -> dict:
     for t in sorted(rounds)[1:]:
         skews = [sum(d for at, d in adjustments[sid] if at < t - 0.001) for sid in SERVERS]
         spreads.append(max(skews) - min(skews))
-    steps = [abs(float(m[1])) for t, line in log_lines(folder, "broker")
-             if began <= t <= ended and (m := BROKER_STEP.search(line))]
+    steps = [abs(float(m["step_ms"])) for t, line in log_lines(folder, "broker")
+             if began <= t <= ended
+             and (m := LL.parse(LL.CLOCK_SET, line) or LL.parse(LL.CLOCK_CORRECTED, line))]
     return {"rounds": len(rounds), "skipped": skipped, "discarded": discarded,
             "elections": elections, "spreads_ms": spreads,
             "broker_corrections": len(steps), "broker_largest_ms": max(steps, default=0.0)}
