@@ -191,6 +191,11 @@ DURATION_RE = re.compile(r"^(?P<sign>[+-]?)(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def write_ids_of(entries: Iterable[Entry]) -> set[str]:
+    """The ids of the writes (events) whose EVENT lines are in ``entries``."""
+    return {m["id"] for e in entries if (m := EVENT_RE.search(e.text))}
+
+
 def message_type(entry: Entry) -> str:
     """The first word of what a line says (``EVENT``, ``HB``, ``post``, ``phase``)."""
     what = entry.rest.split(" | ", 1)[-1]
@@ -258,13 +263,15 @@ class View:
         if self.order == "time":
             times = causal_times(entries)
             entries.sort(key=lambda e: (times[e], e))
-        write_ids = {m["id"] for e in entries if (m := EVENT_RE.search(e.text))}
+        write_ids = write_ids_of(entries)
         if self.compact:
             entries = fold_writes(entries, write_ids)
-        keep = self._filter(entries, write_ids)
+        keep = self.filter(entries, write_ids)
         return [e for e in entries if keep(e)]
 
-    def _filter(self, entries: list[Entry], write_ids: set[str]) -> Callable[[Entry], bool]:
+    def filter(self, entries: list[Entry], write_ids: set[str]) -> Callable[[Entry], bool]:
+        """Whether a line passes the filters (``--since``/``--until`` measured on
+        ``entries``; ``write_ids``: the ids of writes, for ``--only writes``)."""
         lo = hi = None
         if entries and (self.since or self.until):
             times = [wall(e) for e in entries]
@@ -354,7 +361,7 @@ def fold_writes(entries: list[Entry], write_ids: set[str]) -> list[Entry]:
             out.append(_folded(info["origin"], f"{info['kind']} {wid[:4]} by {info['user']} "
                                                f"held by {len(info['holders'])}, not "
                                                f"acknowledged"))
-    return out if not (events.keys() - acked) else _resort(out, entries)
+    return _resort(out, entries)
 
 
 def _resort(out: list[Entry], entries: list[Entry]) -> list[Entry]:
@@ -385,11 +392,12 @@ def follow_timeline(folder: Path | str, window: float = DEFAULT_WINDOW,
     (``view``'s filters; not ``compact``, which needs a write's whole trail)."""
     view = dataclasses.replace(view or View(), order="lamport")
     logs = LogFolder(folder)
-    backlog = view.apply(logs.read_new())
+    there = logs.read_new()
+    backlog = view.apply(there)
     _write(out, backlog)
     buffer = ReorderBuffer(window)
     buffer.last = backlog[-1] if backlog else None
-    show = view._filter([], set())
+    show = view.filter(there, write_ids_of(there))
     try:
         while True:
             now = time.monotonic()
