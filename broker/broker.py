@@ -45,7 +45,7 @@ from common import startup
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
-from common.log import ProcessLog, client_peer
+from common.log import ProcessLog, ReplyNames, client_peer
 
 from broker.clock_follow import ClockFollower
 from broker.fast_path import FastLog, FastPath
@@ -135,6 +135,7 @@ class Broker:
         self.capture: zmq.Socket | None = None
         self._fast_said = False
         self.servers: dict[int, ServerEntry] = {}
+        self.reply_names = ReplyNames()          # replies logged to the user, by name
         self._by_identity: dict[bytes, int] = {}
         self._rr = itertools.count()
         self._heartbeat_at = 0.0
@@ -285,6 +286,7 @@ class Broker:
                 self.forget(entry, "unreachable")
                 continue
             self.log.line("route", f"{peer}->server-{entry.id}", f"{req.op} rid={req.rid}")
+            self.reply_names.asked(req.rid, peer)
             return
 
     def why_none_serving(self, now: float) -> str:
@@ -404,7 +406,7 @@ class Broker:
         self.reached(route)
         server = self._by_identity.get(identity, "?")
         failed = f" (login failures in a row: {failures})" if failures else ""
-        self.log.line("reply", f"server-{server}->{client_peer(route)}",
+        self.log.line("reply", f"server-{server}->{self.reply_names.peer(msg.rid, route)}",
                       f"REP rid={msg.rid} ok={msg.ok}{failed}")
 
     def _register(self, identity: bytes, server_id: int) -> ServerEntry:

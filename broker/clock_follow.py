@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from common import log_lines as LL
 from common import protocol as P
 from common.config import Config
 from common.log import ProcessLog
@@ -140,15 +141,15 @@ class ClockFollower:
             self.synced = True
             self.clock.adjust(off)
             self.corrections += 1
-            self._note(f"clock set by {off * 1000:+.1f} ms from {source}")
+            self._note(LL.CLOCK_SET.format(step_ms=f"{off * 1000:+.1f}", source=source))
             return
         if abs(off) <= self.config.clock_tolerance:
             return
         step = max(-self.config.clock_step, min(self.config.clock_step, off))
         self.clock.adjust(step)
         self.corrections += 1
-        self._note(f"clock corrected by {step * 1000:+.1f} ms (it was {off * 1000:+.1f} ms "
-                   f"off) from {source}")
+        self._note(LL.CLOCK_CORRECTED.format(step_ms=f"{step * 1000:+.1f}",
+                                             off_ms=f"{off * 1000:+.1f}", source=source))
 
     def _note(self, what: str) -> None:
         if self._log is not None:

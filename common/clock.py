@@ -52,6 +52,8 @@ class PhysicalClock:
         self._last_stamp = 0.0
         self.jumps = 0
         self.last_jump = 0.0
+        self.on_jump = None
+        """Called with each chaos jump (seconds): a process's log says it (common/log.py)."""
 
     def _draw_interval(self) -> float:
         return self._rng.uniform(*self._chaos_interval)
@@ -64,6 +66,12 @@ class PhysicalClock:
         self.jumps += 1
         self.last_jump = jump
         self._next_jump = mono + self._draw_interval()
+        told, self.on_jump = self.on_jump, None      # its log line reads this clock again
+        if told is not None:
+            try:
+                told(jump)
+            finally:
+                self.on_jump = told
 
     def now(self) -> float:
         mono = time.monotonic()

@@ -16,6 +16,12 @@ from pathlib import Path
 from common.protocol import HOST_PATTERN
 
 
+DEFAULT_LOG_DIR = "logs"
+LATEST_LOG_DIR = "logs/latest"
+"""The newest run of ``run_all.py up`` or the demo (a link to ``logs/run-<time>/``):
+the log folder of a process given none (``load_config``)."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work."""
 
@@ -45,7 +51,7 @@ class Config:
     port_base: int = 5555
     """Every port derives from this: see the ``*_port`` properties."""
     data_dir: str = "data"
-    log_dir: str = "logs"
+    log_dir: str = DEFAULT_LOG_DIR
 
     # --- liveness (seconds, monotonic clock) -----------------------------
     heartbeat_interval: float = 0.25
@@ -297,6 +303,11 @@ class Config:
         folder, so a server whose folder was lost still knows it is one of several."""
         return Path(self.data_dir) / f"server-{server_id}.members"
 
+    def lamport_path(self, server_id: int) -> Path:
+        """The Lamport ceiling of server ``server_id`` (``servers/lamport_file.py``):
+        beside its folder, so a restart never reuses a stamp."""
+        return Path(self.data_dir) / f"server-{server_id}.lamport"
+
     def client_state_path(self, user: str) -> Path:
         return Path(self.data_dir) / "clients" / f"{user}.json"
 
@@ -402,4 +413,6 @@ def load_config(**overrides) -> Config:
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
+    if "log_dir" not in values and os.path.isdir(LATEST_LOG_DIR):
+        values["log_dir"] = LATEST_LOG_DIR     # a user's command logs beside the cluster's
     return Config(**values).validate()

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common.clock import LamportClock, PhysicalClock
+from common.log_lines import CHAOS_JUMP
 from common.ownership import claim, release
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
@@ -65,6 +66,10 @@ class ProcessLog:
         self._sink = _PlainSink(path) if plain else _LoguruSink(path, echo)
         self._pending: list[str] = []
         self._flush_at = 0.0
+        clock.on_jump = self._clock_jumped       # every process's chaos jumps, in its log
+
+    def _clock_jumped(self, jump: float) -> None:
+        self.note(CHAOS_JUMP.format(jump_ms=f"{jump * 1000:+.1f}"))
 
     def line(self, direction: str, peer: str, what: str, level: str = "INFO") -> None:
         """Write ``direction peer | what`` stamped with both clocks."""
@@ -182,6 +187,25 @@ def client_peer(route: bytes) -> str:
     return f"client:{route.hex()[-16:]}"
 
 
+class ReplyNames:
+    """Whose request each rid is, so that the line of its reply names the user
+    (``server-2->alice``), not the connection (``client:00e43c9869``). Bounded: a
+    request whose reply never came is forgotten after ``limit`` others."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._users: dict[str, str] = {}
+
+    def asked(self, rid: str, user: str) -> None:
+        if len(self._users) >= self.limit:
+            self._users.clear()
+        self._users[rid] = user
+
+    def peer(self, rid: str, route: bytes) -> str:
+        """The user who asked ``rid`` (forgotten now), else the connection."""
+        return self._users.pop(rid, None) or client_peer(route)
+
+
 def _value(v) -> str:
     if isinstance(v, str):
         return repr(v)
@@ -214,8 +238,19 @@ def brief(body, width: int = 120) -> str:
     if not isinstance(body, dict):
         body = {f: getattr(body, f) for f in body.__struct_fields__
                 if f not in ("sender",) and getattr(body, f) is not None}
-    text = " ".join(f"{k}={_value(secret(k, v))}" for k, v in body.items() if k != "from")
+    text = " ".join(f"{k}={ms_brief(v) if k in MS_FIELDS else _value(secret(k, v))}"
+                    for k, v in body.items() if k != "from")
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def ms_brief(seconds: dict) -> str:
+    """A map of durations in seconds (Berkeley's corrections) in ms, as every log line
+    gives times: ``{1:+0.011ms,2:-0.227ms}``."""
+    return "{" + ",".join(f"{k}:{v * 1000:+.3f}ms" for k, v in sorted(seconds.items())) + "}"
+
+
+MS_FIELDS = frozenset({"corrections"})
+"""Message fields in seconds that log lines show in ms."""
 
 
 def vv_brief(vv: dict) -> str:

@@ -39,15 +39,31 @@ default, /proc/sys/net/ipv4/ip_local_port_range), which outgoing connections tak
 at random and so could hold a port of the cluster when it binds."""
 
 
+def cluster_ports(base: int, servers: int = 20) -> list[int]:
+    """Every port a cluster on ``base`` binds: each ``*_port`` of ``Config`` (the
+    frontend, backend, bus...) and the peer ports of servers 1..``servers``."""
+    config = Config(port_base=base)
+    names = sorted(n for n in dir(Config)
+                   if n.endswith("_port") and isinstance(getattr(Config, n), property))
+    return sorted({getattr(config, n) for n in names}
+                  | {config.peer_port(i) for i in range(1, servers + 1)})
+
+
+def ports_taken(ports: list[int]) -> list[int]:
+    """Those of ``ports`` that cannot be bound now."""
+    return [port for port in ports if not _can_bind(port)]
+
+
 def ports_free(base: int, servers: int = 20) -> bool:
-    """Whether every port of a cluster on ``base`` can be bound now: base..base+3 and
-    the peer ports of servers 1..``servers`` (base+101..base+100+servers)."""
-    ports = [base + i for i in range(4)] + [base + 100 + i for i in range(1, servers + 1)]
-    return all(_can_bind(port) for port in ports)
+    """Whether every port of a cluster on ``base`` (``cluster_ports``) can be bound now."""
+    return not ports_taken(cluster_ports(base, servers))
 
 
 def _can_bind(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as ZeroMQ binds: a port left in TIME_WAIT by a stopped cluster is free, one a
+        # process listens on is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -68,6 +84,45 @@ def free_port_base(servers: int = 20) -> int:
 def usable_port_base(preferred: int, servers: int = 20) -> int:
     """``preferred`` if its ports are free now, else a free base (``free_port_base``)."""
     return preferred if ports_free(preferred, servers) else free_port_base(servers)
+
+
+def folder_owner(folder: Path | str) -> None:
+    """``ownership.InUse`` (naming the folder and the pid) if a live process holds the
+    folder's lock: a server its ``LOCK``, ``run_all.py up`` the data folder's ``up.lock``.
+    Nothing is created: a folder without a lock file is owned by nobody."""
+    from common.ownership import LOCK_FILE, claim, release
+    for name in (LOCK_FILE, "up.lock"):
+        path = Path(folder) / name
+        if path.is_file():
+            release(claim(path, name=folder, orphan_wait=0))
+
+
+LATEST = "latest"
+"""The link in a log folder to its newest run (``logs/latest -> run-20261202-051500``)."""
+
+
+def new_run_folder(root: Path | str, prefix: str = "run") -> Path:
+    """A fresh ``root/<prefix>-<time>/`` (absolute), with ``root/latest`` pointing to it:
+    each run of ``up`` or the demo logs apart, and ``tail -f logs/latest/server-1.log``,
+    the timeline and the users' commands find the newest one."""
+    root = Path(root).resolve()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    for n in range(1, 100):                 # two runs started in one second
+        folder = root / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(f"no fresh run folder in {root}")
+    link = root / LATEST
+    tmp = root / f".{LATEST}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder.name)            # relative: the folder may move as a whole
+    os.replace(tmp, link)
+    return folder
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition"):

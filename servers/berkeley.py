@@ -38,6 +38,7 @@ from typing import Callable
 
 import msgspec
 
+from common import log_lines as LL
 from common import protocol
 from common.clock import PhysicalClock
 from common.config import Config
@@ -226,10 +227,11 @@ class BerkeleySync:
             return f"s{sid}={_ms(offsets[sid])}{rtt}"
         ids = sorted(offsets)
         excluded = [f"s{sid} {_ms(offsets[sid])}" for sid in ids if sid not in avg.accepted]
-        return (f"berkeley round {r.number} (epoch {r.epoch}): readings "
-                f"{' '.join(reading(sid) for sid in ids)} median={_ms(avg.median)} "
-                f"excluded=[{', '.join(excluded)}] avg={_ms(avg.value)} corrections "
-                f"{' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids)}"
+        return (LL.ROUND.format(
+                    number=r.number, epoch=r.epoch,
+                    readings=' '.join(reading(sid) for sid in ids), median=_ms(avg.median),
+                    excluded=', '.join(excluded), avg=_ms(avg.value),
+                    corrections=' '.join(f's{sid}={_ms(corrections[sid])}' for sid in ids))
                 + (f"; discarded for round trips over {limit * 1000:.1f}ms: "
                    f"{', '.join(f's{sid} {rtt * 1000:.1f}ms' for sid, rtt in sorted(slow.items()))}"
                    if slow else ""))
@@ -278,8 +280,8 @@ class BerkeleySync:
         self.last_sync = self.clock.now()
         self.offset_ms = -delta * 1000
         self.synced = True
-        self._note(f"clock adjusted by {delta * 1000:+.3f} ms "
-                   f"(round {round_number}, coordinator s{coordinator})")
+        self._note(LL.ADJUSTED.format(delta_ms=f"{delta * 1000:+.3f}", round=round_number,
+                                      coordinator=coordinator))
 
     def _note(self, what: str) -> None:
         if self._log is not None:

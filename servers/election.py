@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from common import log_lines as LL
 from common import protocol
 from common.config import Config
 from common.log import ProcessLog
@@ -253,8 +254,8 @@ class Bully:
         elif self._coordinator is None:
             self._call_election(now)
         elif now >= self._coordinator_seen + self.config.election_timeout:
-            self._note(f"coordinator s{self._coordinator} silent for "
-                       f"{now - self._coordinator_seen:.2f}s")
+            self._note(LL.SILENT.format(coordinator=self._coordinator,
+                                        seconds=f"{now - self._coordinator_seen:.2f}s"))
             self._coordinator = None
             self._call_election(now)
 
@@ -276,7 +277,7 @@ class Bully:
         self._state = COORDINATOR
         self._coordinator = self.my_id
         self._deadline = None
-        self._note(f"I am coordinator (epoch {self._epoch})"
+        self._note(LL.CLAIM.format(epoch=self._epoch)
                    + (" again: no epoch was claimed since mine" if again else ""))
         self._announce()
 
@@ -288,7 +289,7 @@ class Bully:
         if self._state == COORDINATOR:
             self._note(f"stepping down: saw epoch {epoch} from s{source}")
         if news or (self._state != FOLLOWER and not takes_over):
-            self._note(f"coordinator is now s{coordinator} (epoch {epoch})")
+            self._note(LL.FOLLOW.format(coordinator=coordinator, epoch=epoch))
         self._coordinator = coordinator
         self._epoch = epoch
         self._coordinator_seen = now

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from common import log_lines as LL
 from common import protocol as P
 from common.config import Config
 from common.log import ProcessLog, vv_brief
@@ -197,8 +198,9 @@ class Membership:
             whole = self.repaired(now)
             if whole and self.catchup.caught_up(self.target) and clock_set:
                 status = self._status(now)
-                self.set_phase(SERVING, f"caught up: {status.events} events, digest "
-                                        f"{status.digest[:12]}; {self.pulled()}", now)
+                self.set_phase(SERVING, LL.CAUGHT_UP.format(events=status.events,
+                                                            digest=status.digest[:12])
+                               + self.pulled(), now)
                 self.send_ready(now)
         elif self.phase == LEAVING and (self._idle() or now >= self.leave_deadline):
             self.running = False
@@ -270,7 +272,7 @@ class Membership:
     def set_phase(self, phase: str, why: str, now: float) -> None:
         old = self.phase
         if self.log is not None:
-            self.log.note(f"phase {old} -> {phase}: {why}")
+            self.log.note(LL.PHASE.format(old=old, new=phase, why=why))
         self.phase = phase
         self.waiting = None
         self.phase_since = now

@@ -34,11 +34,12 @@ import time
 
 import zmq
 
+from common import log_lines as LL
 from common import keys
 from common import protocol as P
 from common import sockets
 from common import startup
-from common.clock import LamportClock, PhysicalClock
+from common.clock import PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
 from common.log import ProcessLog, brief, event_brief
@@ -49,6 +50,7 @@ from servers.client_desk import ClientDesk
 from servers.disk_watch import DiskWatch
 from servers.election import Bully
 from servers.issued import IssuedSeq
+from servers.lamport_file import DurableLamportClock, LamportFile
 from servers.listeners import Listeners
 from servers.members_file import MembersFile
 from servers.membership import Membership
@@ -114,11 +116,14 @@ class Server:
         self.id = server_id
         self.name = f"server-{server_id}"
         self.config = config
-        self.lamport = LamportClock()
+        self.lamport = DurableLamportClock()
         self.clock = clock or PhysicalClock()
-        # the member list first: a damaged one stops the server before it touches anything
+        # the member list and the Lamport ceiling first: a damaged one stops the server
+        # before it touches anything
         self.members_file = MembersFile(config.members_path(server_id), config.fsync)
         members = self.members_file.read()
+        self.lamport_file = LamportFile(config.lamport_path(server_id), config.fsync)
+        self.lamport_file.read()
         # the data folder, then the log file, each locked before it is touched: a
         # second server on either stops here (ownership.InUse), having written nothing
         # (servers hold the same events: their folds would all come at once, so staggered)
@@ -194,7 +199,6 @@ class Server:
             P.TIME_QUERY: (self.berkeley.on_TIME_QUERY,),
             P.TIME_REPLY: (self.berkeley.on_TIME_REPLY,),
             P.TIME_ADJUST: (self.berkeley.on_TIME_ADJUST,)}
-        self.clock_jumps = 0
         self.last_write = now
         self.rng = random.Random()
         self.gc = GcPacer()
@@ -417,12 +421,22 @@ class Server:
                 self.issued.record(mine)         # data from before this file existed
             except DiskError as exc:
                 failure = exc
-        # Lamport rule on restart: never stamp below what we already hold
+        # Lamport rule on restart: never stamp below what we already hold, nor below
+        # any stamp this server used before (the ceiling in data/server-N.lamport)
         self.lamport.merge(max((e.lamport for e in events), default=0))
+        if failure is None:
+            try:
+                stored = self.lamport.attach(self.lamport_file)
+                self.log.note(LL.LAMPORT_START.format(lamport=self.lamport.value,
+                                                      stored=stored)
+                              + f"reserved up to {self.lamport.ceiling} in "
+                              f"{self.lamport_file.path})")
+            except DiskError as exc:
+                failure = exc
         self.open_sockets()
         self.gc.settle()
-        self.log.note(f"started: {loaded} events reloaded from {self.store.folder}, "
-                      f"digest {self.state.digest()[:12]}; {DURABILITY[self.durability]}; "
+        self.log.note(LL.STARTED.format(events=loaded, folder=self.store.folder)
+                      + f"digest {self.state.digest()[:12]}; {DURABILITY[self.durability]}; "
                       f"{'joining' if failure is None else 'halted'}")
         if failure is not None:
             self.halt(failure, time.monotonic(), at_start=True)
@@ -525,9 +539,6 @@ class Server:
                 self.disk.tick(now)
             self.gc.tick(now)
             return
-        if self.clock.jumps != self.clock_jumps:  # --clock-chaos moved the clock
-            self.clock_jumps = self.clock.jumps
-            self.log.note(f"clock chaos: clock jumped by {self.clock.last_jump * 1000:+.1f} ms")
         self.desk.expire_listeners(now)
         self.desk.expire_writes(now)
         self.election.tick(now)
@@ -661,8 +672,8 @@ class Server:
     def on_events(self, peer_id: int, msg: P.Events, now: float) -> None:
         """A pull's answer: apply it, and ask again while the peer has more."""
         new = self.repl.on_EVENTS(msg, now)
-        self.log.recv(f"server-{peer_id}", f"EVENTS {len(msg.events)} events, {new} new, "
-                      f"more={msg.more}")
+        self.log.recv(f"server-{peer_id}", LL.FETCHED.format(
+            events=len(msg.events), new=new, more=msg.more))
         self.catchup.answered(peer_id, msg.more, now, new)
         if msg.more:
             mine = self.state.vv()
@@ -671,6 +682,7 @@ class Server:
     def close(self) -> None:
         self.store.close()
         self.issued.close()
+        self.lamport.close()
         if self.disk.halted:                     # memory may hold more than the folder
             self.log.note(f"stopped: halted, {self.store.folder} holds what the next start "
                           f"loads")

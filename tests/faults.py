@@ -9,13 +9,13 @@ nothing.
 from __future__ import annotations
 
 import random
-import re
 import signal
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from common import log_lines as LL
 from clients.connection import ClientError
 from common import protocol as P
 from common.config import Config
@@ -81,13 +81,12 @@ def wait_log(cluster: Cluster, name: str, mark: int, text: str, timeout: float) 
         what=f"{text!r} in the log of {name}")
 
 
-FETCHED_RE = re.compile(r"recv server-\d+ \| EVENTS (\d+) events, (\d+) new")
-RELOADED_RE = re.compile(r"started: (\d+) events reloaded")
+RELOADED_RE = LL.pattern(LL.STARTED)
 
 
 def fetched(log: str) -> tuple[int, int]:
     """(events received, events new to the server) over every EVENTS reply in ``log``."""
-    pairs = [(int(a), int(b)) for a, b in FETCHED_RE.findall(log)]
+    pairs = [(int(f["events"]), int(f["new"])) for f in LL.parse_all(LL.FETCHED, log)]
     return sum(a for a, _ in pairs), sum(b for _, b in pairs)
 
 

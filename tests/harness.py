@@ -15,6 +15,7 @@ from pathlib import Path
 
 import zmq
 
+from common import log_lines as LL
 from clients.connection import ClientError, Connection
 from common import cluster_status, keys
 from common import protocol as P
@@ -59,7 +60,7 @@ TRUSTED = "server-99"
 backend and peer ports): admitted as server 99, an id no test cluster runs, so the
 hostile tests still test a buggy *trusted* sender (malformed frames, huge stamps)."""
 
-SERVING_LINE = "| local - | phase syncing -> serving"
+SERVING_LINE = "| " + LL.SERVING.split(": ")[0].format(old="syncing")
 """A server's own log line when it enters the pool (not a peer's phase it heard of)."""
 
 

@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import log_lines as LL
 from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, log_lines, ns_name, sh,
                               start_cluster)
 
-ADJUSTED = re.compile(r"\| clock adjusted by ([+-]\d+\.\d+) ms")
-BROKER_STEP = re.compile(r"\| clock (?:corrected|set) by ([+-][\d.]+) ms")
+ADJUSTED = LL.pattern(LL.ADJUSTED)
 
 
 def lossy(node: str, loss: float, on: bool) -> None:
@@ -83,8 +83,9 @@ def summarize(folder: Path, began: float, ended: float) -> dict:
     for t in sorted(rounds)[1:]:
         skews = [sum(d for at, d in adjustments[sid] if at < t - 0.001) for sid in SERVERS]
         spreads.append(max(skews) - min(skews))
-    steps = [abs(float(m[1])) for t, line in log_lines(folder, "broker")
-             if began <= t <= ended and (m := BROKER_STEP.search(line))]
+    steps = [abs(float(m["step_ms"])) for t, line in log_lines(folder, "broker")
+             if began <= t <= ended
+             and (m := LL.parse(LL.CLOCK_SET, line) or LL.parse(LL.CLOCK_CORRECTED, line))]
     return {"rounds": len(rounds), "skipped": skipped, "discarded": discarded,
             "elections": elections, "spreads_ms": spreads,
             "broker_corrections": len(steps), "broker_largest_ms": max(steps, default=0.0)}

@@ -14,6 +14,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from common import log_lines as LL
 from common import protocol as P
 from common.processes import wait_until
 from tests.harness import Cluster
@@ -21,14 +22,13 @@ from tests.harness import Cluster
 BOUND_MS = 5.0
 """Issue 4: synchronized clocks lie within 5 ms of each other."""
 
-CLAIM = re.compile(r"\| I am coordinator \(epoch (\d+)\)")
-FOLLOW = re.compile(r"\| coordinator is now s(\d+) \(epoch (\d+)\)")
-ROUND = re.compile(r"\| berkeley round (\d+) \(epoch (\d+)\): readings (.*?) median=\S+ "
-                   r"excluded=\[(.*?)\] avg=\S+ corrections (.*)$")
+CLAIM = LL.pattern(LL.CLAIM)
+FOLLOW = LL.pattern(LL.FOLLOW)
+ROUND = LL.pattern(LL.ROUND)
 READING = re.compile(r"s(\d+)=[+-][\d.]+ms(?:\(rtt ([\d.]+)ms\))?")
 CORRECTION = re.compile(r"s(\d+)=([+-][\d.]+)ms")
-ADJUST = re.compile(r"\| clock adjusted by ([+-]\d+\.\d+) ms \(round (\d+), coordinator s(\d+)\)")
-ELECTION_SEND = re.compile(r"\| send bus \| (ELECTION|ANSWER|COORD) ")
+ADJUST = LL.pattern(LL.ADJUSTED)
+ELECTION_SEND = re.compile(r"\| send bus \| (ELECTION|ANSWER|COORDINATOR) ")
 SERVER_ID = re.compile(r"\bs(\d+)")
 
 
@@ -65,13 +65,13 @@ def rounds(text: str, coordinator: int) -> list[RoundLine]:
     for line in text.splitlines():
         m = ROUND.search(line)
         if m:
-            readings = READING.findall(m.group(3))
+            readings = READING.findall(m["readings"])
             found.append(RoundLine(
-                coordinator, int(m.group(1)), int(m.group(2)),
+                coordinator, int(m["number"]), int(m["epoch"]),
                 frozenset(int(sid) for sid, _ in readings),
-                frozenset(int(sid) for sid in SERVER_ID.findall(m.group(4))),
+                frozenset(int(sid) for sid in SERVER_ID.findall(m["excluded"])),
                 {int(sid): float(rtt) for sid, rtt in readings if rtt},
-                {int(sid): float(ms) for sid, ms in CORRECTION.findall(m.group(5))},
+                {int(sid): float(ms) for sid, ms in CORRECTION.findall(m["corrections"])},
                 line))
     return found
 
@@ -90,7 +90,7 @@ def adjustments(text: str) -> list[Adjustment]:
 
 
 def election_messages(text: str) -> Counter:
-    """ELECTION / ANSWER / COORD messages this log's server sent."""
+    """ELECTION / ANSWER / COORDINATOR messages this log's server sent."""
     return Counter(m.group(1) for m in ELECTION_SEND.finditer(text))
 
 

@@ -7,13 +7,13 @@ in-process; everything a user would type goes through ``python -m clients``.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 
 import pytest
 import zmq
 
+from common import log_lines as LL
 from clients.connection import ClientError
 from common import protocol as P
 from common.histogram import Histogram
@@ -343,7 +343,7 @@ def test_a_retry_racing_the_original_on_another_server_counts_once(running: Clus
 
 # --- crashes ---------------------------------------------------------------------------------
 def _reloaded(cluster: Cluster, name: str) -> list[int]:
-    return [int(n) for n in re.findall(r"started: (\d+) events reloaded", cluster.log_text(name))]
+    return [int(f["events"]) for f in LL.parse_all(LL.STARTED, cluster.log_text(name))]
 
 
 def test_sigkill_right_after_acks_loses_nothing_and_the_server_catches_up(running: Cluster):

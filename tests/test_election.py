@@ -1,7 +1,7 @@
 """Issue 4, elections: the Bully coordinator with real processes and real signals.
 
 Each server logs "I am coordinator (epoch N)" when it takes over and every
-ELECTION / ANSWER / COORD it sends; its status row says whom it follows, in which
+ELECTION / ANSWER / COORDINATOR it sends; its status row says whom it follows, in which
 epoch. Signals go only to the pids the harness started.
 """
 from __future__ import annotations

@@ -13,10 +13,11 @@ import time
 
 import pytest
 
+from common import log_lines as LL
 from clients.connection import ClientError
 from common import protocol as P
 from common.processes import wait_until
-from tests.faults import (DEFAULT_TIMING, RELOADED_RE, BusyReaders, Writers, audit, fetched, freeze,
+from tests.faults import (DEFAULT_TIMING, BusyReaders, Writers, audit, fetched, freeze,
                           log_after, log_mark, read_everything, restart_broker,
                           thaw, wait_log, wait_out_of_pool, write_posts)
 from tests.harness import SERVING_LINE, SIGN_UP_EVENTS, Cluster
@@ -81,7 +82,7 @@ def test_a_new_server_catches_up_before_it_serves_and_never_answers_from_partial
     assert {"joining", "syncing"} & set(phases), f"phases seen in status: {phases}"
     log = c.log_since_start("server-4")
     assert log.index("phase joining -> syncing") < log.index("phase syncing -> serving")
-    caught_up = int(re.search(r"caught up: (\d+) events", log).group(1))
+    caught_up = int(LL.parse(LL.CAUGHT_UP, log)["events"])
     assert caught_up >= len(before) + len(USERS)
     live = c.wait_converged(timeout=15)
     assert set(live) == {1, 2, 3, 4}
@@ -129,7 +130,7 @@ def test_a_restarted_server_fetches_only_what_it_missed(running: Cluster, stop: 
     live = c.wait_converged(timeout=15)
     assert live[1]["events"] == held + missed
     log = c.log_since_start("server-1")
-    assert [int(n) for n in RELOADED_RE.findall(log)] == [held]
+    assert [int(f["events"]) for f in LL.parse_all(LL.STARTED, log)] == [held]
     first_fetch = re.search(r"FETCH after (\{.*\})", log).group(1)
     assert first_fetch != "{}", "a rejoining server asked for everything"
     received, new = fetched(log)

@@ -129,7 +129,7 @@ def test_run_all_timeline_prints_every_log_line_in_lamport_order(cluster: Cluste
     cluster.wait_serving(SERVERS)
     rids = writes(cluster)
     trails(cluster, rids)
-    done = subprocess.run([sys.executable, "run_all.py", "timeline", "--log-dir",
+    done = subprocess.run([sys.executable, "run_all.py", "timeline", "--order", "lamport", "--log-dir",
                            cluster.config.log_dir], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stderr

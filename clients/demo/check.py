@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from clients.connection import Connection
@@ -196,6 +196,7 @@ class Verification:
             ("elections held", f"{len(coordinators)}: {claims}"),
             ("berkeley rounds", str(len(self.narrator.rounds))),
             ("writes acknowledged", f"{total} ({kinds})"),
+            ("acked with < 3 copies", self.few_copies()),
             ("writes lost", f"{check.lost}"),
             ("user errors", str(len(self.activity.errors))),
             ("logs", f"{log_dir}/ (broker.log, server-N.log, client-USER.log; "
@@ -206,6 +207,18 @@ class Verification:
         width = max(len(key) for key, _ in facts)
         self.narrator.write("\n" + "".join(f"{key.ljust(width)} : {value}\n"
                                            for key, value in facts))
+
+    def few_copies(self) -> str:
+        """How many writes were acknowledged with fewer copies than asked, and why."""
+        wanted = self.config.replicas
+        few = Counter(r["replicas"] for r in self.activity.acks
+                      if isinstance(r.get("replicas"), int) and r["replicas"] < wanted)
+        if not few:
+            return "0"
+        counts = ", ".join(f"{n} with {copies}" for copies, n in sorted(few.items()))
+        return (f"{sum(few.values())} ({counts}): while a server was killed or leaving, fewer "
+                f"than {wanted} served; a write is acknowledged once every live server holds "
+                f"it, never by fewer than a majority of the members")
 
     def summary_table(self, check: Check, rows: dict[int, dict], clocks: dict[int, dict],
                       fates: dict[int, str]) -> None:

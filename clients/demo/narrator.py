@@ -9,11 +9,11 @@ clocks it set -- and tells what deserves it.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from common import log_lines as LL
 from clients.demo.watch import Activity, BerkeleyRound, Watch, clock_spread, skew_line
 from common.config import Config
 from common.processes import wait_until
@@ -28,8 +28,8 @@ AFTER_ROUND = 0.4
 CHAOS_NOTE_MS = 50.0
 """A spread this wide right after a round means a chaos jump came in between."""
 
-CLAIM_RE = re.compile(r"I am coordinator \(epoch (\d+)\)")
-SILENCE_RE = re.compile(r"coordinator s\d+ silent for \S+")
+CLAIM_RE = LL.pattern(LL.CLAIM)
+SILENCE_RE = LL.pattern(LL.SILENT)
 """Lines of servers/election.py's log: a won election, a coordinator found silent."""
 
 

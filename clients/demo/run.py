@@ -38,8 +38,8 @@ from clients.demo.check import READ_LIMIT, Verification
 from clients.demo.narrator import PUMP, Narrator, shown
 from clients.demo.watch import report_path
 from common.cluster_status import rows_by_id, serving, wait_serving
-from common.config import Config, load_config
-from common.processes import ProcessGroup, usable_port_base
+from common.config import DEFAULT_LOG_DIR, Config, load_config
+from common.processes import ProcessGroup, new_run_folder, usable_port_base
 from common.timeline import FileTail
 
 BOT_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
@@ -347,16 +347,13 @@ def _catch_up(lines: list[str]) -> tuple[int, int]:
 
 
 def demo_folders(data_dir: str | None, log_dir: str | None) -> tuple[str, str]:
-    """Fresh folders for this run unless given: data/demo-<time>, logs/demo-<time>.
+    """Fresh folders for this run unless given: logs/demo-<time> (``logs/latest`` then
+    points to it, as for each ``up``: ``common.processes.new_run_folder``) and
+    data/demo-<time>.
 
     Absolute, because the processes run in the project folder, not necessarily here."""
-    stamp = time.strftime("demo-%Y%m%d-%H%M%S")
-    for n in range(1, 100):                 # two demos started in one second
-        name = stamp if n == 1 else f"{stamp}-{n}"
-        data = Path(data_dir or Path("data") / name).resolve()
-        logs = Path(log_dir or Path("logs") / name).resolve()
-        if data_dir or log_dir or not (data.exists() or logs.exists()):
-            break
+    logs = Path(log_dir).resolve() if log_dir else new_run_folder(DEFAULT_LOG_DIR, "demo")
+    data = Path(data_dir or Path("data") / logs.name).resolve()
     return str(data), str(logs)
 
 

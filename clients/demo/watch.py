@@ -19,6 +19,7 @@ from typing import Callable
 import orjson
 import zmq
 
+from common import log_lines as LL
 from common.broker_client import BrokerClient
 from common.keys import cluster_broker_key
 from common.cluster_status import rows_by_id
@@ -75,9 +76,7 @@ class Watch:
 
 
 # --- Berkeley rounds, from the coordinator's log ------------------------------------------
-ROUND_RE = re.compile(r"berkeley round (?P<number>\d+) \(epoch (?P<epoch>\d+)\): readings "
-                      r"(?P<readings>.*?) median=\S+ excluded=\[(?P<excluded>[^\]]*)\] "
-                      r"avg=\S+ corrections (?P<corrections>.*)$")
+ROUND_RE = LL.pattern(LL.ROUND)
 OFFSET_RE = re.compile(r"s(\d+)=([+-]?\d+(?:\.\d+)?)ms")
 
 

@@ -1,0 +1,123 @@
+"""Issue 15: the log lines tools read are formats with one parser (common/log_lines.py),
+and a server's Lamport clock survives its restarts (servers/lamport_file.py)."""
+from __future__ import annotations
+
+import pytest
+
+from common import log_lines as LL
+from common.clock import PhysicalClock
+from common.log import ProcessLog
+from servers.lamport_file import RESERVE, DurableLamportClock, LamportFile
+
+HEAD = "2026-12-02 05:00:00.000001 | L=42 | server-1 | "
+
+
+# --- formats and the parser ------------------------------------------------------------------
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("fmt, fields", [
+    (LL.CLAIM, {"epoch": "103"}),
+    (LL.FOLLOW, {"coordinator": "3", "epoch": "103"}),
+    (LL.ADJUSTED, {"delta_ms": "+0.011", "round": "4", "coordinator": "3"}),
+    (LL.FETCHED, {"events": "10", "new": "3", "more": "False"}),
+    (LL.STARTED, {"events": "7", "folder": "/tmp/a folder/data/server-1"}),
+    (LL.CAUGHT_UP, {"events": "12", "digest": "0a1b2c3d4e5f"}),
+    (LL.READY, {"count": "3"}),
+    (LL.CLOCK_SET, {"step_ms": "-0.3", "source": "server-3 (coordinator, epoch 103, rtt 0.4 ms)"}),
+    (LL.CLOCK_CORRECTED, {"step_ms": "+50.0", "off_ms": "+312.1", "source": "server-3 (epoch 103)"}),
+    (LL.CHAOS_JUMP, {"jump_ms": "-512.3"}),
+    (LL.LAMPORT_START, {"lamport": "2000", "stored": "2000"}),
+    (LL.ROUND, {"number": "2", "epoch": "103", "readings": "s1=+0.0ms s2=+1.0ms(rtt 0.3ms)",
+                "median": "+0.5ms", "excluded": "s3 +900.0ms", "avg": "+0.4ms",
+                "corrections": "s1=+0.4ms s2=-0.6ms"}),
+])
+def test_every_format_reads_back_what_it_wrote(fmt, fields):
+    runs_to_the_end = fmt.endswith(("{source}", "{why}"))     # a last field of any text
+    line = HEAD + "local - | " + fmt.format(**fields) + \
+        ("" if runs_to_the_end else " and what follows; (x)")
+    assert LL.parse(fmt, line) == fields
+    assert LL.parse_all(fmt, line + "\n" + line) == [fields, fields]
+
+
+@pytest.mark.timeout(10)
+def test_a_format_matches_only_where_a_field_of_the_line_starts():
+    own = HEAD + "local - | " + LL.PHASE.format(old="syncing", new="serving", why="caught up")
+    heard = HEAD + "recv server-2 | phase syncing -> serving"
+    assert LL.parse(LL.SERVING, own) == {"old": "syncing", "why": "caught up"}
+    assert LL.parse(LL.SERVING, heard) is None           # a peer's phase, not this server's
+    assert LL.parse(LL.CLAIM, HEAD + "local - | not I am coordinator (epoch 1)") is None
+    # a format told inside another: the reason of a phase change
+    why = LL.CAUGHT_UP.format(events=709, digest="68993b08bee6") + "pulled 12 events"
+    line = HEAD + "local - | " + LL.PHASE.format(old="syncing", new="serving", why=why)
+    assert LL.parse(LL.CAUGHT_UP, line) == {"events": "709", "digest": "68993b08bee6"}
+
+
+@pytest.mark.timeout(10)
+def test_a_process_log_says_each_chaos_jump_of_its_clock_in_ms(tmp_path):
+    clock = PhysicalClock(chaos=True, chaos_interval=(0.0, 0.0))
+    log = ProcessLog("client-alice", tmp_path / "client-alice.log", DurableLamportClock(), clock)
+    log.note("hello")
+    log.close()
+    text = (tmp_path / "client-alice.log").read_text()
+    jumps = LL.parse_all(LL.CHAOS_JUMP, text)
+    assert jumps and all(abs(float(j["jump_ms"])) <= 1000.0 for j in jumps)
+
+
+# --- the server's Lamport ceiling -------------------------------------------------------------
+def clock_on(path) -> DurableLamportClock:
+    clock = DurableLamportClock()
+    clock.attach(LamportFile(path))
+    return clock
+
+
+@pytest.mark.timeout(10)
+def test_a_restarted_clock_continues_above_every_stamp_it_used(tmp_path):
+    path = tmp_path / "server-1.lamport"
+    first = clock_on(path)
+    used = [first.tick() for _ in range(2500)] + [first.merge(7000)]
+    first.close()                                  # a kill: nothing more is written
+    again = clock_on(path)
+    assert again.tick() > max(used)
+    assert LamportFile(path).read() >= max(used)
+
+
+@pytest.mark.timeout(10)
+def test_the_ceiling_is_on_disk_before_a_stamp_passes_it(tmp_path):
+    path = tmp_path / "server-1.lamport"
+    clock = clock_on(path)
+    for _ in range(3 * RESERVE):
+        stamp = clock.tick()
+        assert LamportFile(path).read() >= stamp
+    stamp = clock.merge(10 ** 9)                    # a jump far ahead (a peer's stamp)
+    assert LamportFile(path).read() >= stamp
+    writes_before = clock.ceiling
+    clock.tick()
+    assert clock.ceiling == writes_before           # one write per RESERVE stamps, not per tick
+    clock.close()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage", "huge"])
+def test_a_damaged_ceiling_is_refused_never_read_as_a_lower_clock(tmp_path, damage):
+    path = tmp_path / "server-1.lamport"
+    clock = clock_on(path)
+    for _ in range(5000):
+        clock.tick()
+    clock.close()
+    raw = path.read_bytes()
+    damaged = {"flip": raw[:15] + bytes([raw[15] ^ 0x01]) + raw[16:],   # 5 -> 4: lower, valid digits
+               "truncate": raw[:12],
+               "empty": b"",
+               "garbage": b"\x00" * len(raw),
+               "huge": b"9" * 20 + raw[20:]}[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(ValueError, match=r"server-1\.lamport is damaged .*delete it"):
+        LamportFile(path).read()
+
+
+@pytest.mark.timeout(10)
+def test_a_missing_ceiling_starts_the_clock_where_it_was(tmp_path):
+    clock = DurableLamportClock()
+    clock.merge(41)                                  # what the server's folder held
+    assert clock.attach(LamportFile(tmp_path / "server-1.lamport")) == 0
+    assert clock.tick() == 43
+    clock.close()
