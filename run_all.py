@@ -148,7 +148,8 @@ def up(servers: int = typer.Option(3, "--servers", min=1, max=99, help="How many
                     dead.append(name)
                     del group.procs[name]
             if "broker" in dead or not any(n.startswith("server-") for n in group.procs):
-                print(f"error: stopping: {', '.join(dead)} died", file=sys.stderr, flush=True)
+                names = sorted(dead, key=lambda n: (n != "broker", len(n), n))   # server-2 before -10
+                print(f"error: stopping: {', '.join(names)} died", file=sys.stderr, flush=True)
                 code = 1
                 break
             watch.poll()

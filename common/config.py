@@ -246,12 +246,6 @@ class Config:
         """The fast path's DEALER: a serving server connects its fast socket here."""
         return self.port_base + 5
 
-    @property
-    def broker_ports(self) -> tuple[int, ...]:
-        """Every port the broker binds."""
-        return (self.frontend_port, self.backend_port, self.bus_in_port, self.bus_out_port,
-                self.fast_frontend_port, self.fast_backend_port)
-
     def peer_port(self, server_id: int) -> int:
         """Each server binds a ROUTER here for catch-up requests from peers."""
         return self.port_base + 100 + server_id
