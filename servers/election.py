@@ -138,6 +138,10 @@ class Bully:
 
         A BEAT never fills a vacancy at my own epoch: it may name a coordinator that
         its sender has not yet found dead, and re-adopting that would stall elections.
+        The coordinator's own BEAT does: it is alive and claims my epoch still. (A
+        candidate that called an election the coordinator never heard, across a cut,
+        would otherwise wait for a COORDINATOR that never comes, deferring its claim
+        for as long as the coordinator beats.)
         """
         sender, epoch, coordinator = msg.sender, msg.epoch, msg.coordinator
         self.saw_peer(sender, now)
@@ -145,7 +149,7 @@ class Bully:
             return
         if coordinator is None or coordinator == self.my_id:
             return                          # no claim, or a claim of mine from before a restart
-        if self._outranks(coordinator, epoch, fill_vacancy=False):
+        if self._outranks(coordinator, epoch, fill_vacancy=sender == coordinator):
             self._follow(coordinator, epoch, sender, now)
 
     def leave(self, why: str = "leaving") -> None:
