@@ -132,6 +132,12 @@ def test_a_prompt_handover_a_dead_coordinator_and_a_paused_one_are_no_split():
                  ("10.000000", "started: 7 events"), ("10.500000", "coordinator is now s1 (epoch 301)"))
     other = log(1, ("06.000000", "I am coordinator (epoch 301)"), ("30.000000", "x"))
     assert H.two_coordinators([], spans((2, killed), (1, other)), [], 0.75) == []
+    # a restart's first line is its Lamport start, before "started:": it ends the old life
+    restarted = log(2, ("01.000000", "I am coordinator (epoch 102)"), ("04.000000", "last words"),
+                    ("10.000000", "lamport clock starts at L=4007 (stored ceiling 4007, …)"),
+                    ("10.100000", "started: 7 events"),
+                    ("10.500000", "coordinator is now s1 (epoch 301)"))
+    assert H.two_coordinators([], spans((2, restarted), (1, other)), [], 0.75) == []
     frozen = log(3, ("01.000000", "I am coordinator (epoch 103)"),
                  ("20.100000", "coordinator is now s2 (epoch 202)"))
     taken = log(2, ("10.000000", "I am coordinator (epoch 202)"), ("30.000000", "x"))

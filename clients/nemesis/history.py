@@ -72,6 +72,8 @@ from itertools import combinations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from common import log_lines as LL
+
 STALE_AFTER = 0.5
 """A read must show every write acked this many seconds before it was sent."""
 OVERLAP_S = 1.0
@@ -85,7 +87,9 @@ CLAIM = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| .*\| I am coordinator \(epoch
 LINE = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| (.*)$")
 CLAIM_TEXT = re.compile(r"\| I am coordinator \(epoch (\d+)\)")
 FOLLOW_TEXT = re.compile(r"\| coordinator is now s(\d+) \(epoch (\d+)\)")
-STARTED_TEXT = "| started: "
+NEW_LIFE_TEXTS = ("| local - | " + LL.LAMPORT_START.split("{")[0], "| local - | started: ")
+"""The first lines a server's process writes: whichever comes first ends its last life
+(a killed process writes nothing at its end; its restart's first lines come later)."""
 RETRY = re.compile(r"^(\S+ \S+) \| L=\d+ \| \S+ \| local - \| retry of (\w+) \(try \d+\): "
                    r"held as (\d+):\d+ from try \d+", re.M)
 STEP_DOWN_TEXT = re.compile(r"\| local - \| .*\b(?:no longer coordinator|steps? down|stepped down|"
@@ -167,7 +171,8 @@ def coordinator_spans(server: int, text: str,
         if not m:
             continue
         t, rest = log_time(m.group(1)), "| " + m.group(2)
-        if STARTED_TEXT in rest and current is not None:    # the previous life ended
+        if current is not None and any(marker in rest for marker in NEW_LIFE_TEXTS):
+            # the previous life ended with its last line
             spans.append(Span(server, current[0], current[1], last))
             current = None
         claim, follow = CLAIM_TEXT.search(rest), FOLLOW_TEXT.search(rest)
