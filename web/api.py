@@ -291,7 +291,10 @@ def create_app(link: BrokerLink) -> FastAPI:
                   description="The social network over HTTP. Sign in with POST /api/login "
                               "(a cookie holds the session); every POST needs the header "
                               "X-Requested-With. Errors are JSON {error, code}.",
-                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+                  # no OpenTelemetry here: FastAPI's check for it read the environment
+                  # on every request
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
 
     open_streams: dict[str, int] = {}     # user -> streams open (MAX_STREAMS), nothing else kept
 
