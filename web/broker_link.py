@@ -74,16 +74,16 @@ class Lane:
         except zmq.Again:
             return False
         finally:
-            self.loop.call_soon(self._read)       # the send may have taken the edge
+            if self._readable():                  # the send took the edge: read it now
+                self.loop.call_soon(self._read)
+
+    def _readable(self) -> bool:
+        return not self.socket.closed and bool(self.socket.get(zmq.EVENTS) & zmq.POLLIN)
 
     def _read(self) -> None:
         """Every reply waiting on the socket, each to its waiter by ``rid``."""
-        while not self.socket.closed:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.link.log.guard(self._deliver, frames)
+        while self._readable():
+            self.link.log.guard(self._deliver, self.socket.recv_multipart(zmq.NOBLOCK))
 
     def _deliver(self, frames: list[bytes]) -> None:
         try:
