@@ -37,6 +37,9 @@ KEY_POLL = 0.05
 """Seconds between two looks for the broker's key while the broker starts."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
+NOBLOCK, MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+"""pyzmq's flags as plain ints: its enums cost a Python call at every ``|`` and ``&``."""
 
 
 class Lane:
@@ -68,8 +71,11 @@ class Lane:
         socket would block (its queue to the broker is full): that try is lost, and
         the caller's wait for its reply times out and retries, as for any lost try."""
         stamp = self.link.lamport.tick()
+        *first, last = protocol.encode(body, stamp)
         try:
-            self.socket.send_multipart(protocol.encode(body, stamp), zmq.NOBLOCK)
+            for frame in first:     # a DEALER queues a whole message or none of it
+                self.socket.send(frame, MORE_NOBLOCK)
+            self.socket.send(last, NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -78,7 +84,7 @@ class Lane:
                 self.loop.call_soon(self._read)
 
     def _readable(self) -> bool:
-        return not self.socket.closed and bool(self.socket.get(zmq.EVENTS) & zmq.POLLIN)
+        return not self.socket.closed and bool(self.socket.get(EVENTS) & POLLIN)
 
     def _read(self) -> None:
         """Every reply waiting on the socket, each to its waiter by ``rid``."""
