@@ -73,6 +73,8 @@ STATUS_CODES = {
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
+GUARDED_HEADERS = {b"content-length", b"origin", b"host", CSRF_HEADER.encode()}
+"""The request headers ``Guard`` reads (ASGI servers give header names in lower case)."""
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
@@ -229,7 +231,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         began = time.monotonic()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in GUARDED_HEADERS}
         method, path = scope["method"], scope["path"]
         status = {"code": 0}
 

@@ -38,7 +38,7 @@ KEY_POLL = 0.05
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
 NOBLOCK, MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
-EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 """pyzmq's flags as plain ints: its enums cost a Python call at every ``|`` and ``&``."""
 
 
@@ -89,7 +89,10 @@ class Lane:
     def _read(self) -> None:
         """Every reply waiting on the socket, each to its waiter by ``rid``."""
         while self._readable():
-            self.link.log.guard(self._deliver, self.socket.recv_multipart(zmq.NOBLOCK))
+            frames = [self.socket.recv(NOBLOCK)]
+            while self.socket.get(RCVMORE):          # the rest of a message is there at once
+                frames.append(self.socket.recv(NOBLOCK))
+            self.link.log.guard(self._deliver, frames)
 
     def _deliver(self, frames: list[bytes]) -> None:
         try:
@@ -227,7 +230,7 @@ class BrokerLink:
             body = msgspec.structs.replace(body, attempt=tries - 1)
         if not lane.send(body):
             parts.append("(not sent: the queue to the broker is full)")
-        self.log.send("broker", " ".join(part for part in parts if part))
+        self.log.send("broker", " ".join([part for part in parts if part]))
         return time.monotonic()
 
     async def _wait_for_broker_key(self, deadline: float) -> None:
