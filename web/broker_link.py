@@ -38,7 +38,7 @@ KEY_POLL = 0.05
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
 NOBLOCK, MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
-EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 """pyzmq's flags as plain ints: its enums cost a Python call at every ``|`` and ``&``."""
 
 
@@ -89,10 +89,7 @@ class Lane:
     def _read(self) -> None:
         """Every reply waiting on the socket, each to its waiter by ``rid``."""
         while self._readable():
-            frames = [self.socket.recv(NOBLOCK)]
-            while self.socket.get(RCVMORE):          # the rest of a message is there at once
-                frames.append(self.socket.recv(NOBLOCK))
-            self.link.log.guard(self._deliver, frames)
+            self.link.log.guard(self._deliver, self.socket.recv_multipart(NOBLOCK))
 
     def _deliver(self, frames: list[bytes]) -> None:
         try:
