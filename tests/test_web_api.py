@@ -401,3 +401,45 @@ def test_no_broker_is_a_503_and_a_broker_started_later_or_anew_is_found(tmp_path
                    "try=2" in log.read_text(), 5, what="the key change and the retry in web.log")
     finally:
         group.stop_all()
+
+
+# --- one write per answer (web/http_protocol.py) -----------------------------------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str):
+        return f"info:{name}"
+
+
+def test_one_write_gathers_a_loop_turn_and_flushes_before_closing():
+    import asyncio
+
+    from web.http_protocol import OneWrite
+
+    async def scenario() -> FakeTransport:
+        real = FakeTransport()
+        wrapped = OneWrite(real, asyncio.get_running_loop())
+        wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        wrapped.write(b"{}")
+        assert real.writes == []                       # not before the turn ends
+        await asyncio.sleep(0)
+        assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        wrapped.write(b"last")
+        wrapped.close()                                # what is gathered goes out first
+        assert real.writes[-1] == b"last" and real.closed
+        await asyncio.sleep(0)
+        assert len(real.writes) == 2                   # the queued flush found nothing
+        assert wrapped.get_extra_info("peername") == "info:peername"
+        return real
+    asyncio.run(scenario())

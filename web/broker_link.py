@@ -2,9 +2,10 @@
 
 Every HTTP request of every user becomes one ``protocol.Request`` sent on one
 shared DEALER (a CURVE client with an ephemeral keypair, checking the broker's
-key). A reader task takes every reply off that socket and hands it to the waiting
-request by its ``rid``; a reply whose rid nobody waits for any more (a late
-answer to a try that timed out) is logged and dropped.
+key). The event loop watches that socket (``Lane``): every reply is taken off it
+as it comes and handed to the waiting request by its ``rid``; a reply whose rid
+nobody waits for any more (a late answer to a try that timed out) is logged and
+dropped.
 
 Lazy Pirate as in ``clients/connection.py``: when no reply comes within
 ``request_timeout`` the same request -- same ``rid``, ``attempt`` = tries - 1 --
@@ -25,7 +26,6 @@ import time
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from clients.connection import ClientError, Connection, new_rid, peer_name
 from common import keys, protocol, sockets
@@ -37,10 +37,21 @@ KEY_POLL = 0.05
 """Seconds between two looks for the broker's key while the broker starts."""
 CLOCK_NOTE_THRESHOLD = 0.001
 """Clock corrections larger than this (seconds) are written to the log."""
+NOBLOCK, MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+"""pyzmq's flags as plain ints: its enums cost a Python call at every ``|`` and ``&``."""
 
 
 class Lane:
-    """One DEALER on the broker's frontend and the task that reads its replies."""
+    """One DEALER on the broker's frontend, read by the event loop.
+
+    A plain (not ``zmq.asyncio``) socket: sends never wait (``NOBLOCK``), and the
+    loop watches the socket's file descriptor for as long as the lane lives, reading
+    every reply there is at each wake-up. ``zmq.asyncio`` spent a future, and a
+    registration of the descriptor with the loop, on every send and every receive:
+    most of what this link cost per request. The descriptor is edge-triggered and
+    any operation on the socket may consume its edge, so after every send the
+    socket is read too (``_read``: until nothing is left)."""
 
     def __init__(self, link: "BrokerLink", name: str) -> None:
         self.link = link
@@ -51,50 +62,76 @@ class Lane:
         self.socket.linger = 0
         keys.client_socket(self.socket, public, secret, link.broker_key)
         self.socket.connect(link.endpoint)
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.loop = asyncio.get_running_loop()
+        self.fd = self.socket.FD
+        self.loop.add_reader(self.fd, self._read)
 
-    async def send(self, body: protocol.Request) -> None:
-        """Tick the gateway's clock and send ``body`` stamped with it."""
+    def send(self, body: protocol.Request) -> bool:
+        """Tick the gateway's clock and send ``body`` stamped with it; False if the
+        socket would block (its queue to the broker is full): that try is lost, and
+        the caller's wait for its reply times out and retries, as for any lost try."""
         stamp = self.link.lamport.tick()
-        await self.socket.send_multipart(protocol.encode(body, stamp))
+        *first, last = protocol.encode(body, stamp)
+        try:
+            for frame in first:     # a DEALER queues a whole message or none of it
+                self.socket.send(frame, MORE_NOBLOCK)
+            self.socket.send(last, NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        finally:
+            if self._readable():                  # the send took the edge: read it now
+                self.loop.call_soon(self._read)
 
-    async def _read(self) -> None:
-        while True:
-            frames = await self.socket.recv_multipart()
-            try:
-                incoming = protocol.decode(frames, protocol.BROKER_TO_CLIENT)
-            except protocol.ProtocolError as exc:
-                self.link.log.warn(f"dropped a malformed reply on {self.name}: {exc}")
-                continue
-            self.link.lamport.merge(incoming.lamport)
-            reply = incoming.msg
-            waiter = self.pending.pop(reply.rid, None)
-            if waiter is None or waiter.done():
-                self.link.log.recv(peer_name(reply.server),
-                                   f"REP rid={reply.rid} ignored (nobody waits for it)")
-                continue
-            waiter.set_result(reply)
+    def _readable(self) -> bool:
+        return not self.socket.closed and bool(self.socket.get(EVENTS) & POLLIN)
+
+    def _read(self) -> None:
+        """Every reply waiting on the socket, each to its waiter by ``rid``."""
+        while self._readable():
+            self.link.log.guard(self._deliver, self.socket.recv_multipart(NOBLOCK))
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        try:
+            incoming = protocol.decode(frames, protocol.BROKER_TO_CLIENT)
+        except protocol.ProtocolError as exc:
+            self.link.log.warn(f"dropped a malformed reply on {self.name}: {exc}")
+            return
+        self.link.lamport.merge(incoming.lamport)
+        reply = incoming.msg
+        waiter = self.pending.pop(reply.rid, None)
+        if waiter is None or waiter.done():
+            self.link.log.recv(peer_name(reply.server),
+                               f"REP rid={reply.rid} ignored (nobody waits for it)")
+            return
+        waiter.set_result(reply)
 
     async def wait(self, rid: str, timeout: float) -> protocol.Reply | None:
         """The reply to ``rid``, or None after ``timeout`` seconds."""
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self.pending[rid] = waiter
+        timer = self.loop.call_later(max(0.001, timeout), _no_reply, waiter)
         try:
-            return await asyncio.wait_for(waiter, max(0.001, timeout))
-        except asyncio.TimeoutError:
-            return None
+            return await waiter
         finally:
+            timer.cancel()
             if self.pending.get(rid) is waiter:
                 del self.pending[rid]
 
     def close(self) -> None:
         """Close the socket; whoever waits on it hears "no reply" (and retries)."""
-        self.reader.cancel()
+        if self.socket.closed:
+            return
+        self.loop.remove_reader(self.fd)
         for waiter in self.pending.values():
-            if not waiter.done():
-                waiter.set_result(None)
+            _no_reply(waiter)
         self.pending.clear()
         self.socket.close(linger=0)
+
+
+def _no_reply(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class BrokerLink:
@@ -107,7 +144,7 @@ class BrokerLink:
         self.lamport = lamport
         self.clock = clock
         self.endpoint = config.endpoint(config.frontend_port)
-        self.context = zmq.asyncio.Context()
+        self.context = zmq.Context()
         self.context.linger = 0
         self.broker_key: bytes | None = None
         self.shared: Lane | None = None
@@ -143,7 +180,7 @@ class BrokerLink:
         try:
             while True:
                 tries += 1
-                sent_at = await self._send(lane, body, tries)
+                sent_at = self._send(lane, body, tries)
                 reply = await lane.wait(body.rid, min(deadline, sent_at + patience) - time.monotonic())
                 if reply is None:
                     if own_lane is not None:
@@ -178,9 +215,9 @@ class BrokerLink:
     def send_nowait(self, body: protocol.Request) -> None:
         """Send ``body`` once on the shared socket, answer unawaited (a listen's cancel)."""
         if self.shared is not None:
-            asyncio.get_running_loop().create_task(self._send(self.shared, body, 2))
+            self._send(self.shared, body, 2)
 
-    async def _send(self, lane: Lane, body: protocol.Request, tries: int) -> float:
+    def _send(self, lane: Lane, body: protocol.Request, tries: int) -> float:
         parts = [body.op, f"rid={body.rid}", f"user={body.user}" if body.user else "",
                  args_brief(body.args)]
         if body.server is not None:
@@ -188,8 +225,9 @@ class BrokerLink:
         if tries > 1:                # a retry's copy of a write wins over earlier tries'
             parts.append(f"try={tries}")
             body = msgspec.structs.replace(body, attempt=tries - 1)
-        await lane.send(body)
-        self.log.send("broker", " ".join(part for part in parts if part))
+        if not lane.send(body):
+            parts.append("(not sent: the queue to the broker is full)")
+        self.log.send("broker", " ".join([part for part in parts if part]))
         return time.monotonic()
 
     async def _wait_for_broker_key(self, deadline: float) -> None:

@@ -4,6 +4,12 @@ It is a client of the broker like any other (``web/broker_link.py``) and logs to
 ``logs/web.log`` (the ``web`` process) in the common line format: one line per
 HTTP request, and one per request sent to and reply received from the broker.
 SIGINT or SIGTERM stop it (uvicorn's own handlers).
+
+uvicorn runs on uvloop with the httptools parser (its "standard" extras, named
+rather than left to "auto", so a missing one fails loudly instead of silently
+costing the gateway a slower loop and a pure-Python HTTP parser), writing each
+answer in one write (``web/http_protocol.py``); the access log is off (the line
+above is ours).
 """
 from __future__ import annotations
 
@@ -70,6 +76,8 @@ def main(port: Annotated[int, typer.Option("--port", envvar="SOCIAL_WEB_PORT", m
          data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir) -> None:
     """Serve the web panel and the HTTP API, next to a running cluster."""
     import uvicorn
+
+    from web.http_protocol import GatewayHttp
     try:
         config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
     except ConfigError as exc:
@@ -79,7 +87,7 @@ def main(port: Annotated[int, typer.Option("--port", envvar="SOCIAL_WEB_PORT", m
     print(f"web panel: http://{bind if bind != '0.0.0.0' else '127.0.0.1'}:{port}", flush=True)
     try:
         uvicorn.run(asgi, host=bind, port=port, log_level="warning", access_log=False,
-                    lifespan="on", timeout_graceful_shutdown=1)
+                    lifespan="on", timeout_graceful_shutdown=1, loop="uvloop", http=GatewayHttp)
     except OSError as exc:
         print(f"error: cannot serve on {bind}:{port}: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
