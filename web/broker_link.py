@@ -1,4 +1,10 @@
-"""The gateway's link to the broker: async ZeroMQ, Lazy Pirate, one shared DEALER.
+"""The gateway's link to the broker: async ZeroMQ, Lazy Pirate, two shared DEALERs.
+
+The first try of a request the fast path carries (``protocol.FAST_OPS``: posts,
+messages, follows, feeds, chats...) goes on a shared DEALER to the broker's fast
+path (``broker/fast_path.py``, a proxy in C); every other request, and every retry,
+on one to its routed frontend. A post or message carries the gateway's Lamport
+stamp from when it was issued (``Request.stamp``), so writes keep their order.
 
 Every HTTP request of every user becomes one ``protocol.Request`` sent on one
 shared DEALER (a CURVE client with an ephemeral keypair, checking the broker's
@@ -28,6 +34,7 @@ import msgspec
 import zmq
 
 from clients.connection import ClientError, Connection, new_rid, peer_name
+from clients.pipeline import STAMPED_OPS
 from common import keys, protocol, sockets
 from common.clock import LamportClock, PhysicalClock, cristian
 from common.config import Config
@@ -53,7 +60,7 @@ class Lane:
     any operation on the socket may consume its edge, so after every send the
     socket is read too (``_read``: until nothing is left)."""
 
-    def __init__(self, link: "BrokerLink", name: str) -> None:
+    def __init__(self, link: "BrokerLink", name: str, endpoint: str | None = None) -> None:
         self.link = link
         self.name = name
         self.pending: dict[str, asyncio.Future] = {}
@@ -61,7 +68,7 @@ class Lane:
         self.socket = sockets.tune(link.context.socket(zmq.DEALER), link.config)
         self.socket.linger = 0
         keys.client_socket(self.socket, public, secret, link.broker_key)
-        self.socket.connect(link.endpoint)
+        self.socket.connect(endpoint or link.endpoint)
         self.loop = asyncio.get_running_loop()
         self.fd = self.socket.FD
         self.loop.add_reader(self.fd, self._read)
@@ -144,10 +151,14 @@ class BrokerLink:
         self.lamport = lamport
         self.clock = clock
         self.endpoint = config.endpoint(config.frontend_port)
+        self.fast_endpoint = config.endpoint(config.fast_frontend_port)
         self.context = zmq.Context()
         self.context.linger = 0
         self.broker_key: bytes | None = None
         self.shared: Lane | None = None
+        self.fast: Lane | None = None
+        """The broker's fast path (``broker/fast_path.py``): the first try of every
+        request in ``FAST_OPS``; every other request, and every retry, is routed."""
         self.requests = 0
         self.retries = 0
 
@@ -156,7 +167,8 @@ class BrokerLink:
               server: int | None = None) -> protocol.Request:
         """A validated request with a fresh rid; ClientError(bad_request) if invalid."""
         try:
-            return protocol.request(new_rid(), op, user, args, server, self.clock.stamp(), token)
+            return protocol.request(new_rid(), op, user, args, server, self.clock.stamp(), token,
+                                    self.lamport.tick() if op in STAMPED_OPS else None)
         except protocol.ProtocolError as exc:
             raise ClientError(protocol.ERR_BAD_REQUEST, str(exc)) from None
 
@@ -173,7 +185,8 @@ class BrokerLink:
         deadline = time.monotonic() + (self.config.request_deadline
                                        if deadline_s is None else deadline_s) + patience
         await self._wait_for_broker_key(deadline)
-        lane = self.shared
+        fast = body.op in protocol.FAST_OPS and body.server is None
+        lane = self.fast if fast else self.shared
         own_lane: Lane | None = None
         retry_delay = self.config.retry_first_delay
         tries = 0
@@ -243,7 +256,7 @@ class BrokerLink:
             except keys.KeyProblem as exc:
                 raise ClientError(protocol.ERR_UNAVAILABLE, str(exc)) from None
             if self.shared is None:
-                self.shared = Lane(self, "the shared socket")
+                self._open_lanes()
                 self.log.note(f"connected to the broker at {self.endpoint} (CURVE, "
                               f"broker key {self.broker_key[:8].decode()}…)")
 
@@ -258,8 +271,13 @@ class BrokerLink:
         if key != self.broker_key and self.shared is not None:
             self.broker_key = key
             self.shared.close()
-            self.shared = Lane(self, "the shared socket")
+            self.fast.close()
+            self._open_lanes()
             self.log.note(f"the broker's key changed (now {key[:8].decode()}…): reconnected")
+
+    def _open_lanes(self) -> None:
+        self.shared = Lane(self, "the shared socket")
+        self.fast = Lane(self, "the fast path", self.fast_endpoint)
 
     def _synchronize_clock(self, reply: protocol.Reply, sent_at: float) -> None:
         """Cristian, as ``clients/connection.py``: only servers' replies correct it."""
@@ -272,7 +290,8 @@ class BrokerLink:
                           f"{peer_name(reply.server)} (rtt {rtt * 1000:.1f} ms)")
 
     def close(self) -> None:
-        if self.shared is not None:
-            self.shared.close()
+        for lane in (self.shared, self.fast):
+            if lane is not None:
+                lane.close()
         self.context.term()
 
