@@ -73,7 +73,8 @@ def main(port: Annotated[int, typer.Option("--port", envvar="SOCIAL_WEB_PORT", m
                                            help="Address to serve on (0.0.0.0: every "
                                                 "interface; then put TLS in front).")] = "127.0.0.1",
          port_base: O.OptInt = O.PortBase, host: O.OptStr = O.Host,
-         data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir) -> None:
+         data_dir: O.OptStr = O.DataDir, log_dir: O.OptStr = O.LogDir,
+         version: bool = O.version_option()) -> None:
     """Serve the web panel and the HTTP API, next to a running cluster."""
     import uvicorn
 
