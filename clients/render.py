@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-import orjson
+import msgspec
 
 from common.histogram import Histogram
 
@@ -188,7 +188,7 @@ def cell(column: str, value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
+        return msgspec.json.encode(value).decode()
     if isinstance(value, float):
         return number(value)
     return str(value)

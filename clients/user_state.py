@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
+import msgspec
 
 from common import protocol
 
@@ -42,8 +42,8 @@ class UserState:
         """The saved state, or a fresh one if the file is missing or corrupt."""
         path = Path(path)
         try:
-            saved = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            saved = msgspec.json.decode(path.read_bytes())
+        except (OSError, msgspec.DecodeError):
             return cls(path)
         if not _is_valid(saved):
             return cls(path)
@@ -60,7 +60,7 @@ class UserState:
         crashed one with the same pid is replaced), mode 0600 and so the file; no
         ``tempfile``, whose import would cost each command a few ms."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = orjson.dumps({"lamport": self.lamport, "clock_offset": self.clock_offset,
+        data = msgspec.json.encode({"lamport": self.lamport, "clock_offset": self.clock_offset,
                              "token": self.token, "expires": self.expires})
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

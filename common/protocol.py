@@ -32,7 +32,6 @@ and anything malformed or out of range, raises ``ProtocolError`` with a reason.
 ``Endpoint`` ticks the Lamport clock on every send and merges on every receive,
 so no handler does either by hand.
 """
-from __future__ import annotations
 
 import re
 from dataclasses import dataclass
