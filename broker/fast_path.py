@@ -43,13 +43,12 @@ from common import protocol as P
 from common import sockets
 from common import startup
 from common.config import Config
+from common.log import ReplyNames
 
 from broker.proxy import ProxyThread
 
 CAPTURE_HWM = 100_000
 """Copies the capture socket queues for the broker's loop before it drops them."""
-PENDING_LIMIT = 100_000
-"""Requests in flight the log remembers (user, operation) for their reply's line."""
 
 
 class _Head(msgspec.Struct):
@@ -108,7 +107,7 @@ class FastLog:
     def __init__(self, line, merge) -> None:
         self._line = line
         self._merge = merge                              # the broker's Lamport clock
-        self.pending: dict[str, tuple[str, str]] = {}   # rid -> (user, op)
+        self.names = ReplyNames()                        # rid -> (user, op), for the reply
         self.requests = 0
         self.replies = 0
 
@@ -125,14 +124,12 @@ class FastLog:
             return
         if kind == _REQ:
             self.requests += 1
-            if len(self.pending) >= PENDING_LIMIT:
-                self.pending.clear()
-            self.pending[head.rid] = (head.user or "anonymous", head.op or "?")
+            self.names.asked(head.rid, head.user or "anonymous", head.op or "?")
         else:
             self.replies += 1
             if frames[2].isdigit() and len(frames[2]) < 17:   # a server's clock: merged
                 self._merge(int(frames[2]))
-            user, op = self.pending.pop(head.rid, ("?", "?"))
+            user, op = self.names.take(head.rid) or ("?", "?")
             outcome = "ok" if head.ok else f"error {head.code}"
             server = f"server-{head.server}" if head.server is not None else "?"
             self._line("fast", f"{server}->{user}", f"{op} rid={head.rid} {outcome}")

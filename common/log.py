@@ -188,22 +188,31 @@ def client_peer(route: bytes) -> str:
 
 
 class ReplyNames:
-    """Whose request each rid is, so that the line of its reply names the user
-    (``server-2->alice``), not the connection (``client:00e43c9869``). Bounded: a
-    request whose reply never came is forgotten after ``limit`` others."""
+    """Whose request each rid is (and what it asked), so that the line of its reply
+    names the user (``server-2->alice``), not the connection (``client:00e43c9869``).
+    Bounded: a request whose reply never came is forgotten after ``limit`` others.
+    The broker's routed path and its fast path's log (``broker/fast_path.py``) keep one each."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self._users: dict[str, str] = {}
+        self._asked: dict[str, tuple[str, str]] = {}
 
-    def asked(self, rid: str, user: str) -> None:
-        if len(self._users) >= self.limit:
-            self._users.clear()
-        self._users[rid] = user
+    def __len__(self) -> int:
+        return len(self._asked)
+
+    def asked(self, rid: str, user: str, what: str = "") -> None:
+        if len(self._asked) >= self.limit:
+            self._asked.clear()
+        self._asked[rid] = (user, what)
+
+    def take(self, rid: str) -> tuple[str, str] | None:
+        """(user, what) of ``rid``, forgotten now; None if unknown."""
+        return self._asked.pop(rid, None)
 
     def peer(self, rid: str, route: bytes) -> str:
         """The user who asked ``rid`` (forgotten now), else the connection."""
-        return self._users.pop(rid, None) or client_peer(route)
+        asked = self.take(rid)
+        return asked[0] if asked else client_peer(route)
 
 
 def _value(v) -> str:

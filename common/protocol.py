@@ -886,9 +886,6 @@ class Endpoint:
 _SNDMORE = int(zmq.SNDMORE)
 _raw_send = zmq.backend.Socket.send
 _raw_recv = zmq.backend.Socket.recv
-_raw_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 def send(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
@@ -897,11 +894,6 @@ def send(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
     for frame in frames[:-1]:
         _raw_send(sock, frame, flags | _SNDMORE)
     _raw_send(sock, frames[-1], flags)
-
-
-def readable(sock: zmq.Socket) -> bool:
-    """A message is waiting (``getsockopt(EVENTS) & POLLIN`` without the enum wrapping)."""
-    return bool(_raw_get(sock, _EVENTS) & _POLLIN)
 
 
 def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
