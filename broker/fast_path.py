@@ -61,8 +61,16 @@ class _Head(msgspec.Struct):
     code: str | None = None
 
 
+class _Heads(msgspec.Struct):
+    """The heads of a ``REQS`` or a ``REPS``."""
+    reqs: list[_Head] = []
+    reps: list[_Head] = []
+
+
 _head = msgspec.json.Decoder(_Head)
+_heads = msgspec.json.Decoder(_Heads)
 _REQ, _REP = P.REQUEST.encode(), P.REPLY.encode()
+_REQS, _REPS = P.REQUESTS.encode(), P.REPLIES.encode()
 
 
 class FastPath(ProxyThread):
@@ -112,23 +120,31 @@ class FastLog:
         self.replies = 0
 
     def on_copy(self, frames: list[bytes]) -> None:
-        """One message the proxy moved, either way: ``[client, type, lamport, body]``."""
+        """One message the proxy moved, either way: ``[client, type, lamport, body]``,
+        one request or reply, or several (``REQS``, ``REPS``)."""
         if len(frames) != 4:
             return                      # a stranger's malformed request: the servers say so
         kind = frames[1]
-        if kind not in (_REQ, _REP):
-            return
         try:
-            head = _head.decode(frames[3])
+            if kind == _REQ or kind == _REP:
+                heads = [_head.decode(frames[3])]
+            elif kind == _REQS:
+                heads = _heads.decode(frames[3]).reqs
+            elif kind == _REPS:
+                heads = _heads.decode(frames[3]).reps
+            else:
+                return
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        if kind == _REQ:
-            self.requests += 1
-            self.names.asked(head.rid, head.user or "anonymous", head.op or "?")
-        else:
-            self.replies += 1
-            if frames[2].isdigit() and len(frames[2]) < 17:   # a server's clock: merged
-                self._merge(int(frames[2]))
+        if kind == _REQ or kind == _REQS:
+            self.requests += len(heads)
+            for head in heads:
+                self.names.asked(head.rid, head.user or "anonymous", head.op or "?")
+            return
+        self.replies += len(heads)
+        if frames[2].isdigit() and len(frames[2]) < 17:   # a server's clock: merged
+            self._merge(int(frames[2]))
+        for head in heads:
             user, op = self.names.take(head.rid) or ("?", "?")
             outcome = "ok" if head.ok else f"error {head.code}"
             server = f"server-{head.server}" if head.server is not None else "?"

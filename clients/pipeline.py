@@ -22,8 +22,16 @@ the bots and scripts use to write fast:
   alone, once everything before it is answered, and nothing after it goes out
   before its answer (a server checks an unfollow against the follows it holds).
 
-Synchronous and single-threaded: ``submit`` queues, ``poll`` sends, receives,
-retries and returns what finished.
+* **Several requests in one message.** The first tries ready to go together (a
+  window's worth after a poll) travel as one ``REQS`` of up to ``FAST_BATCH``
+  requests (and ``FAST_BATCH_BYTES``); the server answers each, in order, and sends
+  the replies of its loop turn for this connection as one ``REPS``. The proxy, the
+  broker's log and the servers then handle one message where there were dozens,
+  and every request keeps its own id, reply, retries and log line.
+
+Synchronous and single-threaded: ``submit`` queues (and sends at once when nothing
+is in flight), ``poll`` sends what the window allows, receives, retries and returns
+what finished.
 """
 from __future__ import annotations
 
@@ -103,20 +111,21 @@ class Pipeline:
         self.retries = 0
         self.barriers = 0                     # follows and unfollows in flight (0 or 1)
         cfg = self.config
-        self.routed = self._open(cfg.endpoint(cfg.frontend_port))
-        self.quick = self._open(cfg.endpoint(cfg.fast_frontend_port)) if self.fast else None
+        self.routed = self._open(cfg.endpoint(cfg.frontend_port), P.BROKER_TO_CLIENT)
+        self.quick = self._open(cfg.endpoint(cfg.fast_frontend_port), P.FAST_TO_CLIENT) \
+            if self.fast else None
         self.poller = zmq.Poller()
         for link in (self.routed, self.quick):
             if link is not None:
                 self.poller.register(link.sock, zmq.POLLIN)
 
-    def _open(self, endpoint: str) -> P.Endpoint:
+    def _open(self, endpoint: str, route: P.Route) -> P.Endpoint:
         sock = sockets.tune(self.ctx.socket(zmq.DEALER), self.config)
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = max(1000, 4 * self.window)
         keys.client_socket(sock, self.public, self.secret, self.broker_key)
         sock.connect(endpoint)
-        return P.Endpoint(sock, P.BROKER_TO_CLIENT, self.lamport)
+        return P.Endpoint(sock, route, self.lamport)
 
     # --- the verbs ---------------------------------------------------------------------
     def submit(self, op: str, args: dict, server: int | None = None,
@@ -131,7 +140,8 @@ class Pipeline:
         now = time.monotonic()
         patience = args.get("wait", 0.0) if op == P.OP_LISTEN else 0.0
         self.queue.append(Flight(request, now, now + self.config.request_deadline + patience))
-        self._pump(now)
+        if not self.flights:             # alone: at once; else with the others, at the poll
+            self._pump(now)
         return rid
 
     @property
@@ -143,6 +153,7 @@ class Pipeline:
         """Wait up to ``timeout`` seconds for replies (less if a retry or a deadline is
         due sooner); send what is due; what finished since the last call."""
         now = time.monotonic()
+        self._pump(now)
         wake = min([now + timeout] + [f.resend_at for f in self.flights.values()])
         for sock, _ in self.poller.poll(max(0.0, wake - now) * 1000):
             link = self.quick if self.quick is not None and sock is self.quick.sock \
@@ -181,35 +192,72 @@ class Pipeline:
 
     # --- inside ------------------------------------------------------------------------
     def _pump(self, now: float) -> None:
-        """Send queued requests while the window has room; a barrier goes alone."""
+        """Send queued requests while the window has room; a barrier goes alone. The
+        first tries the fast path takes go together, in one ``REQS``."""
+        batch: list[Flight] = []
         while self.queue and len(self.flights) < self.window:
             head = self.queue[0]
             barrier = head.request.op in BARRIER_OPS
-            if self.flights and (barrier or self.barriers):
-                return
+            if (self.flights or batch) and (barrier or self.barriers):
+                break
             self.queue.popleft()
             self.flights[head.request.rid] = head
             self.barriers += barrier
+            if not barrier and self._fast(head):
+                batch.append(head)
+                continue
+            self._send_batch(batch, now)         # what came before it goes first
+            batch = []
             self._send(head, now)
             if barrier:
-                return
+                break
+        self._send_batch(batch, now)
+
+    def _fast(self, flight: Flight) -> bool:
+        """Whether ``flight``'s next try takes the fast path: a first try of a fast
+        operation, not pinned to a server."""
+        request = flight.request
+        return (self.quick is not None and flight.tries == 0 and request.server is None
+                and request.op in P.FAST_OPS)
+
+    def _send_batch(self, flights: list[Flight], now: float) -> None:
+        """First tries for the fast path, as few ``REQS`` as their count and size allow
+        (one alone goes as a ``REQ``)."""
+        packed = [(flight, P.encode_body(flight.request)) for flight in flights]
+        for run in P.batches(packed, lambda pair: len(pair[1])):
+            self._send_packed([flight for flight, _ in run], [body for _, body in run], now)
+
+    def _send_packed(self, flights: list[Flight], bodies: list[bytes], now: float) -> None:
+        if len(flights) == 1:
+            self._send(flights[0], now)
+            return
+        try:
+            self.quick.relay(P.REQUESTS, P.pack("reqs", bodies), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass                         # its queue is full: they count as sent, and retry
+        for flight in flights:
+            self._sent(flight, now, fast=True, together=len(flights))
 
     def _send(self, flight: Flight, now: float) -> None:
         request = flight.request
         if flight.tries:
             request = msgspec.structs.replace(request, attempt=min(flight.tries, 10_000))
-        fast = (self.quick is not None and flight.tries == 0 and request.server is None
-                and request.op in P.FAST_OPS)
+        fast = self._fast(flight)
         try:
             (self.quick if fast else self.routed).send(request, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass                         # its queue is full: it counts as sent, and retries
+        self._sent(flight, now, fast)
+
+    def _sent(self, flight: Flight, now: float, fast: bool, together: int = 1) -> None:
+        request = flight.request
         flight.tries += 1
         flight.sent_at = now
         if self.log is not None:
             again = f" try={flight.tries}" if flight.tries > 1 else ""
-            self.log.line("send", "broker", f"{request.op} rid={request.rid} "
-                                            f"({'fast path' if fast else 'routed'}{again})")
+            path = f"fast path, {together} together" if together > 1 else \
+                "fast path" if fast else "routed"
+            self.log.line("send", "broker", f"{request.op} rid={request.rid} ({path}{again})")
         flight.resend_at = min(flight.deadline, now + self.config.request_timeout + (
             request.args.wait or 0.0 if request.op == P.OP_LISTEN else 0.0))
 
@@ -220,10 +268,12 @@ class Pipeline:
             except zmq.Again:
                 return
             try:
-                reply = link.receive(frames).msg
+                msg = link.receive(frames).msg
             except P.ProtocolError:
                 continue                 # not a reply we can read: its request retries
-            self._answered(reply, time.monotonic())
+            now = time.monotonic()
+            for reply in (msg.reps if isinstance(msg, P.Replies) else (msg,)):
+                self._answered(reply, now)
 
     def _answered(self, reply: P.Reply, now: float) -> None:
         flight = self.flights.get(reply.rid)

@@ -69,6 +69,12 @@ messages of ``MAX_TEXT`` 4-byte characters with their fields (``MAX_NAMES``
 names of 32 characters take less). Replies never need
 more, so the broker's limit on its backend socket is this, and a valid request
 never times out for its size."""
+FAST_BATCH = 64
+"""Requests one ``REQS`` carries at most, and replies one ``REPS`` (the fast path)."""
+FAST_BATCH_BYTES = MAX_REQUEST_BYTES - 1024
+"""The bodies one ``REQS`` packs at most (``MAX_REQUEST_BYTES`` is the frame's bound,
+and the brackets and commas around them take a few bytes more); a ``REPS`` packs the
+same, and a reply bigger than that goes alone, as a ``REP``."""
 MAX_PEER_REQUEST_BYTES = 1024 * 1024
 """A FETCH or ACK is a few hundred bytes; a peer port refuses messages above this."""
 MAX_BUS_BYTES = 64 * 1024 * 1024
@@ -303,6 +309,22 @@ class Reply(Struct, omit_defaults=True, **_message()):
     result: Optional[dict[str, Any]] = None
     code: Optional[str] = None
     error: Optional[str] = None
+
+
+class Requests(Struct, **_message()):
+    """Several requests of one user's connection in one message, on the fast path
+    only (``clients/pipeline.py`` packs the first tries it has ready). Each body is
+    decoded and validated on its own (``decode_request``), so one bad request is
+    refused alone and the others are served, in order."""
+    TYPE: ClassVar[str] = "REQS"
+    reqs: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=FAST_BATCH)]
+
+
+class Replies(Struct, **_message()):
+    """The replies one server's loop turn has for one fast-path connection, in one
+    message (two or more; one goes as a ``REP``)."""
+    TYPE: ClassVar[str] = "REPS"
+    reps: Annotated[list[Reply], Meta(min_length=1, max_length=FAST_BATCH)]
 
 
 # --- server <-> broker control (backend, empty route) ----------------------------
@@ -638,7 +660,7 @@ class Copies(Struct, **_BUS):
     events: Annotated[list[Event], Meta(max_length=RANGE_MAX)]
 
 
-Message = Union[Request, Reply, Ready, Heartbeat, Leave, EventBatch, Beat, Bye, Election,
+Message = Union[Request, Reply, Requests, Replies, Ready, Heartbeat, Leave, EventBatch, Beat, Bye, Election,
                 Answer, Coordinator, TimeQuery, TimeReply, TimeAdjust, Fetch, Events, Ack,
                 Compare, Sums, CopyRange, Copies]
 MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in Message.__args__}
@@ -646,6 +668,7 @@ MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in Message.__args__}
 
 # the names the rest of the code uses for the wire types
 REQUEST, REPLY = Request.TYPE, Reply.TYPE
+REQUESTS, REPLIES = Requests.TYPE, Replies.TYPE
 READY, HEARTBEAT, LEAVE = Ready.TYPE, Heartbeat.TYPE, Leave.TYPE
 EVENT, BEAT, BYE = EventBatch.TYPE, Beat.TYPE, Bye.TYPE
 ELECTION, ANSWER, COORDINATOR = Election.TYPE, Answer.TYPE, Coordinator.TYPE
@@ -687,8 +710,13 @@ SERVER_TO_BROKER = Route("backend", frozenset({REPLY, READY, HEARTBEAT, LEAVE}),
 """The broker's backend ROUTER: [server identity, route] in front."""
 BROKER_TO_SERVER = Route("broker", frozenset({REQUEST, HEARTBEAT}), envelope=1)
 """A server's DEALER to the broker: [route] in front (empty for the broker's HB)."""
+FAST_TO_SERVER = Route("fast", frozenset({REQUEST, REQUESTS}), envelope=1)
+"""A server's DEALER to the broker's fast path: requests, one or several, behind the
+user's identity (``broker/fast_path.py``)."""
 BROKER_TO_CLIENT = Route("reply", frozenset({REPLY}))
-"""A user's DEALER: replies only."""
+"""A user's DEALER on the routed frontend: replies only."""
+FAST_TO_CLIENT = Route("fast reply", frozenset({REPLY, REPLIES}))
+"""A user's DEALER on the fast path: replies, one or several in a ``REPS``."""
 BUS = Route("bus", frozenset({EVENT, BEAT, BYE, ELECTION, ANSWER, COORDINATOR,
                               TIME_QUERY, TIME_REPLY, TIME_ADJUST}))
 PEER_REQUEST = Route("peer", frozenset({FETCH, ACK, COMPARE, RANGE}), envelope=1)
@@ -738,6 +766,48 @@ def decode(frames: list[bytes], route: Route) -> Incoming:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ProtocolError(f"{msg_type}: {_readable(str(exc))}") from None
     return Incoming(frames[:n], lamport, msg)
+
+
+_request_decoder = msgspec.json.Decoder(Request)
+
+
+def decode_request(body: bytes) -> Request:
+    """One request of a ``REQS``, validated as a ``REQ``'s body; ProtocolError."""
+    try:
+        return _request_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(f"{REQUEST}: {_readable(str(exc))}") from None
+
+
+def pack(field: str, bodies: list[bytes]) -> bytes:
+    """The body of a ``REQS`` or ``REPS`` from its members' encoded bodies, joined as
+    they are (each was encoded once, by ``encode_body``)."""
+    return b'{"%s":[%s]}' % (field.encode(), b",".join(bodies))
+
+
+def batches(items: list, size=len, most: int = FAST_BATCH,
+            most_bytes: int = FAST_BATCH_BYTES) -> list[list]:
+    """``items`` cut, in order, into runs one ``REQS`` or ``REPS`` may carry: at most
+    ``most`` of them, and at most ``most_bytes`` of ``size(item)`` unless one item
+    alone is bigger (it goes alone)."""
+    out: list[list] = []
+    run: list = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if run and (len(run) == most or total + n > most_bytes):
+            out.append(run)
+            run, total = [], 0
+        run.append(item)
+        total += n
+    if run:
+        out.append(run)
+    return out
+
+
+def encode_body(msg) -> bytes:
+    """A message's body alone (a member of a ``REQS`` or ``REPS``)."""
+    return _encoder.encode(msg)
 
 
 def sent_by(frames: list[bytes], server_id: int) -> bool:
@@ -864,7 +934,8 @@ class Endpoint:
         return stamp
 
     def relay(self, msg_type: str, body: bytes, *envelope: bytes, flags: int = 0) -> int:
-        """Pass on a message received and validated here, body as it came, with my stamp."""
+        """Send a body as it is, with my stamp: a message received and validated here,
+        passed on, or a ``REQS``/``REPS`` packed here (``pack``)."""
         stamp = self.lamport.tick()
         send(self.sock, [*envelope, msg_type.encode(), b"%d" % stamp, body], flags)
         return stamp

@@ -49,6 +49,7 @@ from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
 from servers.disk_watch import DiskWatch
 from servers.election import Bully
+from servers.fast_replies import FastReplies
 from servers.issued import IssuedSeq
 from servers.lamport_file import DurableLamportClock, LamportFile
 from servers.listeners import Listeners
@@ -213,6 +214,7 @@ class Server:
         self.fast: P.Endpoint | None = None
         self.fast_closing = False                # close the fast socket at the turn's end
         self.fast_refused = keys.Tally()
+        self.fast_out = FastReplies()            # this turn's fast replies, sent at its end
         self.batches = BatchSizes()
         self.pub: P.Endpoint | None = None
         self.sub: P.Endpoint | None = None
@@ -304,12 +306,19 @@ class Server:
         if not isinstance(route, FastRoute):
             self.to_broker(reply, route)
             return
-        if self.fast is None:                    # not serving since: its user retries
+        if self.fast is not None:                # else not serving since: its user retries
+            self.fast_out.add(route, reply)      # sent at the turn's end (send_fast_replies)
+
+    def send_fast_replies(self) -> None:
+        """This turn's fast replies, together: a ``REPS`` per connection, or a ``REP``."""
+        if self.fast is None:
+            self.fast_out.take()
             return
-        try:
-            self.fast.send(reply, route, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass                                 # the broker is far behind: its user retries
+        for route, msg_type, body in self.fast_out.take():
+            try:
+                self.fast.relay(msg_type, body, route, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass                             # the broker is far behind: its users retry
 
     # --- the fast path ----------------------------------------------------------------------
     def open_fast(self) -> None:
@@ -321,7 +330,7 @@ class Server:
         sock.sndhwm = sock.rcvhwm = self.config.client_hwm
         sock.connect(self.config.endpoint(self.config.fast_backend_port))
         # a user's stamp may lead my clock by as much as the broker lets it lead the broker's
-        self.fast = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport,
+        self.fast = P.Endpoint(sock, P.FAST_TO_SERVER, self.lamport,
                                max_lead=P.MAX_CLIENT_LEAD)
         self.log.note("fast path open: taking requests from the broker's proxy")
 
@@ -333,14 +342,16 @@ class Server:
 
     def _close_fast_now(self) -> None:
         self.fast_closing = False
+        self.send_fast_replies()
         if self.fast is not None:
             self.close_socket(self.fast.sock)
             self.fast = None
             self.log.note("fast path closed")
 
     def on_fast(self, frames: list[bytes]) -> None:
-        """A user's request through the proxy: validated here (nobody checked it on the
-        way), one of ``FAST_OPS``, never pinned; anything else is refused."""
+        """A user's request through the proxy, or several in a ``REQS``: each validated
+        here (nobody checked it on the way), one of ``FAST_OPS``, never pinned; anything
+        else is refused."""
         if self.fast is None or self.fast_closing:
             return
         try:
@@ -348,27 +359,41 @@ class Server:
         except P.ProtocolError as exc:
             self._refuse_fast(frames, P.ERR_BAD_REQUEST, str(exc))
             return
-        msg, route = incoming.msg, incoming.envelope[0]
-        if not isinstance(msg, P.Request) or not route:
-            self._refuse_fast(frames, P.ERR_BAD_REQUEST, f"{incoming.type} is not a request")
-        elif msg.op not in P.FAST_OPS or msg.server is not None:
-            what = f"{msg.op} pinned to a server" if msg.server is not None else msg.op
-            self._refuse_fast(frames, P.ERR_BAD_REQUEST,
-                              f"{what} goes through the broker's routed port "
-                              f"({self.config.frontend_port}), not the fast path")
+        msg, route = incoming.msg, FastRoute(incoming.envelope[0])
+        if not route:
+            self._refuse_fast(frames, P.ERR_BAD_REQUEST, f"{incoming.type} without a route")
+        elif isinstance(msg, P.Requests):
+            now = time.monotonic()
+            for body in msg.reqs:               # in order: one user's, as it sent them
+                try:
+                    self._take_fast(route, P.decode_request(body), now)
+                except P.ProtocolError as exc:
+                    self._refuse_one(route, P.rid_of(bytes(body)), P.ERR_BAD_REQUEST, str(exc))
         else:
-            self.desk.on_REQ(FastRoute(route), msg, time.monotonic())
+            self._take_fast(route, msg, time.monotonic())
+
+    def _take_fast(self, route: FastRoute, msg: P.Request, now: float) -> None:
+        if msg.op not in P.FAST_OPS or msg.server is not None:
+            what = f"{msg.op} pinned to a server" if msg.server is not None else msg.op
+            self._refuse_one(route, msg.rid, P.ERR_BAD_REQUEST,
+                             f"{what} goes through the broker's routed port "
+                             f"({self.config.frontend_port}), not the fast path")
+        else:
+            self.desk.on_REQ(route, msg, now)
 
     def _refuse_fast(self, frames: list[bytes], code: str, why: str) -> None:
-        """Say no to a fast request (if it has a route), with a line now and then."""
-        rid = P.rid_of(frames[-1]) if frames else "?"
+        """Say no to a fast message we could not read (if it has a route)."""
+        route = FastRoute(frames[0]) if len(frames) == 4 and frames[0] else None
+        self._refuse_one(route, P.rid_of(frames[-1]) if frames else "?", code, why)
+
+    def _refuse_one(self, route: FastRoute | None, rid: str, code: str, why: str) -> None:
+        """Say no to one fast request (if it has a route), with a line now and then."""
         count = self.fast_refused.count(why[:80])
         if count:
             self.log.warn(f"refused a fast-path request rid={rid} ({count} so far): {why}")
-        if len(frames) == 4 and frames[0]:
-            self.reply(FastRoute(frames[0]), P.Reply(rid=rid, ok=False, server=self.id,
-                                                     time=self.clock.now(), code=code,
-                                                     error=why))
+        if route:
+            self.reply(route, P.Reply(rid=rid, ok=False, server=self.id,
+                                      time=self.clock.now(), code=code, error=why))
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -458,12 +483,14 @@ class Server:
                 self._drain(sock, handler)
         if not self.disk.halted:
             self.log.guard(self.after_batch)
-        if self.fast_closing:
-            self._close_fast_now()
         now = time.monotonic()
         if now >= self.tick_at:
             self.tick_at = now + self.config.tick_every
             self.log.guard(self.tick, now)
+        if self.fast_out:
+            self.log.guard(self.send_fast_replies)
+        if self.fast_closing:
+            self._close_fast_now()
         self.log.flush_if_due()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:

@@ -28,7 +28,7 @@ SANE = 2 ** 53
 """Every Lamport stamp and epoch must stay below this: the largest integer a JSON
 reader that uses doubles (JavaScript, many others) still reads exactly."""
 
-ALL_TYPES = ("REQ", "REP", "READY", "HB", "LEAVE", "EVENT", "ACK", "BEAT", "BYE", "ELECTION",
+ALL_TYPES = ("REQ", "REP", "REQS", "REPS", "READY", "HB", "LEAVE", "EVENT", "ACK", "BEAT", "BYE", "ELECTION",
              "ANSWER", "COORDINATOR", "TIME_QUERY", "TIME_REPLY", "TIME_ADJUST", "FETCH",
              "EVENTS", "COMPARE", "SUMS", "RANGE", "COPIES")
 """Every message type of the protocol (docs/ARCHITECTURE.md)."""
@@ -104,8 +104,11 @@ def collect_replies(sock: zmq.Socket, rids: set[str], timeout: float,
             raise AssertionError(f"{missing} of {len(rids)} {what} missing after {timeout:.0f}s")
         if sock.poll(int(min(left, 0.5) * 1000)):
             while sock.poll(0):
-                body = parse(sock.recv_multipart())["body"]
-                got.setdefault(body.get("rid"), body)
+                message = parse(sock.recv_multipart())
+                bodies = message["body"]["reps"] if message["type"] == "REPS" \
+                    else [message["body"]]             # the fast path's several replies
+                for body in bodies:
+                    got.setdefault(body.get("rid"), body)
     return got
 
 

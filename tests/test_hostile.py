@@ -381,6 +381,9 @@ def forged_bodies(epoch: int) -> dict[str, dict]:
     bodies = {
         "REQ": request("post", "mallory", {"text": "on the wrong socket"}),
         "REP": {"rid": "wrong-socket", "ok": True, "server": 1, "time": now, "result": {}},
+        "REQS": {"reqs": [request("post", "mallory", {"text": "a batch on the wrong socket"})]},
+        "REPS": {"reps": [{"rid": "wrong-socket-2", "ok": True, "server": 1, "time": now,
+                           "result": {}}]},
         "READY": {"id": 9},
         "HB": heartbeat(9, vv={"9": 1}, coordinator=9, epoch=takeover, events=1, lamport=5,
                         peers=[1, 2, 3]),

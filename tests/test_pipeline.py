@@ -133,6 +133,77 @@ def test_fast_path_takes_only_its_own_operations(cluster):
         cluster.log_since_start(f"server-{i}") for i in SERVERS)
 
 
+def test_a_batch_of_requests_is_served_in_order_and_each_bad_one_refused_alone(cluster):
+    """A REQS from anyone: each body is validated alone, the good ones served in order,
+    each bad one refused with its own reply; a batch that is malformed as a whole, or
+    sent where batches do not go, gets one refusal; the cluster serves on."""
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    sock = cluster.dealer(cluster.config.fast_frontend_port)
+    routed = cluster.dealer()
+    try:
+        first = signed_request(cluster, P.OP_POST, "ann", {"text": "batch one"})
+        blank = signed_request(cluster, P.OP_POST, "ann", {"text": "   "})
+        login = request(P.OP_LOGIN, "ann", {"password": "guess-guess-guess"}, token="t" * 43)
+        second = signed_request(cluster, P.OP_POST, "ann", {"text": "batch two"})
+        sock.send_multipart(frames("REQS", {"reqs": [first, blank, login, 123, second]}))
+        got = collect_replies(sock, {first["rid"], blank["rid"], login["rid"], second["rid"],
+                                     "?"}, timeout=10)
+        assert got[first["rid"]]["ok"] and got[second["rid"]]["ok"], got
+        for bad in (blank, login):
+            assert got[bad["rid"]]["code"] == P.ERR_BAD_REQUEST, got[bad["rid"]]
+        assert "routed port" in got[login["rid"]]["error"]
+        assert got["?"]["code"] == P.ERR_BAD_REQUEST
+        feed = cluster.request("ann", P.OP_FEED, {"limit": 5})
+        assert [p["text"] for p in feed["posts"]][:2] == ["batch two", "batch one"]
+
+        too_many = {"reqs": [signed_request(cluster, P.OP_POST, "ann", {"text": f"n{i}"})
+                             for i in range(P.FAST_BATCH + 1)]}
+        refusal = raw_request(sock, frames("REQS", too_many))
+        assert refusal is not None and refusal["body"]["code"] == P.ERR_BAD_REQUEST, refusal
+        assert "64" in refusal["body"]["error"]
+        wrong = raw_request(routed, frames("REQS", {"reqs": [second]}))
+        assert wrong is not None and wrong["body"]["code"] == P.ERR_BAD_REQUEST, wrong
+        feed = cluster.request("ann", P.OP_FEED, {"limit": 5})
+        assert not any(p["text"].startswith("n") for p in feed["posts"]), \
+            "nothing of a refused batch was posted"
+    finally:
+        sock.close(0)
+        routed.close(0)
+    assert all(cluster.alive(f"server-{i}") for i in SERVERS)
+
+
+class Lines:
+    """A ProcessLog's ``line`` for a Pipeline, kept in a list."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def line(self, direction: str, peer: str, what: str, level: str = "INFO") -> None:
+        self.lines.append(f"{direction} {peer} | {what}")
+
+
+def test_a_pipeline_sends_its_window_together_and_each_request_is_logged(cluster):
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    ctx, pipe = pipeline(cluster, "cat", window=32)
+    pipe.log = Lines()
+    try:
+        rids = [pipe.submit(P.OP_POST, {"text": f"cat {i}"}) for i in range(40)]
+        done = {d.rid: d for d in pipe.drain(30)}
+    finally:
+        pipe.close()
+        ctx.destroy(0)
+    assert set(done) == set(rids) and all(d.ok for d in done.values()), \
+        [d.code for d in done.values() if not d.ok]
+    together = [line for line in pipe.log.lines if "together" in line]
+    assert len(together) >= 31, "the window after the first request went in one REQS"
+    wait_until(lambda: all(f"rid={rid} ok" in cluster.log_since_start("broker") for rid in rids),
+               10, what="the broker's line for each request")
+    feed = cluster.request("cat", P.OP_FEED, {"limit": 40})
+    assert [p["text"] for p in reversed(feed["posts"])] == [f"cat {i}" for i in range(40)]
+
+
 def test_fast_log_writes_one_line_per_answered_request():
     lines, clock = [], []
     log = FastLog(lambda *parts: lines.append(parts), clock.append)

@@ -63,6 +63,12 @@ class Lane:
     def __init__(self, link: "BrokerLink", name: str, endpoint: str | None = None) -> None:
         self.link = link
         self.name = name
+        # the fast path's replies may come several in one REPS
+        self.batching = endpoint == link.fast_endpoint
+        """The fast path: the requests of one turn of the event loop go together, in
+        one ``REQS`` (``_send_batch``); its replies may come several in one ``REPS``."""
+        self.route = protocol.FAST_TO_CLIENT if self.batching else protocol.BROKER_TO_CLIENT
+        self.outbox: list[bytes] = []
         self.pending: dict[str, asyncio.Future] = {}
         public, secret = zmq.curve_keypair()              # ephemeral: any key is let in
         self.socket = sockets.tune(link.context.socket(zmq.DEALER), link.config)
@@ -76,13 +82,34 @@ class Lane:
     def send(self, body: protocol.Request) -> bool:
         """Tick the gateway's clock and send ``body`` stamped with it; False if the
         socket would block (its queue to the broker is full): that try is lost, and
-        the caller's wait for its reply times out and retries, as for any lost try."""
+        the caller's wait for its reply times out and retries, as for any lost try.
+        On the fast path ``body`` waits for the end of this turn of the event loop, to
+        go with the others sent in it (True: a full queue then gets a warning)."""
+        if self.batching:
+            if not self.outbox:
+                self.loop.call_soon(self._send_batch)
+            self.outbox.append(protocol.encode_body(body))
+            return True
+        return self._send_frames(protocol.REQUEST, protocol.encode_body(body))
+
+    def _send_batch(self) -> None:
+        """The requests of this loop turn, as few ``REQS`` as FAST_BATCH allows."""
+        bodies, self.outbox = self.outbox, []
+        if self.socket.closed:
+            return                                # closed meanwhile: they retry
+        for run in protocol.batches(bodies):
+            packed = (protocol.REQUEST, run[0]) if len(run) == 1 else \
+                (protocol.REQUESTS, protocol.pack("reqs", run))
+            if not self._send_frames(*packed):
+                self.link.log.warn(f"not sent: {len(run)} request(s) on {self.name}, whose "
+                                   f"queue to the broker is full (they retry)")
+
+    def _send_frames(self, msg_type: str, body: bytes) -> bool:
         stamp = self.link.lamport.tick()
-        *first, last = protocol.encode(body, stamp)
-        try:
-            for frame in first:     # a DEALER queues a whole message or none of it
-                self.socket.send(frame, MORE_NOBLOCK)
-            self.socket.send(last, NOBLOCK)
+        try:                        # a DEALER queues a whole message or none of it
+            self.socket.send(msg_type.encode(), MORE_NOBLOCK)
+            self.socket.send(b"%d" % stamp, MORE_NOBLOCK)
+            self.socket.send(body, NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -100,18 +127,19 @@ class Lane:
 
     def _deliver(self, frames: list[bytes]) -> None:
         try:
-            incoming = protocol.decode(frames, protocol.BROKER_TO_CLIENT)
+            incoming = protocol.decode(frames, self.route)
         except protocol.ProtocolError as exc:
             self.link.log.warn(f"dropped a malformed reply on {self.name}: {exc}")
             return
         self.link.lamport.merge(incoming.lamport)
-        reply = incoming.msg
-        waiter = self.pending.pop(reply.rid, None)
-        if waiter is None or waiter.done():
-            self.link.log.recv(peer_name(reply.server),
-                               f"REP rid={reply.rid} ignored (nobody waits for it)")
-            return
-        waiter.set_result(reply)
+        msg = incoming.msg                   # a REP, or a server's REPS on the fast path
+        for reply in (msg.reps if isinstance(msg, protocol.Replies) else (msg,)):
+            waiter = self.pending.pop(reply.rid, None)
+            if waiter is None or waiter.done():
+                self.link.log.recv(peer_name(reply.server),
+                                   f"REP rid={reply.rid} ignored (nobody waits for it)")
+                continue
+            waiter.set_result(reply)
 
     async def wait(self, rid: str, timeout: float) -> protocol.Reply | None:
         """The reply to ``rid``, or None after ``timeout`` seconds."""
