@@ -33,6 +33,8 @@ and anything malformed or out of range, raises ``ProtocolError`` with a reason.
 so no handler does either by hand.
 """
 
+import itertools
+import operator
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
@@ -246,6 +248,17 @@ class Args(Struct, omit_defaults=True, rename={"with_": "with"}, **_message()):
 
 _ARG_NAMES = {"text": "text", "limit": "limit", "target": "target", "to": "to",
               "with": "with_", "wait": "wait", "since": "since", "password": "password"}
+_arg_values = operator.attrgetter(*_ARG_NAMES.values())
+_ARGS_ABSENT = {op: tuple(name not in names for name in _ARG_NAMES)
+                for op, names in OP_ARGS.items()}
+"""For each operation, which arguments (in ``_ARG_NAMES`` order) it must leave out:
+one look-up checks a request (``absent``), the costly message only when it fails."""
+
+
+def absent(values: tuple) -> tuple[bool, ...]:
+    """Which of ``values`` are None, in order (C-level: the check of every request and
+    event runs it)."""
+    return tuple(map(operator.is_, values, itertools.repeat(None, len(values))))
 
 
 class Request(Struct, **_message()):
@@ -277,9 +290,10 @@ class Request(Struct, **_message()):
                 f"stamp={self.stamp})")
 
     def __post_init__(self) -> None:
-        given = {name for name, attr in _ARG_NAMES.items() if getattr(self.args, attr) is not None}
-        wanted = set(OP_ARGS[self.op])
-        if given != wanted:
+        if absent(_arg_values(self.args)) != _ARGS_ABSENT[self.op]:
+            given = {name for name, attr in _ARG_NAMES.items()
+                     if getattr(self.args, attr) is not None}
+            wanted = set(OP_ARGS[self.op])
             missing, extra = sorted(wanted - given), sorted(given - wanted)
             raise ValueError(f"{self.op} takes {', '.join(OP_ARGS[self.op]) or 'no arguments'}"
                              + (f"; missing {', '.join(missing)}" if missing else "")
@@ -442,6 +456,9 @@ class EventData(Struct, omit_defaults=True, **_message()):
 
 _DATA_FIELDS = ("text", "target", "to", "shown", "delivered", "hash", "token", "expires",
                 "account")
+_data_values = operator.attrgetter(*_DATA_FIELDS)
+_DATA_ABSENT = {kind: tuple(name not in names for name in _DATA_FIELDS)
+                for kind, names in EVENT_DATA.items()}
 
 
 class Event(Struct, omit_defaults=True, **_message()):
@@ -460,8 +477,7 @@ class Event(Struct, omit_defaults=True, **_message()):
 
     def __post_init__(self) -> None:
         data = self.data
-        given = {name for name in _DATA_FIELDS if getattr(data, name) is not None}
-        if given != set(EVENT_DATA[self.kind]):
+        if absent(_data_values(data)) != _DATA_ABSENT[self.kind]:
             raise ValueError(f"a {self.kind} event carries {', '.join(EVENT_DATA[self.kind]) or 'no data'}")
         if data.text is not None and not data.text.strip():
             raise ValueError("an event's text must not be blank")

@@ -53,9 +53,10 @@ def checksum(canonical: bytes) -> str:
     return hashlib.blake2b(canonical, digest_size=_SUM_HEX // 2).hexdigest()
 
 
-def wal_line(event: P.Event) -> bytes:
-    """An event as one line of a log segment, its checksum spliced in last."""
-    body = P.dumps(event)
+def wal_line(event: P.Event, raw: bytes | None = None) -> bytes:
+    """An event as one line of a log segment, its checksum spliced in last (``raw``:
+    the event as ``P.dumps`` gives it, if the caller has it already)."""
+    body = P.dumps(event) if raw is None else raw
     return b"%s%s%s\"}\n" % (body[:-1], _SUM_KEY, checksum(body).encode())
 
 

@@ -105,8 +105,9 @@ class Replication:
         return True
 
     def _apply(self, event: P.Event) -> None:
-        self.state.apply(event)
-        self.store.append(event)
+        raw = P.dumps(event)             # encoded once: for its hash and its log line
+        self.state.apply(event, raw)
+        self.store.append(event, raw)
         self.fresh.append(event)
 
     def replace(self, event: P.Event) -> P.Event:

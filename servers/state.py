@@ -34,8 +34,10 @@ Key = tuple  # (lamport, id)
 _LOW63 = (1 << 63) - 1       # a fingerprint fits an int64 (msgspec, JSON readers)
 
 
-def _event_hash(event: P.Event) -> int:
-    raw = P.dumps(event)          # a Struct encodes its fields in one fixed order
+def _event_hash(event: P.Event, raw: bytes | None = None) -> int:
+    """``raw``: the event as ``P.dumps`` gives it, if the caller has it already."""
+    if raw is None:
+        raw = P.dumps(event)      # a Struct encodes its fields in one fixed order
     return int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "big")
 
 
@@ -45,6 +47,14 @@ def fingerprint(events) -> int:
     for event in events:
         out ^= _event_hash(event) & _LOW63
     return out
+
+
+def _insort(sorted_list: list, item) -> None:
+    """``insort``, with the common case first: a newer item goes at the end."""
+    if not sorted_list or sorted_list[-1] < item:
+        sorted_list.append(item)
+    else:
+        insort(sorted_list, item)
 
 
 def _remove(sorted_list: list, item) -> None:
@@ -126,10 +136,11 @@ class SocialState:
                     break
         return out
 
-    def apply(self, event: P.Event) -> bool:
+    def apply(self, event: P.Event, raw: bytes | None = None) -> bool:
         """Add the next event of its origin. Returns False if already held.
 
-        The caller guarantees ``event["seq"] == seq_of(origin) + 1``.
+        The caller guarantees ``event["seq"] == seq_of(origin) + 1``; ``raw`` is the
+        event as ``P.dumps`` gives it, if the caller has it already (its log line).
         """
         log = self.by_origin.setdefault(event.origin, [])
         if event.seq <= len(log):
@@ -137,7 +148,7 @@ class SocialState:
         if event.seq != len(log) + 1:
             raise ValueError(f"gap: seq {event.seq} after {len(log)}")
         log.append(event)
-        h = _event_hash(event)
+        h = _event_hash(event, raw)
         prefix = self.prefix.setdefault(event.origin, [])
         prefix.append((prefix[-1] if prefix else 0) ^ (h & _LOW63))
         self._count_copy(event, h)
@@ -197,7 +208,7 @@ class SocialState:
             self.events[event.id] = event
         else:
             del self.events[event.id]
-        edit = insort if sign > 0 else _remove
+        edit = _insort if sign > 0 else _remove
         if kind == P.EV_POST:
             edit(self.posts, key)
             edit(self.posts_by.setdefault(user, []), key)

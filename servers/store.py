@@ -512,11 +512,12 @@ class EventStore:
             raise self._fail(path, exc) from None
 
     # --- the write path -----------------------------------------------------------
-    def append(self, event: P.Event) -> None:
-        """Queue ``event`` for the log (in memory: ``sync`` writes it)."""
+    def append(self, event: P.Event, raw: bytes | None = None) -> None:
+        """Queue ``event`` for the log (in memory: ``sync`` writes it); ``raw``: the
+        event as ``P.dumps`` gives it, if the caller has it already."""
         if self.failed is not None:
             raise self.failed
-        self._buffer += wal_line(event)
+        self._buffer += wal_line(event, raw)
         self._unfolded.append(event)
 
     def sync(self) -> None:

@@ -37,7 +37,7 @@ class FakeStore:
         self.appended: list = []
         self.syncs = 0
 
-    def append(self, event) -> None:
+    def append(self, event, raw: bytes | None = None) -> None:
         self.appended.append(event)
 
     def sync(self) -> None:

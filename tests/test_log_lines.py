@@ -3,10 +3,13 @@ and a server's Lamport clock survives its restarts (servers/lamport_file.py)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import log_lines as LL
+from common import protocol as P
 from common.clock import PhysicalClock
-from common.log import ProcessLog
+from common.log import ProcessLog, brief, data_brief
 from servers.lamport_file import RESERVE, DurableLamportClock, LamportFile
 
 HEAD = "2026-12-02 05:00:00.000001 | L=42 | server-1 | "
@@ -121,3 +124,23 @@ def test_a_missing_ceiling_starts_the_clock_where_it_was(tmp_path):
     assert clock.attach(LamportFile(tmp_path / "server-1.lamport")) == 0
     assert clock.tick() == 43
     clock.close()
+
+
+_names = st.from_regex(P.USER_RE, fullmatch=True)
+_texts = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=300)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None)
+@given(text=st.none() | _texts, target=st.none() | _names, to=st.none() | _names,
+       shown=st.none() | st.lists(st.from_regex(P.RID_RE, fullmatch=True), max_size=3),
+       hash_=st.none() | st.just("$argon2id$v=19$m=65536,t=3,p=4$abc$def"),
+       token=st.none() | st.just("ab" * 32), expires=st.none() | st.floats(0, 1e10))
+def test_an_events_data_reads_the_same_in_its_fast_brief(text, target, to, shown, hash_,
+                                                         token, expires):
+    """``data_brief``, written for speed, says exactly what the generic ``brief`` says."""
+    data = P.EventData(text=text, target=target, to=to, shown=shown, hash=hash_,
+                       token=token, expires=expires)
+    assert data_brief(data, 80) == brief(data, 80)
+    if token is not None:
+        assert token not in data_brief(data, 200), "a token hash shows cut, never whole"
