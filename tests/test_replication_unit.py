@@ -15,7 +15,7 @@ from common.config import Config
 from servers.catchup import CatchUp
 from servers.peers import GONE, JOINING, LEAVING, SERVING, SYNCING, Peer, Peers
 from servers.replication import Replication, copies_required
-from servers.state import SocialState
+from servers.state import SocialState, _insort
 from tests.fakes import FakeStore, TalkLog
 
 pytestmark = pytest.mark.timeout(60)
@@ -379,3 +379,13 @@ def test_any_delivery_order_ends_in_seq_order_with_the_in_order_digest(plan, bat
     fresh, _ = repl.take_turn()
     assert sorted((e.origin, e.seq) for e in fresh) == \
         sorted((e.origin, e.seq) for e in store.appended)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from("abc")), max_size=300))
+def test_the_sorted_views_stay_sorted_whatever_order_keys_come_in(keys):
+    """``_insort``'s shortcuts (append, search the tail) give what a full sort gives."""
+    view: list = []
+    for key in keys:
+        _insort(view, key)
+    assert view == sorted(keys)
