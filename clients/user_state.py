@@ -22,6 +22,8 @@ from common import protocol
 
 @dataclass
 class UserState:
+    """A user's state file as loaded; ``save`` writes it back."""
+
     path: str | os.PathLike
     """The file (os.path functions, not pathlib: ~4 ms of a command's start-up)."""
     lamport: int = 0

@@ -43,6 +43,8 @@ def _bracketed(host: str) -> str:
 
 @dataclass
 class Config:
+    """Every setting of every process; ``load_config`` reads them (the module's docstring)."""
+
     # --- addresses and folders -------------------------------------------
     host: str = "127.0.0.1"
     """The broker's address: users and servers connect to it."""
