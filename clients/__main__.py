@@ -11,10 +11,6 @@ if sys.argv[1:] == ["--version"]:          # nothing else to load
     print(version_line())
     sys.exit(0)
 
-from common.startup import private_files  # noqa: E402
-
-private_files()              # a user's state file (with its session token) is theirs alone
-
 
 class _OnDemand(types.ModuleType):
     """Stands for a module, imported the first time one of its names is used."""
@@ -27,29 +23,34 @@ class _OnDemand(types.ModuleType):
 
 
 def _import_lean() -> None:
-    """msgspec and dataclasses without two modules a command never uses.
+    """zmq, msgspec and dataclasses without four modules a command never uses.
 
     msgspec tries typing_extensions (~4 ms of imports) for kinds of annotations our
     messages do not use, and falls back to typing without it; dataclasses imports
     inspect (~7 ms) for one call, made only for a class without a docstring (every one
-    a command defines has one), and the stand-in would still answer it. Only for these
-    two imports: anything imported later (typer's help) gets the real modules."""
-    if any(name in sys.modules for name in ("msgspec", "dataclasses", "typing_extensions",
-                                             "inspect")):
+    a command defines has one); zmq imports json (~2 ms) for send_json and random
+    (~2 ms) for bind_to_random_port. The stand-ins would still answer any use. Only
+    for these imports: anything imported later (typer's help) gets the real modules."""
+    hidden = {"typing_extensions": None, "inspect": _OnDemand("inspect"),
+              "json": _OnDemand("json"), "random": _OnDemand("random")}
+    if any(name in sys.modules for name in (*hidden, "zmq", "msgspec", "dataclasses")):
         return
-    stand_in = _OnDemand("inspect")
-    sys.modules["typing_extensions"] = None
-    sys.modules["inspect"] = stand_in
+    sys.modules.update(hidden)
     try:
         import dataclasses  # noqa: F401
         import msgspec  # noqa: F401
+        import zmq  # noqa: F401
     finally:
-        del sys.modules["typing_extensions"]
-        if sys.modules.get("inspect") is stand_in:
-            del sys.modules["inspect"]
+        for name, stand_in in hidden.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 _import_lean()
+
+from common.startup import private_files  # noqa: E402
+
+private_files()              # a user's state file (with its session token) is theirs alone
 
 from clients import commands  # noqa: E402 - after the umask is set
 
