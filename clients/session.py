@@ -32,12 +32,12 @@ class UserSession:
             _check_user(user)
         self.user = user
         self.password = password or None
-        self.state = UserState.load(config.client_state_path(user)) if user else None
+        self.state = UserState.load(config.client_state_file(user)) if user else None
         learned = self.state.clock_offset if self.state else 0.0
         self.lamport = LamportClock(self.state.lamport if self.state else 0)
         self.clock = PhysicalClock(offset=clock_offset + learned, chaos=clock_chaos)
         process = f"client-{user}" if user else ANONYMOUS_PROCESS
-        self.log = ProcessLog(process, config.log_path(process), self.lamport, self.clock,
+        self.log = ProcessLog(process, config.log_file(process), self.lamport, self.clock,
                               plain=True)   # a command writes a few lines: no loguru
         self.connection = Connection(config, user, self.lamport, self.clock, self.log)
         self._pipelines: list = []

@@ -4,7 +4,6 @@ Timeouts never use either of them: they use ``time.monotonic()``.
 """
 from __future__ import annotations
 
-import random
 import time
 
 
@@ -47,7 +46,10 @@ class PhysicalClock:
         self._chaos = chaos
         self._chaos_max = chaos_max
         self._chaos_interval = chaos_interval
-        self._rng = rng or random.Random()
+        if rng is None and chaos:
+            import random        # here: only chaos draws, and a user's command has none
+            rng = random.Random()
+        self._rng = rng
         self._next_jump = self._start_mono + self._draw_interval() if chaos else float("inf")
         self._last_stamp = 0.0
         self.jumps = 0

@@ -11,8 +11,8 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
+from common.paths import joined
 from common.protocol import HOST_PATTERN
 
 
@@ -31,6 +31,11 @@ WILDCARDS = frozenset({"*", "0.0.0.0", "::", "[::]"})
 HOST_RE = re.compile(rf"^(?=.{{1,253}}$){HOST_PATTERN}$")
 
 
+def _path(*parts: str) -> Path:
+    from pathlib import Path     # here: a user's command takes its paths as strings (``*_file``)
+    return Path(*parts)
+
+
 def _bracketed(host: str) -> str:
     """An IPv6 address given bare (``::1``) in brackets, as an endpoint needs it."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -38,6 +43,8 @@ def _bracketed(host: str) -> str:
 
 @dataclass
 class Config:
+    """Every setting of every process; ``load_config`` reads them (the module's docstring)."""
+
     # --- addresses and folders -------------------------------------------
     host: str = "127.0.0.1"
     """The broker's address: users and servers connect to it."""
@@ -286,27 +293,35 @@ class Config:
         return self.endpoint(self.peer_port(server_id))
 
     def server_data_dir(self, server_id: int) -> Path:
-        return Path(self.data_dir) / f"server-{server_id}"
+        return _path(self.data_dir, f"server-{server_id}")
 
     def issued_path(self, server_id: int) -> Path:
         """The highest seq server ``server_id`` ever issued: beside its folder, not in it."""
-        return Path(self.data_dir) / f"server-{server_id}.issued"
+        return _path(self.data_dir, f"server-{server_id}.issued")
 
     def members_path(self, server_id: int) -> Path:
         """The members server ``server_id`` last knew (``servers/quorum.py``): beside its
         folder, so a server whose folder was lost still knows it is one of several."""
-        return Path(self.data_dir) / f"server-{server_id}.members"
+        return _path(self.data_dir, f"server-{server_id}.members")
 
     def lamport_path(self, server_id: int) -> Path:
         """The Lamport ceiling of server ``server_id`` (``servers/lamport_file.py``):
         beside its folder, so a restart never reuses a stamp."""
-        return Path(self.data_dir) / f"server-{server_id}.lamport"
+        return _path(self.data_dir, f"server-{server_id}.lamport")
 
     def client_state_path(self, user: str) -> Path:
-        return Path(self.data_dir) / "clients" / f"{user}.json"
+        return _path(self.client_state_file(user))
+
+    def client_state_file(self, user: str) -> str:
+        """``client_state_path`` as a string, without importing pathlib."""
+        return joined(self.data_dir, "clients", f"{user}.json")
 
     def log_path(self, process: str) -> Path:
-        return Path(self.log_dir) / f"{process}.log"
+        return _path(self.log_file(process))
+
+    def log_file(self, process: str) -> str:
+        """``log_path`` as a string, without importing pathlib."""
+        return joined(self.log_dir, f"{process}.log")
 
     # ---------------------------------------------------------------------
     def validate(self) -> "Config":

@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import re
 import threading
-from pathlib import Path
 
 import zmq
+
+from common.paths import joined
 
 BROKER = "broker"
 CLUSTER_DOMAIN = "cluster"
@@ -63,6 +64,7 @@ def dealer_identity(server_id: int) -> bytes:
 
 
 def key_dir(data_dir: str | os.PathLike) -> Path:
+    from pathlib import Path     # here: a user's command spells its one key path by joined()
     return Path(data_dir) / "keys"
 
 
@@ -116,6 +118,7 @@ def _write_temp(folder: Path, text: str) -> Path:
     except BaseException:
         os.unlink(tmp)
         raise
+    from pathlib import Path
     return Path(tmp)
 
 
@@ -195,8 +198,8 @@ def broker_public_key(data_dir: str | os.PathLike) -> bytes:
             return check_key(env)
         except KeyProblem as exc:
             raise KeyProblem(f"{BROKER_KEY_ENV}: {exc}") from None
-    path = key_dir(data_dir) / f"{BROKER}.key"
-    if not path.exists():
+    path = joined(data_dir, "keys", f"{BROKER}.key")   # as key_dir spells it
+    if not os.path.exists(path):
         raise NoBrokerKey(f"no broker key: {path} is missing (start the broker on this data "
                         f"folder, or set {BROKER_KEY_ENV} to a remote broker's public key)")
     return load_public(path)

@@ -20,15 +20,16 @@ loguru (~20 ms of a command's start-up).
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from common.clock import LamportClock, PhysicalClock
 from common.log_lines import CHAOS_JUMP
 from common.ownership import claim, release
+from common.paths import joined
 
 LINE_RE = re.compile(r"^(?P<time>\S+ \S+) \| L=(?P<lamport>\d+) \| (?P<process>\S+) \| (?P<rest>.*)$")
 
@@ -52,17 +53,17 @@ class ProcessLog:
     and a process finding it locked by another gets ``ownership.InUse`` before it
     opens, let alone writes, the file."""
 
-    def __init__(self, process: str, path: Path | str, lamport: LamportClock,
+    def __init__(self, process: str, path: os.PathLike | str, lamport: LamportClock,
                  clock: PhysicalClock, echo: bool = False, flush_every: float = 0.05,
                  exclusive: bool = False, plain: bool = False) -> None:
         self.process = process
         self.flush_every = flush_every
         self.lamport = lamport
         self.clock = clock
-        path = Path(path)
+        path = joined(path)                      # str(Path(path)), without pathlib
         self._lock = claim(path, need="every process needs its log file writable") \
             if exclusive else None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._sink = _PlainSink(path) if plain else _LoguruSink(path, echo)
         self._pending: list[str] = []
         self._flush_at = 0.0
@@ -134,7 +135,7 @@ class ProcessLog:
 class _LoguruSink:
     """The log file through loguru (long-lived processes); ``echo``: warnings on stderr too."""
 
-    def __init__(self, path: Path, echo: bool) -> None:
+    def __init__(self, path: str, echo: bool) -> None:
         from loguru import logger
         self.logger = logger
         logger.remove()
@@ -152,7 +153,7 @@ class _LoguruSink:
 class _PlainSink:
     """The log file appended to directly, each write at once: the same lines as loguru's."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, text: str, level: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from string import Formatter
 
 # --- the formats, by who writes them ---------------------------------------------------
 PHASE = "phase {old} -> {new}: {why}"
@@ -72,6 +71,7 @@ longest when the field ends the format)."""
 @lru_cache(maxsize=None)
 def pattern(fmt: str) -> re.Pattern:
     """The regular expression that reads lines written with ``fmt``."""
+    from string import Formatter     # here: a user's command writes lines, never reads them
     parts = list(Formatter().parse(fmt))
     out = []
     for i, (literal, field, _spec, _conv) in enumerate(parts):

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import os
 import time
-from pathlib import Path
 
 LOCK_FILE = "LOCK"
 """The file in a data folder that its owner locks; it holds the owner's pid."""
@@ -43,6 +42,7 @@ class CannotWrite(OSError):
     def __init__(self, name: Path | str, exc: OSError, need: str | None = None) -> None:
         why = None
         if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename:
+            from pathlib import Path     # here: a user's command imports this module, not pathlib
             why = _not_a_folder(Path(exc.filename), Path(name))
         line = f"cannot write {name} ({why or exc.strerror or exc})"
         super().__init__(exc.errno, line + (f": {need}" if need else ""))
@@ -73,6 +73,7 @@ def claim(path: Path | str, name: Path | str | None = None, record_pid: bool = F
     read-only folder is refused here, before anything is written. ``record_pid``
     writes this process's pid into the file once it is ours (for a lock file, not
     for a log; best effort: a full disk leaves the file as it was)."""
+    from pathlib import Path         # here: a user's command locks nothing
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

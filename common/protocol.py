@@ -741,7 +741,17 @@ DEALER's identity."""
 PEER_REPLY = Route("peer reply", frozenset({EVENTS, SUMS, COPIES}))
 """A server's DEALER to a peer: the answers."""
 
-_decoders = {t: msgspec.json.Decoder(cls) for t, cls in MESSAGES.items()}
+
+class _Decoders(dict):
+    """A decoder per message type, made when the first message of its type is decoded:
+    a user's command decodes replies only, and making all 21 cost it ~1 ms."""
+
+    def __missing__(self, msg_type: str) -> msgspec.json.Decoder:
+        decoder = self[msg_type] = msgspec.json.Decoder(MESSAGES[msg_type])
+        return decoder
+
+
+_decoders = _Decoders()
 _encoder = msgspec.json.Encoder()
 _MAX_STAMP_DIGITS = len(str(MAX_STAMP))
 

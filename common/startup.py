@@ -23,7 +23,6 @@ import errno
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import zmq
 
@@ -50,6 +49,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, (CannotStart, OSError, zmq.ZMQError, ValueError)):
         return str(exc)
     import traceback             # only for a bug's line: not every start pays for it
+    from pathlib import Path
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{where} (a bug: please report it)"

@@ -23,6 +23,7 @@ from common import protocol
 from common.processes import wait_until
 from common.clock import LamportClock, PhysicalClock
 from common.config import Config
+from common.paths import joined
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -167,6 +168,19 @@ def test_corrupt_state_file_gives_a_fresh_state(tmp_path, content):
     path = tmp_path / "alice.json"
     path.write_bytes(content)
     assert UserState.load(path) == UserState(path)
+
+
+@pytest.mark.parametrize("folder", ["data", "data/", "./data", "a//b/./c", "/tmp/x", "//net/x",
+                                    "///a", "/", ".", "./", "", "../x", "~/d"])
+def test_a_command_spells_its_paths_as_pathlib_would(folder):
+    """A command names its state file, log and the broker's key without pathlib:
+    every message naming one reads as it did with it."""
+    from pathlib import Path
+    for names in [(), ("client-alice.log",), ("clients", "alice.json")]:
+        assert joined(folder, *names) == str(Path(folder, *names))
+    config = Config(data_dir=folder, log_dir=folder)
+    assert config.client_state_path("alice") == Path(folder) / "clients" / "alice.json"
+    assert config.log_path("broker") == Path(folder) / "broker.log"
 
 
 # --- Connection ------------------------------------------------------------------
