@@ -794,13 +794,10 @@ def decode(frames: list[bytes], route: Route) -> Incoming:
     return Incoming(frames[:n], lamport, msg)
 
 
-_request_decoder = msgspec.json.Decoder(Request)
-
-
 def decode_request(body: bytes) -> Request:
     """One request of a ``REQS``, validated as a ``REQ``'s body; ProtocolError."""
     try:
-        return _request_decoder.decode(body)
+        return _decoders[REQUEST].decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ProtocolError(f"{REQUEST}: {_readable(str(exc))}") from None
 
