@@ -98,7 +98,15 @@ def test_demo_interrupted_with_ctrl_c_still_stops_every_process(tmp_path):
                    what="the bots to be running")
     finally:
         demo.send_signal(signal.SIGINT)
-        demo.wait(30)
+        try:
+            demo.wait(30)
+        except subprocess.TimeoutExpired:        # never left behind, nor its children
+            demo.kill()
+            demo.wait(5)
+            for pid in started(tmp_path / "logs"):
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
+            raise
         reader.join(5)
     assert demo.returncode != 0
     assert any("still running: none" in line for line in lines), "".join(lines[-30:])

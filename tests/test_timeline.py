@@ -169,7 +169,12 @@ def test_timeline_follow_prints_new_lines_in_lamport_order_as_they_come(cluster:
             sorted(_key(lines[i])[0] for i in (client, route, receive, event))
     finally:
         follower.send_signal(signal.SIGINT)
-        follower.wait(10)
+        try:
+            follower.wait(10)
+        except subprocess.TimeoutExpired:        # never left behind, even when it hangs
+            follower.kill()
+            follower.wait(5)
+            raise
         reader.join(5)
     assert follower.returncode == 0, follower.stderr.read()
     # new processes (a user's first command) start at a low L and come out when read, so
