@@ -338,6 +338,9 @@ def account(options: GlobalOptions, what: str, from_stdin: bool, session=None) -
 
 # --- listen ------------------------------------------------------------------------
 LOST = "connection lost, retrying…"
+CANCEL_DEADLINE = 2.0
+"""Seconds a stopping ``listen`` spends unparking its long poll (plus one request
+timeout), when the cluster is slow or gone."""
 BACK = "reconnected"
 
 
@@ -346,8 +349,11 @@ class ListenLoop:
 
     A listen parked on a server takes the items that arrive while it waits and
     marks them shown. If the user stops while one is parked, ``cancel`` sends it
-    again with the same request id and no wait: the server drops the parked one
-    and answers at once, so nothing is marked shown that was not printed.
+    again with the same request id, as a later try, and no wait: the server holding
+    it drops the parked one and answers at once; any other server (the broker's pool
+    changed meanwhile) writes an empty SEEN under that request id, which outranks
+    the parked copy's (``protocol.copy_key``). Nothing is marked shown that was not
+    printed.
 
     When the cluster stops answering, the same request goes out again until it does
     ("connection lost, retrying…", then "reconnected" on stderr). Items stamped
@@ -394,7 +400,7 @@ class ListenLoop:
         if self.in_flight is None:
             return
         conn = self.session.connection
-        conn.config = dataclasses.replace(conn.config, request_deadline=1.0)
+        conn.config = dataclasses.replace(conn.config, request_deadline=CANCEL_DEADLINE)
         try:
             self.show(conn.exchange(protocol.with_args(self.in_flight, wait=0.0)),
                       self.away_until)

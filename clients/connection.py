@@ -174,7 +174,11 @@ class Connection:
             tries += 1
             sent_at = self._send(body, tries)
             timeout_at = min(deadline, sent_at + patience)
-            reply = self._wait_for_reply(body, timeout_at, waiting)
+            try:
+                reply = self._wait_for_reply(body, timeout_at, waiting)
+            except KeyboardInterrupt:           # a listen's cancel goes on counting:
+                self._earlier_tries[body.rid] = tries     # a later try than the parked one
+                raise
             if reply is None:
                 self._reopen_socket(tries)
                 if time.monotonic() >= deadline:

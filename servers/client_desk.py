@@ -131,13 +131,18 @@ class ClientDesk:
             self._create(route, rid, kind, user, data, now, attempt)
             return
         self.accounts.authorize(user, token, wall)
-        if op == P.OP_LISTEN:
-            self.listeners.drop(rid)             # re-sent: a retry, or the user stopping
+        parked_here = op == P.OP_LISTEN and self.listeners.drop(rid) is not None
         plan = self.requests.plan(op, user, args)
         if isinstance(plan, dict):               # nothing to write
             if op == P.OP_LISTEN and args.wait > 0:
                 self.listeners.park(route, rid, user, args, listen_until or now + args.wait,
                                     token)
+            elif op == P.OP_LISTEN and attempt > 0 and not parked_here:
+                # the user stopping a listen parked on another server (the broker's
+                # pool changed under it): an empty SEEN under its rid, of a later try,
+                # so that the parked copy marks nothing shown for a listener who left
+                self._create(route, rid, P.EV_SEEN, user,
+                             P.EventData(shown=[], delivered=[]), now, attempt)
             else:
                 self.reply(route, rid, user, plan)
             return

@@ -1,9 +1,22 @@
 """Fixtures for tests that run real clusters (see tests/harness.py)."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.harness import Cluster
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the programs the tests start, as in a terminal. Started in the
+    background by a shell (``.ci/run &``, ``nohup``), pytest finds SIGINT ignored,
+    and an ignored signal stays ignored in every child: the tests that stop a
+    listener, the demo or ``timeline --follow`` with SIGINT would hang. A handled
+    signal is reset to the default at exec, so handling it here gives every child
+    Python's usual KeyboardInterrupt."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -51,13 +51,13 @@ def listen(rid: str, user: str, wait: float = 5.0, since: int = 0) -> P.Request:
 
 
 class Desk:
-    def __init__(self, replicas: int = 1) -> None:
+    def __init__(self, replicas: int = 1, me: int = ME) -> None:
         self.now = T0
         self.state = SocialState()
-        self.peers = Peers(ME, CONFIG.peer_timeout)
+        self.peers = Peers(me, CONFIG.peer_timeout)
         self.catchup = CatchUp(self.state, self.peers, CONFIG.gap_grace, CONFIG.fetch_timeout)
         self.store = FakeStore()
-        self.repl = Replication(ME, self.state, self.store, self.peers, self.catchup, replicas)
+        self.repl = Replication(me, self.state, self.store, self.peers, self.catchup, replicas)
         self.listeners = Listeners()
         self.log = TalkLog()
         self.replies: list[tuple[bytes, P.Reply]] = []
@@ -65,8 +65,8 @@ class Desk:
         self.events_made = 0
         self.tokens: dict[str, str] = {}
         self.accounts = Accounts(self.state, time_cost=1, memory_kib=64, hashes_per_s=1e6)
-        self.desk = ClientDesk(ME, ClientRequests(self.state), self.repl, self.listeners,
-                               ReplicationLag(ME), LamportClock(), PhysicalClock(), self.log,
+        self.desk = ClientDesk(me, ClientRequests(self.state), self.repl, self.listeners,
+                               ReplicationLag(me), LamportClock(), PhysicalClock(), self.log,
                                replicas=replicas, reply=self._reply,
                                unavailable=lambda: self.why, accounts=self.accounts)
 
@@ -334,6 +334,35 @@ def test_a_resent_listen_that_is_answered_leaves_no_park_behind(how):
     assert [i["id"] for i in reply.result["items"]] == ([] if how == "stop" else ["p2"])
     d.desk.expire_listeners(T0 + 10.0)
     assert len(d.replies) == n + 1                     # answered once
+
+
+@pytest.mark.parametrize("order", ["stop first", "post first"])
+def test_a_listen_stopped_on_another_server_marks_nothing_shown_where_it_was_parked(order):
+    """bob's listen is parked on A; the broker's pool changes and his Ctrl-C (the same
+    rid, a later try, wait 0) reaches B, which has nothing to show. alice's post then
+    wakes the park on A. Whichever copy of that rid a server makes first, the one that
+    counts everywhere marks nothing shown: the post stays in bob's notifications."""
+    a, b = Desk().setup(), Desk(me=2)
+    for event in sorted(a.state.events.values(), key=lambda e: e.seq):
+        b.repl.receive(event)                         # B holds what A holds
+    b.tokens = dict(a.tokens)
+    a.send(listen("lb", "bob", wait=25.0))
+    assert len(a.listeners) == 1
+    assert b.send(retry(listen("lb", "bob", wait=0.0), 1)) == []     # a write, not a read
+    [(_, stop)] = b.turn()
+    assert stop.ok and stop.rid == "lb" and stop.result["items"] == []
+    assert b.events_made == 1
+    tombstone = b.state.events["lb"]
+    assert tombstone.kind == P.EV_SEEN and tombstone.data.shown == [] and tombstone.attempt == 1
+    if order == "stop first":                         # A learns of B's SEEN, then wakes
+        a.repl.receive(tombstone)
+    post = a.ask(req("p1", P.OP_POST, "alice", text="still there?"))   # wakes the park
+    assert post.ok
+    if order == "post first":                         # A woke it first, then learns of B's
+        assert a.state.events["lb"].data.shown == ["p1"]
+        a.repl.receive(tombstone)
+    assert a.state.events["lb"].data.shown == []      # B's later try counts
+    assert [p["id"] for p in a.state.notifications("bob")] == ["p1"]
 
 
 def test_parked_listens_go_elsewhere_when_the_server_stops_serving():

@@ -120,7 +120,7 @@ class Listener:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(5)
+                self.proc.wait(10)           # its cancel: CANCEL_DEADLINE + one timeout
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
