@@ -218,13 +218,15 @@ def demo(seconds: float = typer.Option(45.0, "--seconds", min=15.0,
     """The whole system at work, narrated: users, a killed coordinator, a join, a removal,
     clock sync; ends with a summary and a check that no acknowledged write was lost.
     The web panel watches it live (its Cluster page, the bots' posts)."""
-    from clients.demo.run import demo_folders, run_demo
+    from clients.demo.run import PID_FILE, DemoProcesses, demo_folders, run_demo
     from common.processes import usable_port_base
     data_dir, log_dir = demo_folders(data_dir, log_dir)
     if port_base is None:
         port_base = usable_port_base(load_config().port_base)
     config = load_config(port_base=port_base, host=host, data_dir=data_dir, log_dir=log_dir)
-    web = ProcessGroup(config)           # the panel waits for the demo's broker key
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    # the panel waits for the demo's broker key; its pid is listed with the demo's own
+    web = DemoProcesses(config, {}, Path(log_dir) / PID_FILE)
     try:
         start_web(web, web_port)
         code = run_demo(seconds, servers, users, port_base, host, data_dir, log_dir)

@@ -46,7 +46,7 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    ours = any(module in cmdline for module in ("broker", "servers", "clients.demo.bots"))
+    ours = any(module in cmdline for module in ("broker", "servers", "clients.demo.bots", "web"))
     return state != "Z" and ours
 
 
@@ -111,6 +111,7 @@ def test_demo_interrupted_with_ctrl_c_still_stops_every_process(tmp_path):
     assert demo.returncode != 0
     assert any("still running: none" in line for line in lines), "".join(lines[-30:])
     pids = started(tmp_path / "logs")
-    assert len(pids) >= 1 + 3 + 5
+    assert len(pids) >= 1 + 3 + 5 + 1, pids           # broker, servers, bots, web panel
+    assert "web" in pids.values(), pids
     assert not [f"{name} ({pid})" for pid, name in pids.items() if running(pid)]
     assert os.path.exists(tmp_path / "logs" / "broker.log")
