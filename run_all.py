@@ -252,8 +252,9 @@ def timeline(follow: bool = typer.Option(False, "--follow", "-f",
              hide: str = typer.Option("", "--hide",
                                       help="Leave out these message types, e.g. HB,BEAT,ACK."),
              since: O.OptStr = typer.Option(None, "--since",
-                                            help="From this clock time (HH:MM:SS, UTC as in the "
-                                                 "logs), or -30s before the end, +10s after the start."),
+                                            help="From this time (HH:MM:SS or YYYY-MM-DD HH:MM:SS, "
+                                                 "UTC as in the logs), or -30s before the end, "
+                                                 "+10s after the start."),
              until: O.OptStr = typer.Option(None, "--until", help="Up to this time (as --since)."),
              compact: bool = typer.Option(False, "--compact",
                                           help="Each write's request, EVENTs and ACKs as one line: "

@@ -225,18 +225,34 @@ def wall(entry: Entry) -> datetime:
 
 
 def parse_when(text: str, first: datetime, last: datetime) -> datetime:
-    """``HH:MM:SS[.f]`` on the logs' day, ``-30s`` before the last line, ``+10s`` after
-    the first, ``30s`` the same as ``-30s``; ValueError if it is neither."""
-    m = DURATION_RE.match(text.strip())
+    """A moment of the logs (UTC, as they are written): ``YYYY-MM-DD HH:MM:SS[.f]``
+    (or with a ``T``); ``HH:MM:SS[.f]`` on the logs' day (of a run that crossed
+    midnight, the first day on which that clock time falls within the logs, else
+    the last day); ``-30s`` before the last line, ``+10s`` after the first, ``30s``
+    the same as ``-30s``. ValueError if it is none of these."""
+    text = text.strip()
+    m = DURATION_RE.match(text)
     if m:
         span = timedelta(seconds=float(m["n"]) * UNITS[m["unit"]])
         return first + span if m["sign"] == "+" else last - span
+    fraction = ".%f" if "." in text else ""
+    for layout in (f"%Y-%m-%d %H:%M:%S{fraction}", f"%Y-%m-%dT%H:%M:%S{fraction}"):
+        try:
+            return datetime.strptime(text, layout)
+        except ValueError:
+            pass
     try:
-        clock = datetime.strptime(text.strip(), "%H:%M:%S.%f" if "." in text else "%H:%M:%S")
+        clock = datetime.strptime(text, f"%H:%M:%S{fraction}").time()
     except ValueError:
-        raise ValueError(f"{text!r} is neither a clock time (HH:MM:SS, UTC as in the logs) "
-                         f"nor a duration such as -30s, +10s, 2m") from None
-    return datetime.combine(last.date(), clock.time())
+        raise ValueError(f"{text!r} is neither a time (HH:MM:SS, or YYYY-MM-DD HH:MM:SS; UTC "
+                         f"as in the logs) nor a duration such as -30s, +10s, 2m") from None
+    day = first.date()
+    while day <= last.date():
+        moment = datetime.combine(day, clock)
+        if first <= moment <= last:
+            return moment
+        day += timedelta(days=1)
+    return datetime.combine(last.date(), clock)
 
 
 @dataclass

@@ -132,3 +132,22 @@ def test_the_broker_logs_each_reply_to_the_user_by_name(ran: Cluster):
     broker = (ran.folder / "logs" / "broker.log").read_text()
     replies = re.findall(r"\| reply server-\d+->(\S+) \| REP rid=", broker)
     assert replies and set(replies) <= {"alice", "bob", "carol"}, set(replies)
+
+
+# --- --since / --until, without processes ------------------------------------------------------
+@pytest.mark.timeout(10)
+def test_since_and_until_take_clock_times_full_times_and_durations_across_midnight():
+    from datetime import datetime
+    from common.timeline import parse_when
+    first, last = datetime(2026, 12, 1, 23, 59, 30), datetime(2026, 12, 2, 0, 0, 40)
+    assert parse_when("-10s", first, last) == datetime(2026, 12, 2, 0, 0, 30)
+    assert parse_when("+10s", first, last) == datetime(2026, 12, 1, 23, 59, 40)
+    # a clock time is taken on the day it falls within the logs, before or after midnight
+    assert parse_when("23:59:45", first, last) == datetime(2026, 12, 1, 23, 59, 45)
+    assert parse_when("00:00:10.5", first, last) == datetime(2026, 12, 2, 0, 0, 10, 500000)
+    assert parse_when("2026-12-01 23:59:50", first, last) == datetime(2026, 12, 1, 23, 59, 50)
+    assert parse_when("2026-12-02T00:00:01.25", first, last) == \
+        datetime(2026, 12, 2, 0, 0, 1, 250000)
+    assert parse_when("12:00:00", first, last) == datetime(2026, 12, 2, 12, 0)  # outside: last day
+    with pytest.raises(ValueError, match="neither a time"):
+        parse_when("noon", first, last)
