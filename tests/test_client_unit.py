@@ -201,6 +201,30 @@ def test_a_retried_request_keeps_its_rid(start_broker, connection_to):
     assert broker.requests[1].msg.server == 3
 
 
+def test_a_listen_stopped_by_ctrl_c_is_unparked_as_a_later_try(start_broker, connection_to,
+                                                                monkeypatch):
+    """Ctrl-C while a long poll is parked: its cancel (the same rid, wait 0) goes out
+    as a later try than the parked one, so a server that never held it writes a copy
+    that outranks the parked one's (``ListenLoop.cancel``)."""
+    broker = start_broker(lambda m, n: [] if n == 0 else ok_to_everything(m, n))
+    connection = connection_to(broker)
+    body = connection.build(protocol.OP_LISTEN, {"wait": 25.0, "since": 0})
+    real_wait = connection._wait_for_reply
+
+    def interrupted(*args):
+        wait_until(lambda: broker.requests, 5.0, interval=0.01, what="the parked listen")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(connection, "_wait_for_reply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        connection.exchange(body)
+    monkeypatch.setattr(connection, "_wait_for_reply", real_wait)
+    assert connection.exchange(protocol.with_args(body, wait=0.0)) == {"echo": "listen",
+                                                                        "server": 1}
+    parked, cancel = (r.msg for r in broker.requests)
+    assert parked.rid == cancel.rid and cancel.args.wait == 0.0
+    assert cancel.attempt > parked.attempt
+
+
 def test_silence_until_the_deadline_raises_unavailable(start_broker, connection_to):
     broker = start_broker(lambda m, n: [])
     connection = connection_to(broker, request_timeout=0.1, request_deadline=0.45)
