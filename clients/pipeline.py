@@ -110,6 +110,7 @@ class Pipeline:
         self.finished: list[Done] = []
         self.retries = 0
         self.barriers = 0                     # follows and unfollows in flight (0 or 1)
+        self.resend_from = float("inf")       # no flight is due before this (may be early)
         cfg = self.config
         self.routed = self._open(cfg.endpoint(cfg.frontend_port), P.BROKER_TO_CLIENT)
         self.quick = self._open(cfg.endpoint(cfg.fast_frontend_port), P.FAST_TO_CLIENT) \
@@ -154,7 +155,7 @@ class Pipeline:
         due sooner); send what is due; what finished since the last call."""
         now = time.monotonic()
         self._pump(now)
-        wake = min([now + timeout] + [f.resend_at for f in self.flights.values()])
+        wake = min(now + timeout, self.resend_from)
         for sock, _ in self.poller.poll(max(0.0, wake - now) * 1000):
             link = self.quick if self.quick is not None and sock is self.quick.sock \
                 else self.routed
@@ -260,11 +261,12 @@ class Pipeline:
             self.log.line("send", "broker", f"{request.op} rid={request.rid} ({path}{again})")
         flight.resend_at = min(flight.deadline, now + self.config.request_timeout + (
             request.args.wait or 0.0 if request.op == P.OP_LISTEN else 0.0))
+        self.resend_from = min(self.resend_from, flight.resend_at)
 
     def _receive_all(self, link: P.Endpoint) -> None:
         while True:
             try:
-                frames = link.sock.recv_multipart(zmq.NOBLOCK)
+                frames = P.recv(link.sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -283,6 +285,7 @@ class Pipeline:
             flight.delay = min(self.config.retry_max_delay,
                                flight.delay * 2 or self.config.retry_first_delay)
             flight.resend_at = min(flight.deadline, now + flight.delay)
+            self.resend_from = min(self.resend_from, flight.resend_at)
             return
         self._finish(reply.rid)
         if self.log is not None:
@@ -297,8 +300,15 @@ class Pipeline:
         self.barriers -= flight.request.op in BARRIER_OPS
 
     def _resend_due(self, now: float) -> None:
+        """Send again, or give up on, the flights that are due. The flights are looked
+        at only once the earliest one may be due (``resend_from``), not at every poll:
+        with a window of them in flight, that scan was most of a paced client's work."""
+        if now < self.resend_from:
+            return
+        self.resend_from = float("inf")
         for rid, flight in list(self.flights.items()):
             if now < flight.resend_at:
+                self.resend_from = min(self.resend_from, flight.resend_at)
                 continue
             if now >= flight.deadline:
                 self._finish(rid)

@@ -128,7 +128,10 @@ def run_pipelined(ctx: zmq.Context, token: str | None, load: Load, start: float,
                 while next_at <= now and next_at < end and pipe.pending < 4 * load.window:
                     slots[pipe.submit(load.op, load.args)] = next_at
                     next_at += interval
-                count(pipe.poll(max(0.0, min(next_at, end) - time.monotonic())))
+                if pipe.pending >= 4 * load.window:      # behind: wait for an answer,
+                    count(pipe.poll(0.05))               # never spin (the CPU is shared)
+                else:
+                    count(pipe.poll(max(0.0, min(next_at, end) - time.monotonic())))
             else:
                 while pipe.pending < load.window:
                     pipe.submit(load.op, load.args)
