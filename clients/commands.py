@@ -338,10 +338,10 @@ def account(options: GlobalOptions, what: str, from_stdin: bool, session=None) -
 
 # --- listen ------------------------------------------------------------------------
 LOST = "connection lost, retrying…"
+BACK = "reconnected"
 CANCEL_DEADLINE = 2.0
 """Seconds a stopping ``listen`` spends unparking its long poll (plus one request
 timeout), when the cluster is slow or gone."""
-BACK = "reconnected"
 
 
 class ListenLoop:
