@@ -144,3 +144,22 @@ def test_an_events_data_reads_the_same_in_its_fast_brief(text, target, to, shown
     assert data_brief(data, 80) == brief(data, 80)
     if token is not None:
         assert token not in data_brief(data, 200), "a token hash shows cut, never whole"
+
+
+@pytest.mark.timeout(10)
+def test_the_demo_names_the_chaos_jumps_logged_after_the_last_berkeley_round():
+    """The demo's summary gives the clock spread 'right after' a round: a chaos jump
+    logged after it (in Lamport order) is named with it, one before it is not."""
+    from clients.demo.watch import ChaosJumps
+    from common.timeline import Entry
+
+    def entry(lamport: int, process: str, rest: str) -> Entry:
+        return Entry(lamport, process, f"{process}.log", lamport, "", "", rest)
+    jumps = ChaosJumps()
+    jumps.note(entry(90, "server-2", "local - | " + LL.CHAOS_JUMP.format(jump_ms="+300.0")))
+    jumps.round_at(100)
+    jumps.note(entry(101, "server-3", "local - | " + LL.CHAOS_JUMP.format(jump_ms="-120.5")))
+    jumps.note(entry(102, "server-3", "recv alice | post rid=1 text='clock chaos'"))
+    assert jumps.since_round() == ["server-3 -120.5 ms"]
+    jumps.round_at(103)
+    assert jumps.since_round() == []

@@ -187,6 +187,9 @@ class Verification:
         spread = clock_spread(clocks)
         after = (f"right after Berkeley round {last_round.number} by {last_round.coordinator}"
                  if last_round else "now")
+        jumps = self.narrator.jumps.since_round() if last_round else []
+        if jumps:                          # chaos moved a clock after the round set it
+            after += f", then chaos jumps: {', '.join(jumps)}"
         log_dir = shown(self.config.log_dir)
         facts = [
             ("digests equal", f"{'yes' if check.converged else 'NO'} "

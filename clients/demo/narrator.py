@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from common import log_lines as LL
-from clients.demo.watch import Activity, BerkeleyRound, Watch, clock_spread, skew_line
+from clients.demo.watch import (Activity, BerkeleyRound, ChaosJumps, Watch, clock_spread,
+                                skew_line)
 from common.config import Config
 from common.processes import wait_until
 from common.timeline import Entry
@@ -43,6 +44,7 @@ class Narrator:
         self.activity = Activity(self.say, config.replicas)
         self.rounds: list[BerkeleyRound] = []
         self.coordinators: list[tuple[str, int]] = []    # (server, epoch) of each claim
+        self.jumps = ChaosJumps()
         self.problems: list[str] = []
         self._round_told_at = -ROUND_EVERY
         self._epochs_told: set[int] = set()
@@ -87,7 +89,10 @@ class Narrator:
             r = BerkeleyRound.parse(entry)
             if r is not None:
                 self.rounds.append(r)
+                self.jumps.round_at(entry.lamport)
                 self.tell_round(r)
+        elif "clock chaos" in entry.rest:
+            self.jumps.note(entry)
         elif (claim := CLAIM_RE.search(entry.rest)) is not None:
             self.coordinators.append((entry.process, int(claim[1])))
         elif (silence := SILENCE_RE.search(entry.rest)) is not None:

@@ -126,6 +126,29 @@ def skew_line(rows: dict[int, dict]) -> str:
             + f" -> spread {spread:.1f} ms")
 
 
+class ChaosJumps:
+    """The servers' chaos clock jumps (``log_lines.CHAOS_JUMP``) and the last Berkeley
+    round, both from the servers' logs: which jumps came after the round, in Lamport
+    order (a clock the round set, then moved again)."""
+
+    def __init__(self) -> None:
+        self.round_lamport = 0
+        self.jumps: list[tuple[int, str, str]] = []       # (L=, server, ms)
+
+    def round_at(self, lamport: int) -> None:
+        self.round_lamport = max(self.round_lamport, lamport)
+
+    def note(self, entry: Entry) -> None:
+        jump = LL.parse(LL.CHAOS_JUMP, entry.rest)
+        if jump is not None:
+            self.jumps.append((entry.lamport, entry.process, jump["jump_ms"]))
+
+    def since_round(self) -> list[str]:
+        """``server-2 -120.5 ms`` for each jump logged after the last round."""
+        return [f"{server} {ms} ms" for lamport, server, ms in self.jumps
+                if lamport > self.round_lamport]
+
+
 def clock_spread(rows: dict[int, dict]) -> float | None:
     skews = [row["clock_skew_ms"] for row in rows.values()
              if row.get("alive") and isinstance(row.get("clock_skew_ms"), (int, float))]
