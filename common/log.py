@@ -84,6 +84,16 @@ class ProcessLog:
             self.flush()
             self._sink.write(text, level)
 
+    def batch(self, direction: str, peer: str, whats: list[str]) -> None:
+        """One INFO line per item of ``whats``, for the parts of one interaction (the
+        events of one EVENT message): the same lines as ``line`` for each, stamped
+        once, since they happened at one moment of both clocks."""
+        if not whats:
+            return
+        head = (f"{_format_time(self.clock.stamp())} | L={self.lamport.value} | "
+                f"{self.process} | {direction} {peer} | ")
+        self._pending.extend([head + what for what in whats])
+
     def flush(self) -> None:
         """Hand the lines gathered so far to loguru."""
         if self._pending:
@@ -288,7 +298,13 @@ def args_brief(args) -> str:
 
 def event_brief(event) -> str:
     """An event as one log fragment: kind, id, origin:seq, author, stamp, data."""
-    data = data_brief(event.data, 80)
+    text = event.data.text
+    if event.kind == "post" and text is not None:   # most lines: a post carries its text alone
+        data = f"text={text!r}"
+        if len(data) > 80:
+            data = data[:79] + "…"
+    else:
+        data = data_brief(event.data, 80)
     return (f"{event.kind} id={event.id} {event.origin}:{event.seq} "
             f"by {event.user} L={event.lamport} {data}").rstrip()
 

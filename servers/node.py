@@ -286,8 +286,7 @@ class Server:
         """Send on the bus; every bus send but the periodic BEAT gets a log line."""
         self.pub.send(msg)
         if isinstance(msg, P.EventBatch):
-            for event in msg.events:
-                self.log.send("bus", f"EVENT {event_brief(event)}")
+            self.log.batch("send", "bus", [f"EVENT {event_brief(e)}" for e in msg.events])
         elif not isinstance(msg, P.Beat):
             self.log.send("bus", f"{msg.TYPE} {brief(msg)}")
 

@@ -121,13 +121,15 @@ class Replication:
 
     def on_EVENT(self, msg: P.EventBatch, now: float) -> None:
         """A peer's new writes, and its vector once they are durable (its ACK)."""
-        last = len(msg.events) - 1
-        for i, event in enumerate(msg.events):
+        lines = []
+        for event in msg.events:
             new = self.receive(event)
             if self.log is not None:
-                held = "" if new else " (held or early)"
-                tail = f" vv={vv_brief(msg.vv)}" if i == last else ""
-                self.log.recv(f"server-{msg.sender}", f"EVENT {event_brief(event)}{held}{tail}")
+                lines.append(f"EVENT {event_brief(event)}" if new else
+                             f"EVENT {event_brief(event)} (held or early)")
+        if self.log is not None and lines:
+            lines[-1] += f" vv={vv_brief(msg.vv)}"
+            self.log.batch("recv", f"server-{msg.sender}", lines)
         self.peers.update_vv(msg.sender, msg.vv, msg.sums)
 
     def on_ACK(self, msg: P.Ack, now: float) -> None:

@@ -25,6 +25,9 @@ class TalkLog(NoteLog):
     def recv(self, peer: str, what: str) -> None:
         self.lines.append(f"recv {peer} | {what}")
 
+    def batch(self, direction: str, peer: str, whats: list[str]) -> None:
+        self.lines.extend(f"{direction} {peer} | {what}" for what in whats)
+
     def warn(self, what: str) -> None:
         self.lines.append(f"WARNING {what}")
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from common import log_lines as LL
 from common import protocol as P
 from common.clock import PhysicalClock
-from common.log import ProcessLog, brief, data_brief
+from common.log import ProcessLog, brief, data_brief, event_brief
 from servers.lamport_file import RESERVE, DurableLamportClock, LamportFile
 
 HEAD = "2026-12-02 05:00:00.000001 | L=42 | server-1 | "
@@ -144,6 +144,36 @@ def test_an_events_data_reads_the_same_in_its_fast_brief(text, target, to, shown
     assert data_brief(data, 80) == brief(data, 80)
     if token is not None:
         assert token not in data_brief(data, 200), "a token hash shows cut, never whole"
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None)
+@given(text=_texts.filter(str.strip), user=_names, lamport=st.integers(1, 10**12))
+def test_a_posts_brief_reads_the_same_on_its_fast_path(text, user, lamport):
+    """``event_brief`` of a post (the most common line) skips ``data_brief``: same text."""
+    event = P.Event(id="c52170f4e589411d", kind=P.EV_POST, user=user, lamport=lamport,
+                    ts=1.7e9, origin=1, seq=9, data=P.EventData(text=text))
+    slow = (f"post id={event.id} 1:9 by {user} L={lamport} {data_brief(event.data, 80)}").rstrip()
+    assert event_brief(event) == slow
+
+
+@pytest.mark.timeout(10)
+def test_the_lines_of_one_message_are_one_line_each_with_one_stamp(tmp_path):
+    from common.clock import LamportClock
+    lamport = LamportClock()
+    lamport.merge(41)
+    log = ProcessLog("server-1", tmp_path / "s.log", lamport, PhysicalClock())
+    log.batch("recv", "server-2", ["EVENT a", "EVENT b vv={1:2}"])
+    log.batch("recv", "server-2", [])
+    log.line("recv", "server-3", "ACK vv={1:2}")
+    log.flush()
+    got = (tmp_path / "s.log").read_text().splitlines()
+    assert [g.split(" | ", 1)[1] for g in got] == [
+        "L=42 | server-1 | recv server-2 | EVENT a",
+        "L=42 | server-1 | recv server-2 | EVENT b vv={1:2}",
+        "L=42 | server-1 | recv server-3 | ACK vv={1:2}"]
+    assert got[0].split(" | ")[0] == got[1].split(" | ")[0]      # one moment
+    log.close()
 
 
 @pytest.mark.timeout(10)
