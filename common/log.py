@@ -66,6 +66,7 @@ class ProcessLog:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._sink = _PlainSink(path) if plain else _LoguruSink(path, echo)
         self._pending: list[str] = []
+        self._moment: str | None = None          # the time of every line, inside ``moment()``
         self._flush_at = 0.0
         clock.on_jump = self._clock_jumped       # every process's chaos jumps, in its log
 
@@ -76,13 +77,19 @@ class ProcessLog:
         """Write ``direction peer | what`` stamped with both clocks."""
         if level != "INFO":
             what = f"{level}: {what}"
-        text = (f"{_format_time(self.clock.stamp())} | L={self.lamport.value} | "
-                f"{self.process} | {direction} {peer} | {what}")
+        text = (f"{self._moment or _format_time(self.clock.stamp())} | "
+                f"L={self.lamport.value} | {self.process} | {direction} {peer} | {what}")
         if level == "INFO":
             self._pending.append(text)
         else:
             self.flush()
             self._sink.write(text, level)
+
+    def moment(self) -> "_Moment":
+        """``with log.moment():`` the lines written inside share one time: the parts of
+        one interaction (the requests of one ``REQS``, the replies of one loop turn,
+        sent together), read from the clock once."""
+        return _Moment(self)
 
     def batch(self, direction: str, peer: str, whats: list[str]) -> None:
         """One INFO line per item of ``whats``, for the parts of one interaction (the
@@ -140,6 +147,21 @@ class ProcessLog:
         self._sink.close()
         release(self._lock)
         self._lock = None
+
+
+class _Moment:
+    __slots__ = ("log", "outer")
+
+    def __init__(self, log: ProcessLog) -> None:
+        self.log = log
+
+    def __enter__(self) -> None:
+        self.outer = self.log._moment
+        if self.outer is None:
+            self.log._moment = _format_time(self.log.clock.stamp())
+
+    def __exit__(self, *exc_info) -> None:
+        self.log._moment = self.outer
 
 
 class _LoguruSink:

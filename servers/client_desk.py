@@ -212,6 +212,13 @@ class ClientDesk:
     # --- replies out -------------------------------------------------------------------
     def answer_acked(self, now: float) -> None:
         """Answer every write that now has enough copies (once per loop turn)."""
+        if self.log is None or not self.replication.waiters:
+            self._answer_acked(now)
+            return
+        with self.log.moment():                  # the turn's answers go out together
+            self._answer_acked(now)
+
+    def _answer_acked(self, now: float) -> None:
         ready = []
         for waiter, holders in self.replication.ready(now):
             event = self.replication.event(waiter.event_id)

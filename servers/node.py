@@ -363,11 +363,13 @@ class Server:
             self._refuse_fast(frames, P.ERR_BAD_REQUEST, f"{incoming.type} without a route")
         elif isinstance(msg, P.Requests):
             now = time.monotonic()
-            for body in msg.reqs:               # in order: one user's, as it sent them
-                try:
-                    self._take_fast(route, P.decode_request(body), now)
-                except P.ProtocolError as exc:
-                    self._refuse_one(route, P.rid_of(bytes(body)), P.ERR_BAD_REQUEST, str(exc))
+            with self.log.moment():             # one message: its lines share its moment
+                for body in msg.reqs:           # in order: one user's, as it sent them
+                    try:
+                        self._take_fast(route, P.decode_request(body), now)
+                    except P.ProtocolError as exc:
+                        self._refuse_one(route, P.rid_of(bytes(body)), P.ERR_BAD_REQUEST,
+                                         str(exc))
         else:
             self._take_fast(route, msg, time.monotonic())
 

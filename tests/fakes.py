@@ -1,6 +1,8 @@
 """Stand-ins shared by the unit tests of the pure-logic server modules."""
 from __future__ import annotations
 
+import contextlib
+
 
 class NoteLog:
     """Stands in for ProcessLog: keeps the notes."""
@@ -13,6 +15,9 @@ class NoteLog:
 
     def has(self, fragment: str) -> bool:
         return any(fragment in line for line in self.lines)
+
+    def moment(self):
+        return contextlib.nullcontext()
 
 
 class TalkLog(NoteLog):

@@ -173,6 +173,17 @@ def test_the_lines_of_one_message_are_one_line_each_with_one_stamp(tmp_path):
         "L=42 | server-1 | recv server-2 | EVENT b vv={1:2}",
         "L=42 | server-1 | recv server-3 | ACK vv={1:2}"]
     assert got[0].split(" | ")[0] == got[1].split(" | ")[0]      # one moment
+    with log.moment():
+        log.line("send", "alice", "reply rid=1 ok replicas=3")
+        with log.moment():
+            log.line("send", "bob", "reply rid=2 ok replicas=3")
+        log.warn("under-replicated: 3 acked with 2 of 3 copies")
+    log.line("send", "carol", "reply rid=3 ok replicas=3")
+    log.flush()
+    last = (tmp_path / "s.log").read_text().splitlines()[3:]
+    times = [line.split(" | ")[0] for line in last]
+    assert len(last) == 4 and times[0] == times[1] == times[2] < times[3]
+    assert last[2].endswith("WARNING: under-replicated: 3 acked with 2 of 3 copies")
     log.close()
 
 
