@@ -261,10 +261,11 @@ class Broker:
             self.reply(client, req.rid, self.status())
             return
         if req.op == P.OP_LOGIN:
-            why = self.throttle.refuse(req.user, req.rid, time.monotonic())
-            if why is not None:
-                self.log.recv(peer, f"login rid={req.rid} throttled: {why}")
-                self.reply_error(client, req.rid, P.ERR_THROTTLED, why)
+            refusal = self.throttle.refuse(req.user, req.rid, time.monotonic())
+            if refusal is not None:
+                code, why = refusal
+                self.log.recv(peer, f"login rid={req.rid} {code}: {why}")
+                self.reply_error(client, req.rid, code, why)
                 return
         self.route(client, peer, req, frames[-1])
 

@@ -7,8 +7,9 @@ have to agree on the count). So the broker counts them here: after
 ``free_failures`` failed logins of a user in a row, it refuses their next logins
 for ``delay`` seconds, doubling with each further failure up to ``max_delay``; a
 successful login resets the count. One login per user is let through at a time
-(another with a new rid meanwhile is refused), so a burst of guesses sent at once
-cannot all be checked before the first failures come back.
+(another with a new rid meanwhile is refused as ``unavailable``, and its client
+retries it), so a burst of guesses sent at once cannot all be checked before the
+first failures come back.
 
 What it costs: a restarted broker starts counting again, and anyone can lock a
 user's logins for a while by guessing (their open sessions keep working).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from common import protocol as P
 
 IN_FLIGHT_FOR = 10.0
 """Seconds a login is taken to be in flight without an answer (then the server
@@ -43,19 +46,22 @@ class LoginThrottle:
         self.users: dict[str, Guesses] = {}
         self.by_rid: dict[str, str] = {}
 
-    def refuse(self, user: str, rid: str, now: float) -> str | None:
-        """Why this login of ``user`` may not go now, with the seconds to wait; or
-        None: it goes (and is taken to be in flight until ``answered``)."""
+    def refuse(self, user: str, rid: str, now: float) -> tuple[str, str] | None:
+        """Why this login of ``user`` may not go now, as (error code, why with the
+        seconds to wait); or None: it goes (and is taken to be in flight until
+        ``answered``). Too many failures: ``throttled``. Another login of the user in
+        flight: ``unavailable``, which clients retry with backoff under the same rid
+        (a user who runs two commands at once is not told to do it again)."""
         g = self.users.get(user)
         if g is None:
             self._make_room(now)
             g = self.users[user] = Guesses()
         if now < g.blocked_until:
             wait = math.ceil(g.blocked_until - now)
-            return (f"too many failed logins for {user} ({g.failures} in a row): "
-                    f"try again in {wait} s")
+            return P.ERR_THROTTLED, (f"too many failed logins for {user} ({g.failures} "
+                                     f"in a row): try again in {wait} s")
         if g.rid is not None and g.rid != rid and now - g.sent_at < IN_FLIGHT_FOR:
-            return f"another login for {user} is under way: try again in 1 s"
+            return P.ERR_UNAVAILABLE, f"another login for {user} is under way: try again in 1 s"
         if g.rid is not None and g.rid != rid:
             self.by_rid.pop(g.rid, None)
         g.rid, g.sent_at = rid, now

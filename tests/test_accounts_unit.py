@@ -271,8 +271,8 @@ def test_five_failures_pass_then_the_delays_double():
     for i in range(4):
         fail(t, f"r{i}", 0.0)
     assert fail(t, "r4", 0.0) == 5
-    why = t.refuse("alice", "r5", 0.5)
-    assert why is not None and "try again in 1 s" in why
+    code, why = t.refuse("alice", "r5", 0.5)
+    assert code == P.ERR_THROTTLED and "try again in 1 s" in why
     assert t.refuse("bob", "b1", 0.5) is None, "another user is not throttled"
     assert fail(t, "r6", 1.0) == 6 and t.blocked_for("alice", 1.0) == 2.0
     fail(t, "r7", 3.0)
@@ -295,6 +295,7 @@ def test_a_success_resets_and_other_errors_do_not_count():
 def test_one_login_per_user_at_a_time_but_its_retry_goes():
     t = LoginThrottle()
     assert t.refuse("alice", "r1", 0.0) is None
-    assert "under way" in t.refuse("alice", "r2", 0.1)
+    code, why = t.refuse("alice", "r2", 0.1)         # two commands at once: retried
+    assert code == P.ERR_UNAVAILABLE and code in P.RETRYABLE_ERRORS and "under way" in why
     assert t.refuse("alice", "r1", 0.2) is None, "the same rid again: a Lazy Pirate retry"
     assert t.refuse("alice", "r2", 60.0) is None, "the first never answered: not held forever"
