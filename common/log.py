@@ -77,13 +77,17 @@ class ProcessLog:
         """Write ``direction peer | what`` stamped with both clocks."""
         if level != "INFO":
             what = f"{level}: {what}"
-        text = (f"{self._moment or _format_time(self.clock.stamp())} | "
-                f"L={self.lamport.value} | {self.process} | {direction} {peer} | {what}")
+        text = self._head(direction, peer) + what
         if level == "INFO":
             self._pending.append(text)
         else:
             self.flush()
             self._sink.write(text, level)
+
+    def _head(self, direction: str, peer: str) -> str:
+        """A line up to its ``what``: both clocks (the moment's time, inside one)."""
+        return (f"{self._moment or _format_time(self.clock.stamp())} | "
+                f"L={self.lamport.value} | {self.process} | {direction} {peer} | ")
 
     def moment(self) -> "_Moment":
         """``with log.moment():`` the lines written inside share one time: the parts of
@@ -95,11 +99,9 @@ class ProcessLog:
         """One INFO line per item of ``whats``, for the parts of one interaction (the
         events of one EVENT message): the same lines as ``line`` for each, stamped
         once, since they happened at one moment of both clocks."""
-        if not whats:
-            return
-        head = (f"{_format_time(self.clock.stamp())} | L={self.lamport.value} | "
-                f"{self.process} | {direction} {peer} | ")
-        self._pending.extend([head + what for what in whats])
+        if whats:
+            head = self._head(direction, peer)
+            self._pending.extend([head + what for what in whats])
 
     def flush(self) -> None:
         """Hand the lines gathered so far to loguru."""
