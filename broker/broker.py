@@ -48,13 +48,16 @@ from common.gc_pacer import GcPacer
 from common.log import ProcessLog, ReplyNames, client_peer
 
 from broker.clock_follow import ClockFollower
-from broker.fast_path import FastLog, FastPath
+from broker.fast_path import CapturePace, FastLog, FastPath
 from broker.proxy import ProxyThread
 from broker.throttle import LoginThrottle
 
 ALLOWLIST_EVERY = 1.0
 """Seconds between two looks at the allowlist's folder (the ZAP handler also looks
 at each new connection, so a key admitted a moment ago is let in at once)."""
+
+CAPTURE_BURST = 5000
+"""Copies read at most in one turn (the capture socket queues up to ``CAPTURE_HWM``)."""
 
 DROPPING_LIMIT = 10_000
 """User connections whose dropped replies are counted at most (then the count restarts)."""
@@ -177,17 +180,23 @@ class Broker:
         poller.register(self.backend.sock, zmq.POLLIN)
         poller.register(self.capture, zmq.POLLIN)
         self.gc.settle()
+        pace = CapturePace()
         try:
             while self.running:
-                wake = min(self._heartbeat_at, self.log.flush_if_due() or self._heartbeat_at)
+                wake = min(self._heartbeat_at, self.log.flush_if_due() or self._heartbeat_at,
+                           pace.until or self._heartbeat_at)
                 timeout = max(0.0, wake - time.monotonic())
-                events = dict(poller.poll(min(timeout, 0.25) * 1000))
+                events = dict(poller.poll(sockets.poll_ms(min(timeout, 0.25))))
                 if self.backend.sock in events:
                     self._drain(self.backend.sock, self.on_backend, P.recv_from)
                 if self.frontend.sock in events:
                     self._drain(self.frontend.sock, self.on_frontend)
                 if self.capture in events:
-                    self._drain(self.capture, self.fast_log.on_copy, limit=5000)
+                    self._drain(self.capture, self.fast_log.on_copy, limit=CAPTURE_BURST)
+                    pace.read(time.monotonic())
+                    poller.modify(self.capture, 0)            # the copies wait a while
+                elif pace.reopens(time.monotonic()):
+                    poller.modify(self.capture, zmq.POLLIN)
                 self.log.guard(self.send_heartbeats)
                 self.log.guard(self.allowlist_changes)
                 self.log.guard(self.check_fast)

@@ -107,6 +107,30 @@ class FastPath(ProxyThread):
         return front, back, capture
 
 
+class CapturePace:
+    """When the broker's loop reads the copies: whenever one is there, but after a
+    reading not again for ``every`` seconds, so it reads them in bursts (at 5,000
+    requests/s, a hundred at a time) instead of waking for each one. A wake-up cost
+    the loop more than the line it wrote: at 1,500 requests one at a time, the
+    broker's CPU per request fell from ~270 to ~200 µs. The lines come at most
+    ``every`` late; the requests themselves never wait on it."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.every = every
+        self.until: float | None = None     # while set, the copies wait until then
+
+    def read(self, now: float) -> None:
+        """A reading just ended: the next one waits."""
+        self.until = now + self.every
+
+    def reopens(self, now: float) -> bool:
+        """True once, when the wait is over: the loop listens for copies again."""
+        if self.until is None or now < self.until:
+            return False
+        self.until = None
+        return True
+
+
 class FastLog:
     """The broker loop's reading of the capture copies: one log line per answered
     request, and the count of requests for ``status``. Pure: given frames, it calls

@@ -156,7 +156,7 @@ class Pipeline:
         now = time.monotonic()
         self._pump(now)
         wake = min(now + timeout, self.resend_from)
-        for sock, _ in self.poller.poll(max(0.0, wake - now) * 1000):
+        for sock, _ in self.poller.poll(sockets.poll_ms(wake - now)):
             link = self.quick if self.quick is not None and sock is self.quick.sock \
                 else self.routed
             self._receive_all(link)

@@ -17,6 +17,8 @@ subscribers' SUBs resubscribe on every reconnect).
 """
 from __future__ import annotations
 
+import math
+
 import zmq
 
 from common.config import Config
@@ -37,3 +39,10 @@ def tune(sock: zmq.Socket, config: Config) -> zmq.Socket:
     for option, value in transport_options(config).items():
         sock.setsockopt(option, value)
     return sock
+
+
+def poll_ms(seconds: float) -> int:
+    """A poll timeout of ``seconds`` in ZeroMQ's whole milliseconds, rounded up. zmq_poll
+    truncates a fraction, so a wait of 0.4 ms would be a poll of 0: a loop waiting for a
+    deadline less than a millisecond away spun on it, a busy CPU for nothing."""
+    return math.ceil(max(0.0, seconds) * 1000)

@@ -476,7 +476,7 @@ class Server:
         make it durable and announce it, run the periodic jobs when due."""
         now = time.monotonic()
         wake = max(min(self.next_deadline(), now + 0.25), self.tick_at)
-        ready = self.poller.poll(max(0.0, wake - now) * 1000)
+        ready = self.poller.poll(sockets.poll_ms(wake - now))
         self.membership.check_frozen(time.monotonic())
         for sock, _ in ready:
             handler = self._handlers.get(sock)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.fast_path import FastLog
+from broker.fast_path import CapturePace, FastLog
 from common import protocol as P
 from servers.fast_replies import FastReplies
 from tests.hostile_helpers import frames
@@ -124,3 +124,13 @@ def test_fast_log_writes_one_line_per_request_of_a_batch():
     assert log.requests == 3 and log.replies == 3
     assert clock == [40, 41]
     assert len(log.names) == 0
+
+
+def test_the_copies_are_read_in_bursts_and_never_left_waiting():
+    pace = CapturePace(every=0.01)
+    assert pace.until is None and not pace.reopens(5.0)      # idle: read whenever one comes
+    pace.read(10.0)
+    assert pace.until == 10.01                                # the loop wakes for it then
+    assert not pace.reopens(10.005)
+    assert pace.reopens(10.01)
+    assert pace.until is None and not pace.reopens(10.02)    # once: listening again

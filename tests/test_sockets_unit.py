@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import sockets
 from common.config import Config, ConfigError
@@ -48,3 +51,31 @@ def test_defaults_redial_a_healed_link_well_within_a_second():
 def test_impossible_transport_options_are_refused(changes):
     with pytest.raises(ConfigError):
         dataclasses.replace(Config(), **changes).validate()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=-5.0, max_value=5.0, allow_nan=False))
+def test_a_poll_timeout_is_never_shorter_than_the_wait(seconds):
+    ms = sockets.poll_ms(seconds)
+    assert isinstance(ms, int)
+    if seconds <= 0:
+        assert ms == 0
+    else:
+        assert ms - 1 < seconds * 1000 <= ms
+
+
+def test_a_poll_for_a_deadline_under_a_millisecond_away_waits_for_it():
+    """zmq_poll truncates a fraction of a millisecond: 0.4 ms was a poll of 0, and a
+    loop waiting for a deadline that close spun on it until it came."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.bind("tcp://127.0.0.1:*")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        for _ in range(20):
+            start = time.monotonic()
+            assert poller.poll(sockets.poll_ms(0.0004)) == []
+            assert time.monotonic() - start >= 0.0004
+    finally:
+        ctx.destroy(0)

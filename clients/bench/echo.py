@@ -56,7 +56,7 @@ class EchoServer:
         try:
             while self.running:
                 wait = max(0.0, self.heartbeat_at - time.monotonic())
-                for sock, _ in self.poller.poll(wait * 1000):
+                for sock, _ in self.poller.poll(sockets.poll_ms(wait)):
                     self.drain(self.broker if sock is self.broker.sock else self.fast)
                 self.send_heartbeats()
             self.to_broker(b"", P.Leave(id=self.id))
