@@ -28,6 +28,12 @@ the bots and scripts use to write fast:
   the replies of its loop turn for this connection as one ``REPS``. The proxy, the
   broker's log and the servers then handle one message where there were dozens,
   and every request keeps its own id, reply, retries and log line.
+* **Linger** (``linger`` seconds, 0 by default). A client that issues requests one
+  by one at a steady pace sends each alone, and each costs every process on its way
+  a wake-up. With ``linger``, a request issued while others are in flight waits up
+  to that long for more to travel with it (a request with nothing in flight, a
+  retry, and a full ``REQS`` go at once), as Nagle's algorithm does for TCP. The
+  benchmark's paced clients linger 10 ms; their latency counts the wait.
 
 Synchronous and single-threaded: ``submit`` queues (and sends at once when nothing
 is in flight), ``poll`` sends what the window allows, receives, retries and returns
@@ -100,6 +106,7 @@ class Pipeline:
     lamport: LamportClock = field(default_factory=LamportClock)
     fast: bool = True                   # False: every request by the routed port
     log: object = None                  # a ProcessLog: one line per send and per answer
+    linger: float = 0.0                 # seconds a request may wait for company (below)
 
     def __post_init__(self) -> None:
         self.public, self.secret = zmq.curve_keypair()
@@ -130,17 +137,19 @@ class Pipeline:
 
     # --- the verbs ---------------------------------------------------------------------
     def submit(self, op: str, args: dict, server: int | None = None,
-               token: str | None = None) -> str:
+               token: str | None = None, issued: float | None = None) -> str:
         """Queue one request (sent as soon as the window allows); its request id.
-        ``ProtocolError`` if it is invalid."""
+        ``issued``: when it was made (monotonic, now if None; its linger and deadline
+        run from then). ``ProtocolError`` if it is invalid."""
         self.count += 1
         rid = f"{self.prefix}-{self.count}"
         stamp = self.lamport.tick() if op in STAMPED_OPS else None
         request = P.request(rid, op, self.user, args, server, time.time(),
                             token or self.token, stamp)
         now = time.monotonic()
+        made = now if issued is None else min(issued, now)
         patience = args.get("wait", 0.0) if op == P.OP_LISTEN else 0.0
-        self.queue.append(Flight(request, now, now + self.config.request_deadline + patience))
+        self.queue.append(Flight(request, made, made + self.config.request_deadline + patience))
         if not self.flights:             # alone: at once; else with the others, at the poll
             self._pump(now)
         return rid
@@ -155,7 +164,7 @@ class Pipeline:
         due sooner); send what is due; what finished since the last call."""
         now = time.monotonic()
         self._pump(now)
-        wake = min(now + timeout, self.resend_from)
+        wake = min(now + timeout, self.resend_from, self._lingers_until(now))
         for sock, _ in self.poller.poll(sockets.poll_ms(wake - now)):
             link = self.quick if self.quick is not None and sock is self.quick.sock \
                 else self.routed
@@ -192,9 +201,21 @@ class Pipeline:
                 link.sock.close(0)
 
     # --- inside ------------------------------------------------------------------------
+    def _lingers_until(self, now: float) -> float:
+        """Until when the queued requests wait for more to go with them: while others
+        are in flight, a request submitted less than ``linger`` ago waits, unless a
+        whole ``REQS`` is ready (infinity: none waits)."""
+        if not (self.linger and self.queue and self.flights
+                and len(self.queue) < P.FAST_BATCH and len(self.flights) < self.window):
+            return float("inf")
+        until = self.queue[0].issued + self.linger
+        return until if until > now else float("inf")
+
     def _pump(self, now: float) -> None:
         """Send queued requests while the window has room; a barrier goes alone. The
         first tries the fast path takes go together, in one ``REQS``."""
+        if self._lingers_until(now) != float("inf"):
+            return
         batch: list[Flight] = []
         while self.queue and len(self.flights) < self.window:
             head = self.queue[0]

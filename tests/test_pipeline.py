@@ -204,6 +204,32 @@ def test_a_pipeline_sends_its_window_together_and_each_request_is_logged(cluster
     assert [p["text"] for p in reversed(feed["posts"])] == [f"cat {i}" for i in range(40)]
 
 
+def test_a_lingering_pipeline_holds_requests_made_meanwhile_and_sends_them_together(cluster):
+    """``linger``: a request made while others are in flight waits up to that long
+    for company, then goes with the others made meanwhile in one ``REQS``."""
+    cluster.start(3)
+    cluster.wait_serving(SERVERS, timeout=30)
+    ctx, pipe = pipeline(cluster, "dot")
+    pipe.linger, pipe.log = 0.3, Lines()
+    done = {}
+    try:
+        pipe.submit(P.OP_LISTEN, {"wait": 3.0, "since": 0})   # parked: in flight meanwhile
+        rids = [pipe.submit(P.OP_POST, {"text": f"dot {i}"}) for i in range(5)]
+        deadline = time.monotonic() + 20
+        while not set(rids) <= set(done) and time.monotonic() < deadline:
+            done.update((d.rid, d) for d in pipe.poll(0.05))
+    finally:
+        pipe.close()
+        ctx.destroy(0)
+    assert all(rid in done and done[rid].ok for rid in rids), done
+    assert all(done[rid].finished - done[rid].issued >= 0.3 for rid in rids), \
+        "each post waited for its linger"
+    together = [line for line in pipe.log.lines if "5 together" in line]
+    assert len(together) == 5, pipe.log.lines
+    feed = cluster.request("dot", P.OP_FEED, {"limit": 5})
+    assert [p["text"] for p in reversed(feed["posts"])] == [f"dot {i}" for i in range(5)]
+
+
 def test_fast_log_writes_one_line_per_answered_request():
     lines, clock = [], []
     log = FastLog(lambda *parts: lines.append(parts), clock.append)

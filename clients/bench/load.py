@@ -48,7 +48,8 @@ class Load:
     tag: int = 0                     # which run() this Load belongs to
     broker_key: bytes = b""          # the broker's CURVE public key (z85)
     window: int = 0                  # >0: a Pipeline (clients/pipeline.py) with this many
-    port_base: int = 0               #     in flight, on the fast path of this cluster
+    port_base: int = 0               #     in flight, on the fast path of this cluster,
+    linger: float = 0.0              #     its requests waiting this long for company
 
 
 def call(client: BrokerClient, op: str, args: dict) -> tuple[str, bool | None, str | None]:
@@ -94,21 +95,22 @@ def _run_window(client: BrokerClient, load: Load, start: float, end: float,
 def run_pipelined(ctx: zmq.Context, token: str | None, load: Load, start: float,
                   end: float, offset: float) -> dict:
     """``run_window`` with ``load.window`` requests in flight on one Pipeline: flat out,
-    the window kept full; paced, each request sent at its slot whatever is in flight
-    (up to 4 windows), its latency from that slot."""
+    the window kept full; paced, each request made at its slot whatever is in flight
+    (up to 4 windows) and sent then, or up to ``load.linger`` later with the others
+    made meanwhile; its latency from that slot."""
     from clients.pipeline import Pipeline
     from common.config import Config
     config = Config(port_base=load.port_base, host="127.0.0.1",
                     request_timeout=REPLY_TIMEOUT, request_deadline=REPLY_TIMEOUT).validate()
-    pipe = Pipeline(ctx, config, load.user, load.broker_key, window=load.window, token=token)
+    pipe = Pipeline(ctx, config, load.user, load.broker_key, window=load.window, token=token,
+                    linger=load.linger)
     latencies: list[float] = []
     acks: list[tuple[str, float]] = []
     errors: Counter = Counter()
-    slots: dict[str, float] = {}
 
     def count(done_list) -> None:
         for done in done_list:
-            sent = slots.pop(done.rid, done.issued)
+            sent = done.issued                     # its slot, when paced
             if not start <= done.finished <= end:
                 continue
             if done.ok:
@@ -125,13 +127,18 @@ def run_pipelined(ctx: zmq.Context, token: str | None, load: Load, start: float,
         next_at = start + offset * interval
         while (now := time.monotonic()) < end:
             if load.rate:
-                while next_at <= now and next_at < end and pipe.pending < 4 * load.window:
-                    slots[pipe.submit(load.op, load.args)] = next_at
-                    next_at += interval
+                # a request made with others in flight lingers: made at its slot, it
+                # waits in the pipeline until then anyway, so wake only to send it
+                send_at = next_at + (load.linger if pipe.pending else 0.0)
+                if send_at <= now:
+                    while next_at <= now and next_at < end and pipe.pending < 4 * load.window:
+                        pipe.submit(load.op, load.args, issued=next_at)
+                        next_at += interval
+                    send_at = next_at + load.linger
                 if pipe.pending >= 4 * load.window:      # behind: wait for an answer,
                     count(pipe.poll(0.05))               # never spin (the CPU is shared)
                 else:
-                    count(pipe.poll(max(0.0, min(next_at, end) - time.monotonic())))
+                    count(pipe.poll(max(0.0, min(send_at, end) - time.monotonic())))
             else:
                 while pipe.pending < load.window:
                     pipe.submit(load.op, load.args)
