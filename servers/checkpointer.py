@@ -37,8 +37,7 @@ from typing import Iterator
 
 from tinydb.table import Document
 
-from common import protocol as P
-from servers.records import doc_id, document, key, read_segment
+from servers.records import doc_id, read_segment_documents
 from servers.store import AtomicJSONStorage, fsync_dir, open_tinydb
 
 NICE = 19
@@ -112,10 +111,9 @@ class Fold:
         folder that reloads to each event once and folds again to the same db.json:
         db.json is only ever replaced whole, holding events under their own ids, and
         a segment is deleted only once db.json holding its events is durable."""
-        events: dict[tuple[int, int], P.Event] = {}
+        events: dict[tuple[int, int], dict] = {}          # each event's document
         for segment in segments:
-            for event in read_segment(segment):
-                events[key(event)] = event
+            events.update(read_segment_documents(segment))
         yield "read the segments"
         if events:
             stale = [i for i in (doc_id(*k) for k in events) if i in self.ids]
@@ -123,8 +121,8 @@ class Fold:
             if stale:                     # folded before: replaced, never doubled
                 self.table.remove(doc_ids=stale)
                 self.ids.difference_update(stale)
-            self.table.insert_multiple(Document(document(e), doc_id=doc_id(*k))
-                                       for k, e in events.items())
+            self.table.insert_multiple(Document(doc, doc_id=doc_id(*k))
+                                       for k, doc in events.items())
             self.ids.update(doc_id(*k) for k in events)
             yield "updated the table in memory"
             self.db.storage.stage()

@@ -474,7 +474,7 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
         ("p99 at half the pipelined load", num("p99_half_load_ms_pipelined", "{:.2f}", " ms"),
          TARGETS["p99_half_load_ms_pipelined"]),
         ("acked posts, 8 x 32 in flight, --fsync",
-         f"{num('posts_per_s_fsync_pipelined', unit=' /s')}, batches "
+         f"{num('posts_per_s_fsync_pipelined', unit=' /s')}, "
          f"{describe_batches(f.get('batch_fsync'))}", TARGETS["posts_per_s_fsync_pipelined"]),
         ("acked posts, 1 client", num("posts_per_s_1_client", unit=" /s"), ""),
         ("direct messages, 8 clients", num("dms_per_s", unit=" /s"), ""),
