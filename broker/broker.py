@@ -239,6 +239,7 @@ class Broker:
         self.bus.stop()
         self.fast.stop()
         if self.capture is not None:
+            self._drain(self.capture, self.fast_log.on_copy, limit=CAPTURE_BURST)  # the last lines
             self.capture.close(0)
         self.frontend.sock.close(0)
         self.backend.sock.close(0)

@@ -127,17 +127,19 @@ def read_segment_documents(path: Path) -> dict[tuple[int, int], dict]:
     event name; what ``read_segment`` skips (torn and invalid lines) is skipped."""
     docs: dict[tuple[int, int], dict] = {}
     try:
-        raw = path.read_bytes()
+        segment = open(path, "rb")     # line by line: no copy of the whole segment
     except FileNotFoundError:
         return docs
-    for line in raw.split(b"\n"):
-        if not line:
-            continue
-        try:
-            doc = line_document(line)
-        except (P.ProtocolError, msgspec.DecodeError):
-            continue
-        docs[(doc["origin"], doc["seq"])] = doc
+    with segment:
+        for line in segment:
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            try:
+                doc = line_document(line)
+            except (P.ProtocolError, msgspec.DecodeError):
+                continue
+            docs[(doc["origin"], doc["seq"])] = doc
     return docs
 
 

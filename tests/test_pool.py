@@ -81,7 +81,8 @@ def test_only_ready_puts_a_server_in_the_pool_never_a_heartbeat(running: Cluster
         refused = pinned_status_read(c, "ann")
         assert refused is not None and refused["ok"] is False
         assert refused["error"] == f"server {MEMBER} is not serving"
-        assert "not in the pool until its READY" in c.log_text("broker")
+        wait_until(lambda: "not in the pool until its READY" in c.log_text("broker"), 5,
+                   what="the broker's line on the heartbeat (its log is written every 50 ms)")
 
         sock.send_multipart([b""] + frames("READY", {"id": MEMBER}))
         wait_until(lambda: (row(c) or {}).get("pooled") is True, 10, what="pooled on READY")
