@@ -1,10 +1,12 @@
-"""The user's commands, run without typer: the CLI's fast path and its ``shell``.
+"""The user's commands, run without typer: the CLI's fast path.
 
 ``python -m clients`` parses the common command lines here by hand (typer,
 pydantic and rich cost ~75 ms of imports, more than the rest of a command) and
 hands anything it does not recognize -- ``--help``, completion, a mistake -- to
 the typer app in clients/cli.py, so help and error texts stay typer's. Both
 paths run a command through ``execute``, as does every line of ``shell``.
+``listen`` and ``shell`` live in clients/listen.py and clients/shell.py, which
+``execute`` imports only to run them.
 
 A command prints its result on stdout (``--json``: one JSON document) and
 returns its exit code: 0, or 1 after one ``error: ...`` line on stderr (2 for a
@@ -16,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 from clients import render
@@ -28,8 +29,6 @@ PASSWORD_ENV = "SOCIAL_PASSWORD"
 """For scripts and bots: the password, so that commands log in by themselves."""
 PORT_BASE_ENV = "SOCIAL_PORT_BASE"
 USAGE_EXIT = 2
-LISTEN_WAIT = 10.0
-"""Seconds one listen request may stay parked on a server before it is asked again."""
 
 
 class UsageError(Exception):
@@ -277,8 +276,10 @@ def execute(options: GlobalOptions, name: str, values: dict, session=None) -> in
             result = account(options, name, values.get("password_stdin", False), session)
             show = getattr(render, name)
         elif name == "listen":
+            from clients.listen import listen
             return listen(options, values.get("seconds"), as_json, session)
         elif name == "shell":
+            from clients.shell import shell
             return shell(options, sys.stdin)
         else:
             op, args_of, show = REQUESTS[name]
@@ -334,285 +335,6 @@ def account(options: GlobalOptions, what: str, from_stdin: bool, session=None) -
         if what == "login":
             return s.login(password)
         return s.logout()
-
-
-# --- listen ------------------------------------------------------------------------
-LOST = "connection lost, retrying…"
-BACK = "reconnected"
-CANCEL_DEADLINE = 2.0
-"""Seconds a stopping ``listen`` spends unparking its long poll (plus one request
-timeout), when the cluster is slow or gone."""
-
-
-class ListenLoop:
-    """The client side of ``listen``: one long poll after another.
-
-    A listen parked on a server takes the items that arrive while it waits and
-    marks them shown. If the user stops while one is parked, ``cancel`` sends it
-    again with the same request id, as a later try, and no wait: the server holding
-    it drops the parked one and answers at once; any other server (the broker's pool
-    changed meanwhile) writes an empty SEEN under that request id, which outranks
-    the parked copy's (``protocol.copy_key``). Nothing is marked shown that was not
-    printed.
-
-    When the cluster stops answering, the same request goes out again until it does
-    ("connection lost, retrying…", then "reconnected" on stderr). Items stamped
-    before the listener started, or before it got its connection back, were missed
-    while away: ``show`` is told so."""
-
-    def __init__(self, session, show) -> None:
-        self.session, self.show = session, show
-        self.since = session.lamport.value
-        self.away_until = session.clock.stamp()
-        self.in_flight = None                # the parked request (protocol.Request)
-        self.lost = False
-        session.connection.on_waiting = self._lose
-        session.connection.watch_disconnects()
-
-    def _lose(self, _line: str) -> None:
-        if not self.lost:
-            self.lost = True
-            warn(LOST)
-
-    def poll(self, wait: float) -> None:
-        from clients.connection import ClientError
-        conn = self.session.connection
-        if self.in_flight is None:
-            self.in_flight = conn.build(protocol.OP_LISTEN,
-                                        {"wait": round(wait, 3), "since": self.since})
-        try:
-            result = conn.exchange(self.in_flight)
-        except ClientError as exc:
-            if exc.code != protocol.ERR_UNAVAILABLE:
-                raise
-            self._lose("")
-            return                          # the same request again, same rid
-        self.in_flight = None
-        if self.lost:
-            self.lost = False
-            self.away_until = self.session.clock.stamp()
-            warn(BACK)
-        self.show(result, self.away_until)
-        self.session.log.flush()
-
-    def cancel(self) -> None:
-        from clients.connection import ClientError
-        if self.in_flight is None:
-            return
-        conn = self.session.connection
-        conn.config = dataclasses.replace(conn.config, request_deadline=CANCEL_DEADLINE)
-        try:
-            self.show(conn.exchange(protocol.with_args(self.in_flight, wait=0.0)),
-                      self.away_until)
-        except (ClientError, KeyboardInterrupt):
-            pass
-
-
-def missed(item: dict, away_until: float) -> bool:
-    """Stamped before the listener was there to see it arrive."""
-    stamp = item.get("timestamp")
-    return isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and stamp < away_until
-
-
-def listen(options: GlobalOptions, seconds: float | None, as_json: bool, session=None) -> int:
-    """Live items until ``seconds`` have passed (or Ctrl-C); see ``ListenLoop``."""
-    stop_at = None if seconds is None else time.monotonic() + seconds
-
-    def show(result: dict, away_until: float) -> None:
-        for item in result.get("items", []):
-            was_missed = missed(item, away_until)
-            if as_json:
-                say(protocol.dumps({**item, "missed": True} if was_missed else item).decode())
-            else:
-                say(render.push(item, was_missed))
-
-    try:
-        with opened(options, session) as s:
-            s.call(protocol.OP_USERS, {}, None)        # logs in, if need be
-            if not as_json:
-                say(f"listening as {options.user} " +
-                    ("(Ctrl-C to stop)" if seconds is None else f"for {render.number(seconds)} s"))
-            before = s.connection.on_waiting
-            listening = ListenLoop(s, show)
-            try:
-                while stop_at is None or time.monotonic() < stop_at:
-                    left = LISTEN_WAIT if stop_at is None else stop_at - time.monotonic()
-                    listening.poll(max(0.0, min(LISTEN_WAIT, left)))
-            except KeyboardInterrupt:
-                listening.cancel()
-            finally:
-                s.connection.on_waiting = before      # a shell's next command
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-# --- shell -------------------------------------------------------------------------
-PIPELINED = ("post", "dm")
-"""A script's commands sent without waiting for the one before (``ScriptPipeline``)."""
-SCRIPT_WINDOW = 32
-
-
-class ScriptPipeline:
-    """A shell script's run of posts and messages, up to ``SCRIPT_WINDOW`` in flight on
-    one Pipeline (issue 16), their outputs printed in the script's order; any other
-    command, and the end of the input, waits for them first. The user's writes keep
-    their order on every server (``clients/pipeline.py``)."""
-
-    def __init__(self, options: GlobalOptions, session) -> None:
-        self.options = options
-        self.session = session
-        self.pipe = None
-        self.waiting: list[tuple[str, str, dict, dict]] = []   # (rid, name, values, args)
-        self.answers: dict[str, object] = {}
-        self.failed = False
-
-    def submit(self, name: str, values: dict) -> None:
-        from clients.connection import ClientError
-        op, args_of, _ = REQUESTS[name]
-        args = args_of(values)
-        try:
-            self.session.connection.build(op, args)          # bad input: said at once
-            if self.pipe is None:
-                self.pipe = self.session.pipeline(SCRIPT_WINDOW)
-        except (ClientError, ConfigError, OSError) as exc:
-            self.flush()
-            warn(f"error: {exc}")
-            self.failed = True
-            return
-        while self.pipe.pending >= SCRIPT_WINDOW:
-            self._collect(self.pipe.poll(0.05))
-        self.waiting.append((self.pipe.submit(op, args), name, values, args))
-        self._collect(self.pipe.poll(0))
-
-    def _collect(self, done_list) -> None:
-        for done in done_list:
-            self.answers[done.rid] = done
-        while self.waiting and self.waiting[0][0] in self.answers:
-            rid, name, values, args = self.waiting.pop(0)
-            self._show(name, values, args, self.answers.pop(rid))
-
-    def _show(self, name: str, values: dict, args: dict, done) -> None:
-        if not done.ok:
-            error = (done.reply or {}).get("error") or \
-                f"no reply from the broker after {done.tries} tries"
-            warn(f"error: {error}")
-            self.failed = True
-            return
-        result = {**done.reply["result"], "server": done.reply.get("server")}
-        if values.get("json", False) or self.options.json:
-            say(protocol.dumps(result).decode())
-        else:
-            say(REQUESTS[name][2](result, self.options.user, args))
-
-    def flush(self) -> None:
-        """Wait for every command in flight, printing each answer in order."""
-        while self.waiting:
-            self._collect(self.pipe.poll(0.05))
-
-
-class ScriptLines:
-    """Lines from a file descriptor, read by us, so we know when none is ready yet."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-        self.eof = False
-
-    def ready(self) -> bool:
-        """A whole line (or the end) can be read without waiting."""
-        import select
-        if b"\n" in self.buffer or self.eof:
-            return True
-        return bool(select.select([self.fd], [], [], 0)[0])
-
-    def readline(self) -> str:
-        while b"\n" not in self.buffer and not self.eof:
-            chunk = os.read(self.fd, 65536)
-            self.eof = not chunk
-            self.buffer += chunk
-        line, sep, self.buffer = self.buffer.partition(b"\n")
-        return (line + sep).decode("utf-8", errors="replace")
-
-
-def shell(options: GlobalOptions, lines) -> int:
-    """Commands line by line from ``lines`` (stdin): ``alice> `` prompts on a terminal;
-    a script gets none, and exit code 1 if any command failed. One session for all;
-    in a script, runs of posts and messages go out pipelined (``ScriptPipeline``)."""
-    import shlex
-    interactive = lines.isatty()
-    if interactive:
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401 - line editing and history for input()
-    else:
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            lines = ScriptLines(lines.fileno())
-    prompt = f"{options.user or 'social'}> "
-    failed = False
-    with session_for(options) as session:
-        script = ScriptPipeline(options, session)
-        while True:
-            if interactive:
-                try:
-                    line = input(prompt)
-                except EOFError:
-                    print()
-                    break
-                except KeyboardInterrupt:
-                    print()
-                    continue
-            else:
-                if not getattr(lines, "ready", lambda: True)():
-                    script.flush()                 # nothing more yet: answer what is sent
-                line = lines.readline()
-                if not line:
-                    break
-            try:
-                words = shlex.split(line, comments=True)
-            except ValueError as exc:
-                warn(f"error: {exc}")
-                failed = True
-                continue
-            if not words:
-                continue
-            if words[0] in ("exit", "quit"):
-                break
-            if not interactive and options.user is not None:
-                try:
-                    command = parse_command(words)
-                except UsageError:
-                    command = None
-                if command is not None and command[0] in PIPELINED \
-                        and command[1].get("server") is None:
-                    script.submit(*command)
-                    continue
-            script.flush()
-            try:
-                code = run_line(options, words, session)
-            except KeyboardInterrupt:          # Ctrl-C stops the command, not the shell
-                if not interactive:
-                    raise
-                print()
-                code = 130
-            failed = failed or code != 0
-        script.flush()
-    failed = failed or script.failed
-    return 1 if failed and not interactive else 0
-
-
-def run_line(options: GlobalOptions, words: list[str], session) -> int:
-    """One shell line: a command as the CLI takes it after the global options."""
-    try:
-        command = parse_command(words)
-    except UsageError as exc:
-        warn(f"error: {exc}")
-        return USAGE_EXIT
-    if command is None or command[0] == "shell":
-        names = ", ".join(name for name in COMMANDS if name != "shell")
-        warn(f"error: not a command: {' '.join(words)!r} (commands: {names}; "
-             f"`python -m clients COMMAND --help` for each)")
-        return USAGE_EXIT
-    return execute(options, command[0], command[1], session)
 
 
 def main(argv: list[str]) -> int | None:

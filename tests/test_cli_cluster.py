@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from clients import commands
+from clients.listen import BACK, LOST
 from common import protocol as P
 from common.processes import ROOT, wait_until
 from tests.faults import freeze, restart_broker, thaw
@@ -83,18 +83,18 @@ def test_listen_says_connection_lost_and_reconnected_and_marks_what_it_missed(
             running.kill("broker")
         else:
             freeze(running, "broker")
-        err.wait_for(commands.LOST, NOTICE_WITHIN)
+        err.wait_for(LOST, NOTICE_WITHIN)
         if fault == "kill":
             restart_broker(running)
         else:
             thaw(running, "broker")
-        err.wait_for(commands.BACK, BACK_WITHIN)
+        err.wait_for(BACK, BACK_WITHIN)
 
         running.request("alice", P.OP_POST, {"text": "bob is back"}, deadline=20.0)
         live = out.wait_for("alice posted: bob is back", 20.0)
         assert not out.snapshot()[live].endswith("(missed while away)")
-        assert err.snapshot().count(commands.LOST) == 1
-        assert err.snapshot().count(commands.BACK) == 1
+        assert err.snapshot().count(LOST) == 1
+        assert err.snapshot().count(BACK) == 1
         assert proc.poll() is None
     finally:
         stop(proc)
