@@ -8,7 +8,7 @@ reply without the broker's Python loop: the DEALER hands each request to the nex
 connected server (round robin over the servers whose queue has room), and each
 reply finds its user by the ROUTER identity in front of it. The frames pass
 untouched, ``[client, type, lamport, body]`` both ways, so a server reads a fast
-request exactly as a routed one (``common/protocol.py``).
+request exactly as a routed one (``common/protocol/``).
 
 What the routed path's Python loop decided, the fast path gets from elsewhere:
 

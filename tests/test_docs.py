@@ -1,4 +1,4 @@
-"""docs/ARCHITECTURE.md stays true to common/protocol.py, README.md's layout to the code.
+"""docs/ARCHITECTURE.md stays true to common/protocol/, README.md's layout to the code.
 
 Every message type and each of its fields (``protocol.MESSAGES``,
 ``protocol.fields_of``), the fields of a server's status row, which socket
