@@ -2,9 +2,9 @@
 
 Signals go only to processes the test's ``Cluster`` started, by pid, through
 its ``ProcessGroup``. Every wait is on a condition with a deadline
-(``wait_until``); the only sleeps are the pauses a load thread (writer or
-reader) takes between its own requests, which shape the load and synchronize
-nothing.
+(``wait_until``). A load thread (writer or reader) pauses between its own
+requests to shape the load, never to synchronize; it pauses by waiting on its stop
+signal, so ``stop()`` ends the pause at once.
 """
 from __future__ import annotations
 
@@ -190,8 +190,8 @@ class Writers:
                     return
                 self._acked(op, user, other, result, time.monotonic() - started)
                 posts += op == P.OP_POST
-                if self.pause:
-                    time.sleep(rng.uniform(0, 2 * self.pause))    # load shaping only
+                if self.pause:                  # load shaping; stop() ends it at once
+                    self._stop.wait(rng.uniform(0, 2 * self.pause))
         except BaseException as exc:   # noqa: BLE001 - reported by the test's thread
             self.errors.append((user, "?", exc))
         finally:
@@ -225,8 +225,8 @@ class Writers:
                         return
                     self._acked(op, user, other, done.reply["result"],
                                 done.finished - done.issued)
-                if self.pause and not self._stop.is_set():
-                    time.sleep(rng.uniform(0, 2 * self.pause))    # load shaping only
+                if self.pause:                  # load shaping; stop() ends it at once
+                    self._stop.wait(rng.uniform(0, 2 * self.pause))
         except BaseException as exc:   # noqa: BLE001 - reported by the test's thread
             self.errors.append((user, "?", exc))
         finally:
@@ -263,8 +263,8 @@ class BusyReaders:
                 try:
                     conn.request(P.OP_FEED, {"limit": READ_LIMIT}, self.server)
                     self.reads += 1
-                except ClientError:     # out of the pool while frozen: ask again soon
-                    time.sleep(0.01)    # load shaping only
+                except ClientError:     # out of the pool while frozen: ask again soon,
+                    self._stop.wait(0.01)   # or not at all once stop() is called
         finally:
             conn.close()
 

@@ -5,9 +5,10 @@ Run as root: ``python -m tests.heal_probe [--root DIR] [--cut S] [--runs N]``.
 It builds network namespaces of its own (``sclk<pid>-*``): a bridge, the broker on
 10.213.0.1 and servers 1-3 on 10.213.0.11-13, each started from ``--root`` (a
 checkout: the code to measure; default this one) with ``--bind``/``--advertise``.
-Once all three serve, it cuts server 3 from the broker with iptables DROP in server
-3's namespace (both ways; its links to its peers stay), for ``--cut`` seconds, heals
-it, and reads from the logs when traffic of server 3 was seen again after the heal:
+Once all three serve and each hears the other two on the bus, it cuts server 3 from
+the broker with iptables DROP in server 3's namespace (both ways; its links to its
+peers stay), for ``--cut`` seconds, heals it, and reads from the logs when traffic
+of server 3 was seen again after the heal:
 
 * bus: the first ``recv server-3 | peer appeared`` in server 1's or 2's log (its
   BEAT came through the broker's bus again);
@@ -19,13 +20,14 @@ true, so they agree with the host's within milliseconds).
 
 ``--raw`` measures the link alone, the same way: a ROUTER in server 1's namespace and
 a DEALER in server 3's that sends a ping every 20 ms and records each echo, once with
-``common/sockets.py``'s options and once with ZeroMQ's defaults; the figure is the
-first echo after the heal. (The cluster's own figures include the server's
-reopening of its sockets when the broker has been silent for ``broker_timeout``,
-and up to one heartbeat interval before the next BEAT.) It prints one line per run
-and removes every namespace, process and rule it made, even on error or Ctrl-C (a
-namespace's iptables rules and veths go with it). A measurement, not a test: no
-timing is asserted anywhere.
+``common/sockets.py``'s options and once with ZeroMQ's defaults; the cut comes after
+``STEADY_ECHOES`` echoes, and the figure is the first echo after the heal. (The
+cluster's own figures include the server's reopening of its sockets when the broker
+has been silent for ``broker_timeout``, and up to one heartbeat interval before the
+next BEAT.) It prints one line per run and removes every namespace, process and rule
+it made, even on error or Ctrl-C (a namespace's iptables rules and veths go with it).
+A measurement, not a test: no timing is asserted anywhere; the only timed waits
+(``hold``) keep a fault in place for as long as asked.
 """
 from __future__ import annotations
 
@@ -37,9 +39,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from common.processes import wait_until
 
 HERE = Path(__file__).resolve().parent.parent
 PREFIX = f"sclk{os.getpid()}"
@@ -48,6 +53,10 @@ NET = "10.213.0"
 BROKER_IP = f"{NET}.1"
 SERVERS = {1: f"{NET}.11", 2: f"{NET}.12", 3: f"{NET}.13"}
 LINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \|")
+STEADY_ECHOES = 25
+"""Echoes (one per 20 ms ping) that show the raw link steady before the fault."""
+NEVER = threading.Event()
+"""Never set: ``hold`` waits on it for a given time."""
 
 
 def sh(*args: str) -> None:
@@ -143,26 +152,34 @@ def first_after(folder: Path, processes, fragment: str, after: float) -> float |
     return min(times, default=None)
 
 
-def wait_for(what, timeout: float, label: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"waited {timeout:.0f} s for {label}")
+def hold(seconds: float) -> None:
+    """Keep a fault in place for ``seconds``: the interval the probe measures across,
+    not a wait for anything. SIGTERM or Ctrl-C still ends it at once (the handler
+    raises in the main thread, which this wait does not block)."""
+    NEVER.wait(seconds)
+
+
+def peers_seen(folder: Path) -> bool:
+    """Whether every server's log shows both others' bus traffic (``peer appeared``)."""
+    for sid in SERVERS:
+        text = "\n".join(line for _, line in log_lines(folder, f"server-{sid}"))
+        if not all(f"recv server-{other} | peer appeared" in text
+                   for other in SERVERS if other != sid):
+            return False
+    return True
 
 
 def start_cluster(folder: Path, procs: Processes) -> None:
     """The broker, then servers 1-3, each in its namespace; returns once all serve."""
     procs.start("b", ["broker", "--host", BROKER_IP, "--bind", BROKER_IP])
-    wait_for(lambda: (folder / "data" / "keys" / "broker.key").exists(), 10, "the broker key")
+    wait_until(lambda: (folder / "data" / "keys" / "broker.key").exists(), 10,
+               what="the broker key")
     for sid, ip in SERVERS.items():
         procs.start(f"s{sid}", ["servers", "--id", str(sid), "--host", BROKER_IP,
                                 "--bind", ip, "--advertise", ip])
-    wait_for(lambda: sum("READY: joins the pool" in line
-                         for _, line in log_lines(folder, "broker")) >= 3, 40,
-             "three servers serving")
+    wait_until(lambda: sum("READY: joins the pool" in line
+                           for _, line in log_lines(folder, "broker")) >= 3, 40,
+               what="three servers serving")
 
 
 def one_run(root: Path, cut_s: float, keep: Path | None) -> tuple[float | None, float | None]:
@@ -171,17 +188,19 @@ def one_run(root: Path, cut_s: float, keep: Path | None) -> tuple[float | None, 
     try:
         net.build()
         start_cluster(folder, procs)
-        time.sleep(2.0)                 # a steady cluster before the fault (not a sync)
+        # steady before the fault: every server hears both others on the bus (so
+        # servers 1 and 2 know server 3 as a peer before it vanishes and reappears)
+        wait_until(lambda: peers_seen(folder), 15, what="every server hearing both others")
         net.cut("s3", BROKER_IP, True)
-        time.sleep(cut_s)
+        hold(cut_s)
         net.cut("s3", BROKER_IP, False)
         healed = time.time()
-        bus = wait_for(lambda: first_after(folder, ["server-1", "server-2"],
-                                           "recv server-3 | peer appeared", healed), 15,
-                       "server-3's BEAT on the bus")
-        backend = wait_for(lambda: first_after(folder, ["broker"],
-                                               "recv server-3 | registered", healed), 15,
-                           "server-3 at the broker")
+        bus = wait_until(lambda: first_after(folder, ["server-1", "server-2"],
+                                             "recv server-3 | peer appeared", healed), 15,
+                         what="server-3's BEAT on the bus")
+        backend = wait_until(lambda: first_after(folder, ["broker"],
+                                                 "recv server-3 | registered", healed), 15,
+                             what="server-3 at the broker")
         return bus - healed, backend - healed
     finally:
         procs.stop()
@@ -227,17 +246,17 @@ def raw_run(tuned: bool, cut_s: float) -> float | None:
         for node, role in (("s1", "router"), ("s3", "dealer")):
             procs.start(node, ["tests.heal_probe", "--pinger", role, endpoint,
                                "1" if tuned else "0", str(echoes)])
-        wait_for(lambda: echoes.exists() and echoes.stat().st_size > 0, 10, "the first echo")
-        time.sleep(1.0)                 # the link steady before the fault (not a sync)
+        wait_until(lambda: echoes.exists() and len(echoes.read_text().split()) >= STEADY_ECHOES,
+                   10, what=f"{STEADY_ECHOES} echoes (the link up and steady before the fault)")
         net.cut("s3", SERVERS[1], True)
-        time.sleep(cut_s)
+        hold(cut_s)
         net.cut("s3", SERVERS[1], False)
         healed = time.time()
 
         def first_echo():
             times = [float(t) for t in echoes.read_text().split()]
             return next((t for t in times if t >= healed), None)
-        return wait_for(first_echo, 15, "an echo after the heal") - healed
+        return wait_until(first_echo, 15, what="an echo after the heal") - healed
     finally:
         procs.stop()
         net.remove()

@@ -5,13 +5,15 @@ Run as root: ``python -m tests.loss_probe [--root DIR] [--loss 0.2] [--seconds 2
 
 The namespaces of ``tests/heal_probe.py`` (``sclk<pid>-*``): broker and servers 1-3,
 every clock started true (no offset, no drift), so a server's clock minus the host's
-is exactly the sum of the corrections it logged. Once all three serve, every
-server's namespace drops ``--loss`` of its packets both ways (iptables ``statistic``)
-for ``--seconds``. From the logs: the spread of the servers' clocks (max - min of
-those sums) just before each round line of any coordinator after the loss began
-(every correction of the round before has been applied by then); the rounds
-logged, skipped, and readings discarded; the elections; the broker's corrections
-and its largest. Everything it made is removed, also on error. Nothing is asserted.
+is exactly the sum of the corrections it logged. Once all three serve, a coordinator
+has logged a Berkeley round and the broker has set its clock by the coordinator's,
+every server's namespace drops ``--loss`` of its packets both ways (iptables
+``statistic``) for ``--seconds``; then the processes are stopped, so their logs are
+complete. From the logs: the spread of the servers' clocks (max - min of those sums)
+just before each round line of any coordinator after the loss began (every
+correction of the round before has been applied by then); the rounds logged,
+skipped, and readings discarded; the elections; the broker's corrections and its
+largest. Everything it made is removed, also on error. Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -26,10 +28,23 @@ import time
 from pathlib import Path
 
 from common import log_lines as LL
-from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, log_lines, ns_name, sh,
-                              start_cluster)
+from common.processes import wait_until
+from tests.heal_probe import (HERE, PREFIX, SERVERS, Net, Processes, hold, log_lines, ns_name,
+                              sh, start_cluster)
 
 ADJUSTED = LL.pattern(LL.ADJUSTED)
+CLOCK_SET = LL.pattern(LL.CLOCK_SET)
+
+
+def settled(root: Path, folder: Path) -> bool:
+    """Whether a coordinator has logged a Berkeley round and, if ``root``'s broker follows
+    the coordinator's clock (``broker/clock_follow.py``), the broker has set its clock
+    (its first correction, unbounded: it must not count as one made under the loss)."""
+    rounds = any("| berkeley round" in line and "skipped" not in line
+                 for sid in SERVERS for _, line in log_lines(folder, f"server-{sid}"))
+    follows = (root / "broker" / "clock_follow.py").exists()
+    return rounds and (not follows or any(CLOCK_SET.search(line)
+                                          for _, line in log_lines(folder, "broker")))
 
 
 def lossy(node: str, loss: float, on: bool) -> None:
@@ -44,15 +59,16 @@ def measure(root: Path, loss: float, seconds: float, keep: Path | None = None) -
     try:
         net.build()
         start_cluster(folder, procs)
-        time.sleep(4.0)                 # a round or two before the fault (not a sync)
+        wait_until(lambda: settled(root, folder), 30,
+                   what="a Berkeley round (and the broker's clock set) before the fault")
         began = time.time()
         for sid in SERVERS:
             lossy(f"s{sid}", loss, True)
-        time.sleep(seconds)
+        hold(seconds)
         for sid in SERVERS:
             lossy(f"s{sid}", loss, False)
         ended = time.time()
-        time.sleep(1.0)                 # the logs flushed
+        procs.stop()                    # every log complete: each process flushes it as it exits
         return summarize(folder, began, ended)
     finally:
         procs.stop()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,14 +17,16 @@ from common.processes import wait_until
 
 BURN = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
 """Burns one CPU for at most 20 s (the test kills it long before)."""
-IN_A_THREAD = ("import threading, time\n"
-               f"threading.Thread(target=exec, args=({BURN!r},), daemon=True).start()\n"
-               "time.sleep(20)\n")
-"""The main thread sleeps; another thread burns."""
-IN_A_CHILD = ("import subprocess, sys, time\n"
-              f"subprocess.Popen([sys.executable, '-c', {BURN!r}])\n"
-              "time.sleep(20)\n")
-"""The process sleeps; a child of it burns."""
+IN_A_THREAD = ("import threading\n"
+               f"burner = threading.Thread(target=exec, args=({BURN!r},))\n"
+               "burner.start()\n"
+               "burner.join()\n")
+"""The main thread waits for another thread, which burns."""
+IN_A_CHILD = ("import subprocess, sys\n"
+              f"subprocess.Popen([sys.executable, '-c', {BURN!r}]).wait()\n")
+"""The process waits for a child of it, which burns."""
+WINDOW = threading.Event()
+"""Never set: ``_used_while`` waits on it for the window it measures."""
 
 
 def _used_while(source: str, seconds: float = 0.5) -> tuple[float, float]:
@@ -33,7 +36,7 @@ def _used_while(source: str, seconds: float = 0.5) -> tuple[float, float]:
         wait_until(lambda: cpu_seconds([proc.pid]).get(proc.pid, 0) > 0.05, timeout=10,
                    what="the process to start burning")
         began, before = time.monotonic(), cpu_seconds([proc.pid])[proc.pid]
-        time.sleep(seconds)                      # the window measured, not a wait
+        WINDOW.wait(seconds)                     # the window measured, not a wait for anything
         after, wall = cpu_seconds([proc.pid])[proc.pid], time.monotonic() - began
         return after - before, wall
     finally:
