@@ -6,5 +6,7 @@ namespaces, and a check of what the users saw.
 clients.nemesis.workload``, run in the users' namespace) writes and reads as a few
 users and records every request; ``monitor.py`` samples the broker's status;
 ``faults.py`` injects and heals each fault; ``history.py`` checks the history and
-computes the figures; ``run.py`` runs it all and prints the table.
+computes the figures, with the checks of ``write_checks.py`` and
+``coordinator_checks.py`` on what ``server_logs.py`` reads of the servers' logs;
+``run.py`` runs it all and prints the table.
 """
