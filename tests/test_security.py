@@ -20,6 +20,7 @@ import socket as so
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -136,8 +137,12 @@ def _bus_in(cluster: Cluster, bad: zmq.Socket, good: BusForger, marker: str) -> 
 
 def _bus_out(cluster: Cluster, bad: zmq.Socket, good: zmq.Socket, marker: str) -> None:
     def trusted_heard_it() -> bool:
+        """Post, then read the bus for a second. A post made before our subscription
+        reached the publishers is never delivered to us, and the bus is never quiet
+        (BEATs), so each try reads for a bounded time, then posts again."""
         cluster.request("alice", "post", {"text": f"{marker} heard by members"})
-        while good.poll(100):
+        until = time.monotonic() + 1.0
+        while (left := until - time.monotonic()) > 0 and good.poll(int(left * 1000) + 1):
             if marker.encode() in b"".join(good.recv_multipart()):
                 return True
         return False
