@@ -1,7 +1,9 @@
-"""What the hostile-input tests (tests/test_hostile.py, issue 10) share: raw frames
-written with plain pyzmq and json (not through ``common.protocol``, so the tests
-outlive a rewrite of its API), a forger's PUB on the bus, log marks to find the
-lines a process wrote after a moment, and the one health check every test ends with.
+"""What the hostile-input tests (tests/test_hostile.py, tests/test_hostile_sockets.py,
+issue 10) share: raw frames written with plain pyzmq and json (not through
+``common.protocol``, so the tests outlive a rewrite of its API), a forger's PUB on
+the bus, log marks to find the lines a process wrote after a moment, the one health
+check every test ends with, and the shared cluster: the ``pool`` and ``shared``
+fixtures, which a test module imports to get one 3-server cluster for the module.
 
 The wire format these helpers write is the documented one: frames
 ``[type, lamport, body]`` (ASCII type, ASCII decimal Lamport stamp, one JSON object),
@@ -316,3 +318,70 @@ def vm_kb(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+# --- the shared cluster --------------------------------------------------------------------------
+class SharedCluster:
+    """One cluster for the module, rebuilt when a test failed or left it unhealthy."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self.factory = tmp_path_factory
+        self.cluster: Cluster | None = None
+        self.builds = 0
+
+    def get(self) -> Cluster:
+        why = "first use" if self.cluster is None else looks_healthy(self.cluster)
+        if why is not None:
+            self.discard(why)
+            self.builds += 1
+            self.cluster = Cluster(self.factory.mktemp(f"hostile-{self.builds}"))
+            self.cluster.start(3)
+            self.cluster.wait_serving(SERVERS, timeout=20)
+            wait_until(lambda: looks_healthy(self.cluster) is None, 15, interval=0.1,
+                       what="the new shared cluster to settle (server 3 coordinator)")
+        return self.cluster
+
+    def discard(self, why: str) -> None:
+        if self.cluster is not None:
+            print(f"shared cluster {self.builds} replaced: {why}")
+            self.cluster.stop()
+            self.cluster = None
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    shared = SharedCluster(tmp_path_factory)
+    yield shared
+    shared.discard("end of module")
+
+
+@pytest.fixture
+def shared(pool, request) -> Cluster:
+    """The shared cluster, healthy; on failure its logs are printed and it is replaced."""
+    cluster = pool.get()
+    yield cluster
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(cluster.log_tails())
+        pool.discard(f"{request.node.name} failed")
+
+
+def post_many(cluster: Cluster, user: str, texts) -> list[dict]:
+    """Posts through one Lazy Pirate connection, as a user would make them."""
+    conn = cluster.connection(user, deadline=10.0)
+    try:
+        return [conn.request("post", {"text": text})["post"] for text in texts]
+    finally:
+        conn.close()
+
+
+def coordinator_settled(cluster: Cluster, expected: int, stopped=()) -> bool:
+    """``status`` and every live row name ``expected`` coordinator at a sane epoch
+    (or a process died that the test did not stop: the health check says which)."""
+    if set(dead_processes(cluster)) - {f"server-{i}" for i in stopped}:
+        return True
+    status = cluster.status(deadline=1.0)
+    if status is None or status.get("coordinator") != expected or insane_stamps(status):
+        return False
+    return all(row.get("coordinator") == expected for row in rows(status).values()
+               if row.get("alive"))
