@@ -13,7 +13,7 @@ request exactly as a routed one (``common/protocol/``).
 What the routed path's Python loop decided, the fast path gets from elsewhere:
 
 * **Only serving servers get requests**: a server connects its fast socket when it
-  starts serving and closes it when it stops (``servers/node.py``), so the DEALER
+  starts serving and closes it when it stops (``servers/fast_link.py``), so the DEALER
   only ever knows serving servers.
 * **Dead and frozen servers leave within 2 s**: a killed server's connection closes
   at once; a frozen one stops answering ZMTP's PINGs and its connection is closed

@@ -38,7 +38,7 @@ from typing import Iterator
 from tinydb.table import Document
 
 from servers.records import doc_id, read_segment_documents
-from servers.store import AtomicJSONStorage, fsync_dir, open_tinydb
+from servers.tinydb_file import AtomicJSONStorage, fsync_dir, open_tinydb
 
 NICE = 19
 """The child's CPU priority where SCHED_IDLE is not available: the lowest."""

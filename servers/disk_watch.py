@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from common.log import ProcessLog
-from servers.store import DiskError
+from servers.disk_error import DiskError
 
 WAITING_MAX = 200
 """``ServerStatus.waiting`` holds at most this many characters."""

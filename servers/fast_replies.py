@@ -9,7 +9,7 @@ one ``REPS`` of up to ``FAST_BATCH`` replies and ``FAST_BATCH_BYTES`` of bodies,
 a ``REP`` when a reply is alone or too big to share a message. Replies to one
 connection keep their order.
 
-Pure: no sockets; the server sends what ``take`` returns (``servers/node.py``).
+Pure: no sockets; the server sends what ``take`` returns (``servers/fast_link.py``).
 """
 from __future__ import annotations
 

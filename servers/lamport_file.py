@@ -26,7 +26,8 @@ from pathlib import Path
 
 from common.clock import LamportClock
 from common.protocol import MAX_STAMP
-from servers.store import DiskError, fsync_dir
+from servers.disk_error import DiskError
+from servers.tinydb_file import fsync_dir
 
 RESERVE = 1000
 """Stamps reserved ahead of the clock by each write of the ceiling."""

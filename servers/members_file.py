@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from servers.store import DiskError, fsync_dir
+from servers.disk_error import DiskError
+from servers.tinydb_file import fsync_dir
 
 
 class MembersFile:

@@ -26,6 +26,12 @@ A ``DiskError`` (the folder is full or read-only) is not such an exception: the
 server halts (``halt``; ``disk_watch.py`` says why and what follows), and
 ``run`` returns ``RESTART`` once the folder can be written again, for
 ``servers/__main__.py`` to start the process afresh.
+
+Where: this module holds the roles' wiring, the socket registry and the loop
+(``turn``, ``_drain``, ``after_batch``, ``tick``, ``halt``); the DEALER to the broker
+and what comes on it are ``servers/broker_link.py`` (``BrokerLink``), the PUB and SUB
+and the bus's dispatch ``servers/bus.py`` (``Bus``), the fast path's socket, its
+requests and this turn's replies ``servers/fast_link.py`` (``FastLink``, ``FastRoute``).
 """
 from __future__ import annotations
 
@@ -42,14 +48,16 @@ from common import startup
 from common.clock import PhysicalClock
 from common.config import Config
 from common.gc_pacer import GcPacer
-from common.log import ProcessLog, brief, event_brief
+from common.log import ProcessLog, event_brief
 from servers.accounts import Accounts
 from servers.berkeley import BerkeleySync
+from servers.broker_link import BrokerLink
+from servers.bus import Bus
 from servers.catchup import CatchUp
 from servers.client_desk import ClientDesk
 from servers.disk_watch import DiskWatch
 from servers.election import Bully
-from servers.fast_replies import FastReplies
+from servers.fast_link import FastLink, FastRoute
 from servers.issued import IssuedSeq
 from servers.lamport_file import DurableLamportClock, LamportFile
 from servers.listeners import Listeners
@@ -76,10 +84,6 @@ DURABILITY = {
 ALLOWLIST_EVERY = 1.0
 """Seconds between two looks at the allowlist's folder (the ZAP handler also looks at
 each new connection)."""
-LOGGED_ON_RECEIPT = frozenset({P.ELECTION, P.ANSWER, P.COORDINATOR, P.TIME_QUERY,
-                               P.TIME_REPLY, P.TIME_ADJUST})
-"""Bus messages whose receipt gets a log line here (the others log in their handler;
-BEAT, every heartbeat, only when it changes something)."""
 class BatchSizes:
     """How many of my own new events each loop turn made into one EVENT (and one log
     flush, one fsync in fsync mode, one ACK round): ``status`` shows it, the benchmark
@@ -98,12 +102,6 @@ class BatchSizes:
     def figures(self) -> list[int]:
         """``[turns, events, largest]``: the mean batch is events / turns."""
         return [self.turns, self.events, self.largest]
-
-
-class FastRoute(bytes):
-    """A user's ROUTER identity on the broker's fast path: a reply to it goes out on the
-    fast socket, never the routed one (whose users' identities are another ROUTER's,
-    and may be the same bytes)."""
 
 
 STOPPED = "stopped"
@@ -146,6 +144,12 @@ class Server:
                               probe=lambda needed: probe_folder(self.store.folder, needed),
                               probe_every=config.disk_probe_every)
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
+        self.bus = Bus(server_id, config, self.lamport, self.log, self.socket,
+                       self.close_socket, secure=lambda: self.security)
+        self.broker = BrokerLink(server_id, config, self.lamport, self.log, self.socket,
+                                 self.close_socket, secure=lambda: self.security)
+        self.publish = self.bus.publish          # the roles' sends: the links' own methods
+        self.to_broker = self.broker.send
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
         self.quorum = Quorum(server_id, config.peer_timeout, members=members,
@@ -170,7 +174,7 @@ class Server:
             publish=self.publish, to_broker=self.to_broker, status=self.status,
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
-            on_peer_gone=self.on_peer_gone, reconnect_broker=self.connect_broker,
+            on_peer_gone=self.on_peer_gone, reconnect_broker=self.broker.connect,
             must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired,
             quorum=self.quorum, members_path=str(self.members_file.path))
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
@@ -189,7 +193,7 @@ class Server:
                                replies={P.Events: self.on_events,
                                         P.Sums: lambda _peer, msg, now: self.repair.on_SUMS(msg, now),
                                         P.Copies: lambda _peer, msg, now: self.repair.on_COPIES(msg, now)})
-        self.bus_handlers = {
+        self.bus.listen({
             P.EVENT: (self.repl.on_EVENT,),
             P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT, self.repair.on_BEAT,
                      self.links.on_BEAT),
@@ -199,25 +203,19 @@ class Server:
             P.COORDINATOR: (self.election.on_COORDINATOR,),
             P.TIME_QUERY: (self.berkeley.on_TIME_QUERY,),
             P.TIME_REPLY: (self.berkeley.on_TIME_REPLY,),
-            P.TIME_ADJUST: (self.berkeley.on_TIME_ADJUST,)}
+            P.TIME_ADJUST: (self.berkeley.on_TIME_ADJUST,)},
+            self.membership, self.election, self.berkeley, drops=self.fault_drops)
+        self.broker.listen(self.membership, self.berkeley, self.desk, self.disk, self.bus)
         self.last_write = now
         self.rng = random.Random()
         self.gc = GcPacer()
         self.tick_at = 0.0                       # when the periodic jobs run next
-        self.broker_blocked = False
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, object] = {}
         self._named: set[zmq.Socket] = set()     # handlers told who sent (P.recv_from)
-        self.broker: P.Endpoint | None = None
-        self.fast: P.Endpoint | None = None
-        self.fast_closing = False                # close the fast socket at the turn's end
-        self.fast_refused = keys.Tally()
-        self.fast_out = FastReplies()            # this turn's fast replies, sent at its end
         self.batches = BatchSizes()
-        self.pub: P.Endpoint | None = None
-        self.sub: P.Endpoint | None = None
         self.allowlist_at = 0.0
         try:                 # my keys (made if missing), my admission, the ZAP handler
             self.security = keys.Security(self.ctx, config.data_dir, self.name, server_id)
@@ -228,6 +226,8 @@ class Server:
             raise
         if self.security.problem:
             self.log.warn(self.security.problem)
+        self.fast = FastLink(server_id, config, self.lamport, self.clock, self.log, self.socket,
+                             self.close_socket, self.security, take=self.desk.on_REQ)
 
     # --- sockets ------------------------------------------------------------------------
     def socket(self, kind: int, handler=None, named: bool = False) -> zmq.Socket:
@@ -252,149 +252,14 @@ class Server:
 
     def open_sockets(self) -> None:
         """The bus and the broker (the peer port is bound first, in ``start``)."""
-        self.connect_bus()
-        self.connect_broker()
-
-    def connect_bus(self) -> None:
-        """(Re)open my PUB and SUB on the bus (CURVE clients of the broker)."""
-        cfg = self.config
-        if self.pub is not None:
-            self.close_socket(self.pub.sock)
-            self.close_socket(self.sub.sock)
-        self.pub = P.Endpoint(self.security.client(self.socket(zmq.PUB)), P.BUS, self.lamport)
-        self.pub.sock.connect(cfg.endpoint(cfg.bus_in_port))
-        sub = self.security.client(self.socket(zmq.SUB, self.on_bus))
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(cfg.endpoint(cfg.bus_out_port))
-        self.sub = P.Endpoint(sub, P.BUS, self.lamport)
-
-    def connect_broker(self) -> None:
-        """(Re)connect to the broker, as the Paranoid Pirate worker does; the bus too
-        while it is silent: ZeroMQ never retries a connection whose CURVE handshake was
-        refused (a key not yet admitted), only a new socket does."""
-        if self.broker is not None:
-            self.close_socket(self.broker.sock)
-            if self.membership.bus_down and not self.disk.halted:   # halted: deaf on purpose
-                self.connect_bus()
-        sock = self.security.client(self.socket(zmq.DEALER, self.on_broker))
-        sock.setsockopt(zmq.IDENTITY, keys.dealer_identity(self.id))   # taken with my key only
-        sock.connect(self.config.endpoint(self.config.backend_port))
-        self.broker = P.Endpoint(sock, P.BROKER_TO_SERVER, self.lamport)
-
-    # --- sending --------------------------------------------------------------------------
-    def publish(self, msg) -> None:
-        """Send on the bus; every bus send but the periodic BEAT gets a log line."""
-        self.pub.send(msg)
-        if isinstance(msg, P.EventBatch):
-            self.log.batch("send", "bus", [f"EVENT {event_brief(e)}" for e in msg.events])
-        elif not isinstance(msg, P.Beat):
-            self.log.send("bus", f"{msg.TYPE} {brief(msg)}")
-
-    def to_broker(self, msg, route: bytes = b"") -> None:
-        if isinstance(msg, P.Heartbeat):        # the broker's round trip (clock_follow.py)
-            msg = self.berkeley.echo(msg, time.monotonic())
-        try:
-            self.broker.send(msg, route, flags=zmq.NOBLOCK)
-            self.broker_blocked = False
-        except zmq.Again:                        # broker down or far behind: say so once
-            if not self.broker_blocked:
-                self.log.warn(f"cannot send to the broker (down?): dropped {msg.TYPE}")
-            self.broker_blocked = True
+        self.bus.connect()
+        self.broker.connect()
 
     def reply(self, route: bytes, reply: P.Reply) -> None:
         if not isinstance(route, FastRoute):
             self.to_broker(reply, route)
             return
-        if self.fast is not None:                # else not serving since: its user retries
-            self.fast_out.add(route, reply)      # sent at the turn's end (send_fast_replies)
-
-    def send_fast_replies(self) -> None:
-        """This turn's fast replies, together: a ``REPS`` per connection, or a ``REP``."""
-        if self.fast is None:
-            self.fast_out.take()
-            return
-        for route, msg_type, body in self.fast_out.take():
-            try:
-                self.fast.relay(msg_type, body, route, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass                             # the broker is far behind: its users retry
-
-    # --- the fast path ----------------------------------------------------------------------
-    def open_fast(self) -> None:
-        """Serving: take requests from the broker's fast path."""
-        self.fast_closing = False
-        if self.fast is not None:
-            return
-        sock = self.security.client(self.socket(zmq.DEALER, self.on_fast))
-        sock.sndhwm = sock.rcvhwm = self.config.client_hwm
-        sock.connect(self.config.endpoint(self.config.fast_backend_port))
-        # a user's stamp may lead my clock by as much as the broker lets it lead the broker's
-        self.fast = P.Endpoint(sock, P.FAST_TO_SERVER, self.lamport,
-                               max_lead=P.MAX_CLIENT_LEAD)
-        self.log.note("fast path open: taking requests from the broker's proxy")
-
-    def close_fast(self) -> None:
-        """No longer serving: take no more fast requests (the ones queued to me are
-        lost, and their users retry); the replies of this turn still go out."""
-        if self.fast is not None:
-            self.fast_closing = True
-
-    def _close_fast_now(self) -> None:
-        self.fast_closing = False
-        self.send_fast_replies()
-        if self.fast is not None:
-            self.close_socket(self.fast.sock)
-            self.fast = None
-            self.log.note("fast path closed")
-
-    def on_fast(self, frames: list[bytes]) -> None:
-        """A user's request through the proxy, or several in a ``REQS``: each validated
-        here (nobody checked it on the way), one of ``FAST_OPS``, never pinned; anything
-        else is refused."""
-        if self.fast is None or self.fast_closing:
-            return
-        try:
-            incoming = self.fast.receive(frames)
-        except P.ProtocolError as exc:
-            self._refuse_fast(frames, P.ERR_BAD_REQUEST, str(exc))
-            return
-        msg, route = incoming.msg, FastRoute(incoming.envelope[0])
-        if not route:
-            self._refuse_fast(frames, P.ERR_BAD_REQUEST, f"{incoming.type} without a route")
-        elif isinstance(msg, P.Requests):
-            now = time.monotonic()
-            with self.log.moment():             # one message: its lines share its moment
-                for body in msg.reqs:           # in order: one user's, as it sent them
-                    try:
-                        self._take_fast(route, P.decode_request(body), now)
-                    except P.ProtocolError as exc:
-                        self._refuse_one(route, P.rid_of(bytes(body)), P.ERR_BAD_REQUEST,
-                                         str(exc))
-        else:
-            self._take_fast(route, msg, time.monotonic())
-
-    def _take_fast(self, route: FastRoute, msg: P.Request, now: float) -> None:
-        if msg.op not in P.FAST_OPS or msg.server is not None:
-            what = f"{msg.op} pinned to a server" if msg.server is not None else msg.op
-            self._refuse_one(route, msg.rid, P.ERR_BAD_REQUEST,
-                             f"{what} goes through the broker's routed port "
-                             f"({self.config.frontend_port}), not the fast path")
-        else:
-            self.desk.on_REQ(route, msg, now)
-
-    def _refuse_fast(self, frames: list[bytes], code: str, why: str) -> None:
-        """Say no to a fast message we could not read (if it has a route)."""
-        route = FastRoute(frames[0]) if len(frames) == 4 and frames[0] else None
-        self._refuse_one(route, P.rid_of(frames[-1]) if frames else "?", code, why)
-
-    def _refuse_one(self, route: FastRoute | None, rid: str, code: str, why: str) -> None:
-        """Say no to one fast request (if it has a route), with a line now and then."""
-        count = self.fast_refused.count(why[:80])
-        if count:
-            self.log.warn(f"refused a fast-path request rid={rid} ({count} so far): {why}")
-        if route:
-            self.reply(route, P.Reply(rid=rid, ok=False, server=self.id,
-                                      time=self.clock.now(), code=code, error=why))
+        self.fast.add(route, reply)              # sent at the turn's end, if still serving
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
@@ -488,10 +353,11 @@ class Server:
         if now >= self.tick_at:
             self.tick_at = now + self.config.tick_every
             self.log.guard(self.tick, now)
-        if self.fast_out:
-            self.log.guard(self.send_fast_replies)
-        if self.fast_closing:
-            self._close_fast_now()
+        fast = self.fast
+        if fast.out:
+            self.log.guard(fast.send_replies)
+        if fast.closing:
+            fast.close_now()
         self.log.flush_if_due()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
@@ -603,7 +469,7 @@ class Server:
         self.repl.take_turn()                    # applied here, never on disk: dropped
         self.membership.halt(failure.kind, self.disk.waiting, now)
         self.desk.turn_away(self.unavailable() or f"{self.name} is halted")
-        self.close_socket(self.sub.sock)
+        self.bus.deafen()
         self.links.close()
 
     # --- what the roles ask of the server --------------------------------------------------
@@ -616,9 +482,9 @@ class Server:
             self.election.start(now)
             self.berkeley.request_round()
         if new == SERVING:
-            self.open_fast()
+            self.fast.open()
         if old == SERVING:
-            self.close_fast()
+            self.fast.close()
             self.desk.wake_all(now)              # answered "unavailable": listen elsewhere
         if new in (LEAVING, HALTED):
             self.election.leave(new)
@@ -720,48 +586,6 @@ class Server:
         self.security.stop()
         self.ctx.destroy(0)
         self.log.close()
-
-    # --- broker: client requests ---------------------------------------------------------------
-    def on_broker(self, frames: list[bytes]) -> None:
-        self.membership.heard_broker(time.monotonic())
-        try:
-            incoming = self.broker.receive(frames)
-        except P.ProtocolError as exc:
-            self.log.warn(f"dropped a bad message from the broker: {exc}")
-            return
-        route = incoming.envelope[0]
-        if isinstance(incoming.msg, P.Heartbeat) and not route:
-            now = time.monotonic()
-            self.berkeley.on_HB(incoming.msg, now)        # its stamp, echoed in my next HB
-            self.membership.on_broker_HB(incoming.msg, now)   # am I in its pool?
-        elif isinstance(incoming.msg, P.Request) and route:
-            self.desk.on_REQ(route, incoming.msg, time.monotonic())
-        else:
-            self.log.warn(f"dropped {incoming.type} from the broker: wrong route")
-
-    # --- bus ------------------------------------------------------------------------------------
-    def on_bus(self, frames: list[bytes]) -> None:
-        if P.sent_by(frames, self.id):
-            self.membership.heard_bus(time.monotonic())   # my own echo: the bus works
-            return
-        try:
-            incoming = self.sub.receive(frames)
-        except P.ProtocolError as exc:
-            self.log.warn(f"dropped a bad bus message: {exc}")
-            return
-        msg, now = incoming.msg, time.monotonic()
-        if msg.sender == self.id:
-            self.membership.heard_bus(now)       # my own echo: the bus works
-            return
-        if isinstance(msg, P.EventBatch) and self.fault_drops():
-            return
-        if self.membership.saw_peer(msg.sender, now) and self.election.is_coordinator:
-            self.berkeley.request_round()
-        self.election.saw_peer(msg.sender, now)
-        if msg.TYPE in LOGGED_ON_RECEIPT and getattr(msg, "to", self.id) == self.id:
-            self.log.recv(f"server-{msg.sender}", f"{msg.TYPE} {brief(msg)}")
-        for handler in self.bus_handlers[msg.TYPE]:
-            handler(msg, now)
 
     def fault_drops(self) -> bool:
         """Test-only fault (``--drop-rate``): lose this replication message."""

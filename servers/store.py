@@ -68,10 +68,16 @@ events moves the numbers on) is reported as deleted. Either way the store writes
 the server syncs from a serving peer before it serves (``membership.py``) and then
 calls ``repaired()``, which removes the marker. A kill in between leaves the marker,
 so the next start syncs first too.
+
+Where: this module holds the ``EventStore`` (the log's write path, start-up, a damaged
+folder's marker, the checkpointer child's jobs); ``DiskError`` and the probe of a
+full folder are ``servers/disk_error.py``; db.json's storage (``AtomicJSONStorage``,
+``open_tinydb``, ``fsync_dir``) is ``servers/tinydb_file.py``; reading a folder back
+(``read_folder``, db.json's shape, the segments' numbers) is ``servers/folder.py``.
+Their names are importable from here too.
 """
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import subprocess
@@ -81,13 +87,12 @@ from collections import Counter, deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import orjson
-from tinydb import TinyDB
-from tinydb.storages import Storage
-
 from common import protocol as P
 from common.ownership import LOCK_FILE, claim, release
-from servers.records import key, read_document, read_segment, wal_line
+from servers.disk_error import PROBE_FILE, DiskError, probe_folder  # noqa: F401 - here too
+from servers.folder import DamagedFile, read_folder, segment_number  # noqa: F401
+from servers.records import wal_line
+from servers.tinydb_file import AtomicJSONStorage, fsync_dir, open_tinydb  # noqa: F401
 
 OVERDUE = 4
 """...unless the log holds this many times what was due: under endless load."""
@@ -96,255 +101,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 REJECTED = "rejected.jsonl"
 """Stored records that failed validation at load, kept for the operator."""
-TINYDB = "db.json"
 DAMAGED = "DAMAGED"
 """Present while the folder is known to have lost events no peer has given back yet."""
 CORRUPT = "db.json.corrupt-"
 """A damaged db.json is moved to this name with the first number not yet taken."""
 TAG_CHARS = 40
 """What the damage was, as ``status`` shows it (``waiting``), is cut to this length."""
-
-
-class DamagedFile(ValueError):
-    """db.json is not a TinyDB file (``read_folder`` without a ``damaged`` handler)."""
-WRITE_CHUNK = 1 << 20
-"""Bytes of TinyDB's file written back to disk at a time."""
-PROBE_FILE = ".write-probe"
-"""Written and deleted to learn whether a data folder can be written again."""
-PROBE_BYTES = 64 * 1024
-"""What a probe writes: a folder with less room than this is still full."""
-FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class DiskError(OSError):
-    """The data folder cannot be written (full, read-only, failing): ``str()`` names
-    the file and the system's reason, ``cannot write data/server-3/wal-000002.jsonl:
-    No space left on device``."""
-
-    def __init__(self, path: Path | str, cause: OSError, needed: int = 0,
-                 detail: str = "") -> None:
-        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
-        self.needed = needed
-        """Bytes the failed write wanted: the folder is not writable again until it
-        has room for them (else the same write fails again after a restart)."""
-        self.detail = detail
-
-    def __str__(self) -> str:
-        detail = f" ({self.detail})" if self.detail else ""
-        return f"cannot write {self.filename}: {self.strerror}{detail}"
-
-    @property
-    def kind(self) -> str:
-        """What the operator reads in ``status``: ``disk full``, ``read-only``..."""
-        if self.errno in FULL:
-            return "disk full"
-        if self.errno == errno.EROFS:
-            return "read-only"
-        return "write error"
-
-
-def probe_folder(folder: Path, needed: int = 0) -> DiskError | None:
-    """Whether ``folder`` has room for ``needed`` bytes and takes ``PROBE_BYTES``
-    (written, fsynced, deleted): None if it does, else why not."""
-    path = Path(folder) / PROBE_FILE
-    want = max(PROBE_BYTES, needed)
-    try:
-        st = os.statvfs(folder)
-    except OSError as exc:
-        return DiskError(folder, exc)
-    free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)  # root: all
-    if free < want:
-        return DiskError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-                         detail=f"{free} bytes free, {want} needed")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        return DiskError(path, exc)
-    problem = None
-    try:
-        block = memoryview(bytes(PROBE_BYTES))
-        written = 0
-        while written < PROBE_BYTES:
-            written += os.write(fd, block[written:])
-        os.fsync(fd)
-    except OSError as exc:
-        problem = DiskError(path, exc)
-    for undo in (lambda: os.close(fd), path.unlink):
-        try:
-            undo()
-        except OSError as exc:
-            problem = problem or DiskError(path, exc)
-    return problem
-
-
-class AtomicJSONStorage(Storage):
-    """TinyDB storage held in memory and written only when told, atomically:
-    ``stage`` writes the whole file to ``db.tmp``, ``replace`` renames it into
-    place and fsyncs the folder. A kill at any moment leaves the old file or the
-    new one (and maybe a stale ``db.tmp``, overwritten by the next stage)."""
-
-    def __init__(self, path: str, fsync: bool = False) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_suffix(".tmp")
-        self.fsync = fsync
-        self._data = None
-        self._loaded = False
-
-    def read(self):
-        if not self._loaded:
-            try:
-                raw = self.path.read_bytes()
-            except FileNotFoundError:
-                raw = b""
-            self._data = orjson.loads(raw) if raw else None
-            self._loaded = True
-        return self._data
-
-    def write(self, data) -> None:
-        self._data = data                 # on disk at the next stage() and replace()
-        self._loaded = True
-
-    def stage(self) -> None:
-        """Written back to disk a megabyte at a time: a whole file of dirty pages,
-        flushed at once by the rename, stalled every writer on the disk, the
-        servers' logs among them (measured: p99 at half load 7 -> 22 ms). A write
-        that fails (a full disk) removes ``db.tmp`` before it raises."""
-        raw = memoryview(orjson.dumps(self._data or {}))
-        try:
-            with open(self.tmp, "wb") as f:
-                for start in range(0, len(raw), WRITE_CHUNK):
-                    f.write(raw[start:start + WRITE_CHUNK])
-                    f.flush()
-                    os.fdatasync(f.fileno())
-                if self.fsync:
-                    os.fsync(f.fileno())
-        except OSError as exc:          # a full disk: named, as the file it could not write
-            self.discard()
-            if exc.filename is None:
-                raise OSError(exc.errno, exc.strerror, str(self.tmp)) from None
-            raise
-        except BaseException:
-            self.discard()
-            raise
-
-    def discard(self) -> bool:
-        """Remove ``db.tmp`` if it is there (best effort: a read-only folder keeps
-        it until the next start); True if one was removed."""
-        try:
-            self.tmp.unlink()
-            return True
-        except OSError:
-            return False
-
-    def replace(self) -> None:
-        os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)       # the rename itself survives a power loss
-
-    def close(self) -> None:
-        pass
-
-
-def open_tinydb(path: Path, fsync: bool) -> TinyDB:
-    return TinyDB(str(path), storage=AtomicJSONStorage, fsync=fsync)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the folder's entries (files created, renamed, deleted) durable: without it
-    a power loss may undo a rename yet keep a later delete."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def segment_number(path: Path) -> int:
-    """``wal-000007.jsonl`` -> 7."""
-    return int(path.stem[4:])
-
-
-def log_segments(folder: Path) -> list[Path]:
-    """The folder's log segments by number (a stray ``wal-copy.jsonl`` is not one)."""
-    found = [p for p in folder.glob("wal-*.jsonl") if _number(p.stem[4:])]
-    return sorted(found, key=segment_number)
-
-
-def _number(text: str) -> bool:
-    """Decimal digits only (``str.isdigit`` alone takes "²" and "٣")."""
-    return text.isascii() and text.isdigit()
-
-
-def tinydb_problem(raw: bytes) -> tuple[dict | None, str | None]:
-    """db.json's content as TinyDB holds it (tables of documents by number, each an
-    object), or None and what is wrong with it: the checkpointer and the load can
-    only work on that shape."""
-    if not raw:
-        return None, "is empty"
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return None, f"is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})"
-    if not isinstance(data, dict):
-        return None, f"is not a TinyDB file (the top level is {_kind(data)}, not an object)"
-    for name, table in data.items():
-        if not isinstance(table, dict):
-            return None, f"is not a TinyDB file (table {name!r} is {_kind(table)}, not an object)"
-        for doc_id, doc in table.items():
-            if not _number(doc_id):
-                return None, (f"is not a TinyDB file (table {name!r} has a document id "
-                              f"{doc_id[:20]!r}, not a number)")
-            if not isinstance(doc, dict):
-                return None, (f"is not a TinyDB file (document {doc_id} of table {name!r} "
-                              f"is {_kind(doc)}, not an object)")
-    return data, None
-
-
-def _kind(value) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def read_folder(folder: Path, set_aside=None, unverified: Counter | None = None,
-                damaged=None) -> tuple[dict[tuple[int, int], P.Event], list[Path]]:
-    """Every valid event in a data folder by ``(origin, seq)``, each once, and its
-    log segments in order: TinyDB first, then the segments. An event in both (a
-    fold killed after it replaced db.json, before it deleted the segment) counts
-    once, as the segment has it: the next fold rewrites it in place. A record
-    invalid or failing its checksum goes to ``set_aside(where, raw)``; those with
-    no checksum (written before checksums) are counted in ``unverified[file]``.
-
-    A db.json that is not a TinyDB file (``tinydb_problem``), or one missing although
-    the segments show a fold happened, goes to ``damaged(path, problem)`` (which must
-    put it out of the way: the checkpointer could not fold into it) and loads nothing;
-    without a handler it raises ``DamagedFile``. Reading changes nothing itself."""
-    path = folder / TINYDB
-    segments = log_segments(folder)
-    held: dict[tuple[int, int], P.Event] = {}
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raw = None
-    data, problem = tinydb_problem(raw) if raw is not None else ({}, None)
-    if raw is None and segments and segment_number(segments[0]) > 1:
-        problem = "is missing (deleted?)"
-    if problem is not None:
-        if damaged is None:
-            raise DamagedFile(f"{path} {problem}")
-        damaged(path, problem)
-    for number, doc in (data or {}).get("events", {}).items():
-        try:
-            event, verified = read_document(doc)
-        except P.ProtocolError as exc:
-            if set_aside is not None:
-                set_aside(f"{path} document {number}: {exc}", P.dumps(doc))
-            continue
-        held[key(event)] = event
-        if not verified and unverified is not None:
-            unverified[path.name] += 1
-    for segment in segments:
-        for event in read_segment(segment, set_aside, unverified):
-            held[key(event)] = event
-    return held, segments
 
 
 class EventStore:
