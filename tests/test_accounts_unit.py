@@ -2,7 +2,7 @@
 
 The replicated part (``SocialState``: owners and sessions from ACCOUNT, SESSION and
 LOGOUT events) is checked with hypothesis for any delivery order; the rules of
-``servers/accounts.py`` through the real ``ClientDesk`` (``tests/test_client_desk_unit``'s
+``servers/accounts.py`` through the real ``ClientDesk`` (``tests/desk_rig``'s
 ``Desk``); the broker's ``LoginThrottle`` on a clock of our own.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from common import protocol as P
 from common.log import args_brief, brief, event_brief
 from servers.accounts import Accounts, HashBudget, token_hash
 from servers.state import SocialState
-from tests.test_client_desk_unit import PASSWORD, WALL, Desk, req, token_of
+from tests.desk_rig import PASSWORD, WALL, Desk, req, token_of
 from tests.test_state_properties import _deliver, _event
 
 pytestmark = pytest.mark.timeout(60)
