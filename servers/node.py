@@ -27,11 +27,15 @@ server halts (``halt``; ``disk_watch.py`` says why and what follows), and
 ``run`` returns ``RESTART`` once the folder can be written again, for
 ``servers/__main__.py`` to start the process afresh.
 
-Where: this module holds the roles' wiring, the socket registry and the loop
-(``turn``, ``_drain``, ``after_batch``, ``tick``, ``halt``); the DEALER to the broker
-and what comes on it are ``servers/broker_link.py`` (``BrokerLink``), the PUB and SUB
-and the bus's dispatch ``servers/bus.py`` (``Bus``), the fast path's socket, its
-requests and this turn's replies ``servers/fast_link.py`` (``FastLink``, ``FastRoute``).
+Where: this module holds the roles' wiring and the loop (``turn``, ``_drain``,
+``after_batch``, ``tick``, ``halt``); the DEALER to the broker and what comes on it
+are ``servers/broker_link.py`` (``BrokerLink``), the PUB and SUB and the bus's dispatch
+``servers/bus.py`` (``Bus``), the fast path's socket, its requests and this turn's
+replies ``servers/fast_link.py`` (``FastLink``, ``FastRoute``); the context, poller and
+CURVE setup ``servers/socket_registry.py`` (``SocketRegistry``), the folder and the
+files beside it at start-up, after folds and at the end ``servers/holdings.py``
+(``Holdings``), FETCH, EVENTS and ACK ``servers/pulls.py`` (``Pulls``), the status row
+``servers/status_row.py`` (``StatusRow``, ``BatchSizes``, ``DURABILITY``).
 """
 from __future__ import annotations
 
@@ -41,7 +45,6 @@ import time
 import zmq
 
 from common import log_lines as LL
-from common import keys
 from common import protocol as P
 from common import sockets
 from common import startup
@@ -58,6 +61,7 @@ from servers.client_desk import ClientDesk
 from servers.disk_watch import DiskWatch
 from servers.election import Bully
 from servers.fast_link import FastLink, FastRoute
+from servers.holdings import Holdings
 from servers.issued import IssuedSeq
 from servers.lamport_file import DurableLamportClock, LamportFile
 from servers.listeners import Listeners
@@ -65,44 +69,16 @@ from servers.members_file import MembersFile
 from servers.membership import Membership
 from servers.peer_links import PeerLinks
 from servers.peers import HALTED, JOINING, LEAVING, SERVING, SYNCING, Peers
+from servers.pulls import Pulls
 from servers.quorum import Quorum
 from servers.replication import Replication
 from servers.repair import Repair
 from servers.replication_lag import ReplicationLag
 from servers.requests import ClientRequests
+from servers.socket_registry import ALLOWLIST_EVERY, SocketRegistry  # noqa: F401 - here too
 from servers.state import SocialState
+from servers.status_row import DURABILITY, BatchSizes, StatusRow  # noqa: F401 - here too
 from servers.store import DiskError, EventStore, probe_folder
-
-DURABILITY = {
-    "flush": "durability flush: a write counts as held here once my log has flushed it to "
-             "the OS, not fsynced (a power loss of the host may drop roughly the last 30 s "
-             "of acked writes; --fsync for more)",
-    "fsync": "durability fsync: a write counts as held here once my log has fsynced it "
-             "(one fsync per loop turn)"}
-"""What a copy held here means, for the start-up line (``durability`` in ``status``)."""
-
-ALLOWLIST_EVERY = 1.0
-"""Seconds between two looks at the allowlist's folder (the ZAP handler also looks at
-each new connection)."""
-class BatchSizes:
-    """How many of my own new events each loop turn made into one EVENT (and one log
-    flush, one fsync in fsync mode, one ACK round): ``status`` shows it, the benchmark
-    reads it."""
-
-    def __init__(self) -> None:
-        self.turns = 0
-        self.events = 0
-        self.largest = 0
-
-    def count(self, events: int) -> None:
-        self.turns += 1
-        self.events += events
-        self.largest = max(self.largest, events)
-
-    def figures(self) -> list[int]:
-        """``[turns, events, largest]``: the mean batch is events / turns."""
-        return [self.turns, self.events, self.largest]
-
 
 STOPPED = "stopped"
 """``Server.run``'s outcome: told to stop (SIGTERM, SIGINT)."""
@@ -144,6 +120,10 @@ class Server:
                               probe=lambda needed: probe_folder(self.store.folder, needed),
                               probe_every=config.disk_probe_every)
         self.issued = IssuedSeq(config.issued_path(server_id), config.fsync)
+        self.files = Holdings(self.store, self.issued, self.members_file, self.lamport_file,
+                              self.lamport, self.log)
+        self.registry = SocketRegistry(config, self.log)   # every socket of the loop
+        self.socket, self.close_socket = self.registry.socket, self.registry.close_socket
         self.bus = Bus(server_id, config, self.lamport, self.log, self.socket,
                        self.close_socket, secure=lambda: self.security)
         self.broker = BrokerLink(server_id, config, self.lamport, self.log, self.socket,
@@ -153,7 +133,7 @@ class Server:
         now = time.monotonic()
         self.peers = Peers(server_id, config.peer_timeout, vouch=self.vouch)
         self.quorum = Quorum(server_id, config.peer_timeout, members=members,
-                             save=self.save_members, log=self.log)
+                             save=self.files.save_members, log=self.log)
         self.catchup = CatchUp(self.state, self.peers, config.gap_grace, config.fetch_timeout)
         self.repl = Replication(server_id, self.state, self.store, self.peers, self.catchup,
                                 config.replicas, self.log,
@@ -164,18 +144,24 @@ class Server:
                              replace=self.repl.replace, timeout=config.fetch_timeout,
                              cooldown=config.peer_timeout)
         self.lag = ReplicationLag(server_id)
+        self.batches = BatchSizes()
         self.election = Bully(server_id, config, self.publish, self.log,
                               quorum=self.quorum.has_majority,
                               higher_heard=self.higher_heard)
         self.berkeley = BerkeleySync(server_id, config, self.clock, self.publish, self.log,
                                      self.election)
+        self.row = StatusRow(server_id, config.fsync, self.state, self.lamport, self.clock,
+                             self.repl, self.lag, self.peers, self.quorum, self.election,
+                             self.berkeley, self.repair, self.batches)
+        self.pulls = Pulls(server_id, config.fetch_batch, self.state, self.repl, self.catchup,
+                           self.log, drops=self.fault_drops)
         self.membership = Membership(
             server_id, config, self.peers, self.catchup, self.log, now=now,
-            publish=self.publish, to_broker=self.to_broker, status=self.status,
+            publish=self.publish, to_broker=self.to_broker, status=self.row.status,
             wall_clock=self.clock.now, clock_synced=lambda: self.berkeley.synced,
             idle=lambda: not self.repl.waiters, on_phase=self.on_phase,
             on_peer_gone=self.on_peer_gone, reconnect_broker=self.broker.connect,
-            must_hold={server_id: self.issued.highest}, on_repaired=self.on_repaired,
+            must_hold={server_id: self.issued.highest}, on_repaired=self.files.repaired,
             quorum=self.quorum, members_path=str(self.members_file.path))
         self.desk = ClientDesk(server_id, ClientRequests(self.state), self.repl, Listeners(),
                                self.lag, self.lamport, self.clock, self.log,
@@ -186,13 +172,15 @@ class Server:
                                write_wait=config.write_wait)
         self.links = PeerLinks(server_id, config, self.lamport, self.log, self.socket,
                                self.close_socket, secure=lambda: self.security,
-                               on_ack=self.on_ack,
-                               answers={P.Fetch: self.answer_fetch,
+                               on_ack=self.pulls.on_ACK,
+                               answers={P.Fetch: self.pulls.answer_FETCH,
                                         P.Compare: self.repair.answer_COMPARE,
                                         P.CopyRange: self.repair.answer_RANGE},
-                               replies={P.Events: self.on_events,
+                               replies={P.Events: self.pulls.on_EVENTS,
                                         P.Sums: lambda _peer, msg, now: self.repair.on_SUMS(msg, now),
                                         P.Copies: lambda _peer, msg, now: self.repair.on_COPIES(msg, now)})
+        self.row.listen(self.membership, self.links)
+        self.pulls.listen(self.links)
         self.bus.listen({
             P.EVENT: (self.repl.on_EVENT,),
             P.BEAT: (self.membership.on_BEAT, self.election.on_BEAT, self.repair.on_BEAT,
@@ -210,19 +198,16 @@ class Server:
         self.rng = random.Random()
         self.gc = GcPacer()
         self.tick_at = 0.0                       # when the periodic jobs run next
-        self.ctx = zmq.Context()
-        self.ctx.linger = 0
-        self.poller = zmq.Poller()
-        self._handlers: dict[zmq.Socket, object] = {}
-        self._named: set[zmq.Socket] = set()     # handlers told who sent (P.recv_from)
-        self.batches = BatchSizes()
-        self.allowlist_at = 0.0
+        # the loop reads these every turn: the registry's own, held here
+        self.poller, self._handlers, self._named = (self.registry.poller,
+                                                    self.registry.handlers, self.registry.named)
+        self.registry.open()
         try:                 # my keys (made if missing), my admission, the ZAP handler
-            self.security = keys.Security(self.ctx, config.data_dir, self.name, server_id)
+            self.security = self.registry.secure(config.data_dir, self.name, server_id)
         except BaseException:
             self.store.close()
             self.log.close()
-            self.ctx.destroy(0)
+            self.registry.destroy()
             raise
         if self.security.problem:
             self.log.warn(self.security.problem)
@@ -230,26 +215,6 @@ class Server:
                              self.close_socket, self.security, take=self.desk.on_REQ)
 
     # --- sockets ------------------------------------------------------------------------
-    def socket(self, kind: int, handler=None, named: bool = False) -> zmq.Socket:
-        """A socket of this server's loop; with a handler, polled and drained by it
-        (``named``: the handler is also given who sent each message, ``P.recv_from``)."""
-        sock = sockets.tune(self.ctx.socket(kind), self.config)
-        sock.sndhwm = self.config.hwm
-        sock.rcvhwm = self.config.hwm
-        if handler is not None:
-            self.poller.register(sock, zmq.POLLIN)
-            self._handlers[sock] = handler
-            if named:
-                self._named.add(sock)
-        return sock
-
-    def close_socket(self, sock: zmq.Socket) -> None:
-        if sock in self._handlers:
-            self.poller.unregister(sock)
-            del self._handlers[sock]
-            self._named.discard(sock)
-        sock.close(0)
-
     def open_sockets(self) -> None:
         """The bus and the broker (the peer port is bound first, in ``start``)."""
         self.bus.connect()
@@ -284,57 +249,18 @@ class Server:
         disk) halts it at once: it never serves on a disk that cannot hold."""
         # the port before the folder is loaded: one in use changes nothing in it
         self.links.open()
-        events = self.store.load()
-        for problem in self.store.problems:
-            self.log.warn(problem)
-        for problem in self.store.rejected:
-            self.log.warn(f"stored record set aside in {self.store.folder / 'rejected.jsonl'}: "
-                          f"{problem}")
-        if self.store.unverified:
-            files = ", ".join(f"{name} {n}" for name, n in sorted(self.store.unverified.items()))
-            self.log.note(f"{sum(self.store.unverified.values())} stored records carry no "
-                          f"checksum (written before checksums), loaded unverified: {files}")
-        if self.store.stale_tmp:
-            self.log.note(f"removed {self.store.folder / 'db.tmp'}, left by a fold cut short "
-                          f"(db.json and the log segments hold every event)")
+        events = self.files.load()           # what was wrong with the folder: said
         if self.store.needs_repair is not None:
             self.membership.folder_damaged(self.store.needs_repair)
         loaded = self.repl.load(events)
-        mine = self.state.seq_of(self.id)
-        if mine < self.issued.highest:
-            self.log.warn(f"my folder holds my own events up to seq {mine}, but I issued up to "
-                          f"{self.issued.highest}: I sync them back from a peer before serving "
-                          f"(if none ever held them, delete {self.issued.path} to go on from "
-                          f"what the peers hold)")
-        failure = self.store.failed or self.disk.check()
-        if failure is None:
-            try:
-                self.issued.record(mine)         # data from before this file existed
-            except DiskError as exc:
-                failure = exc
-        # Lamport rule on restart: never stamp below what we already hold, nor below
-        # any stamp this server used before (the ceiling in data/server-N.lamport)
-        self.lamport.merge(max((e.lamport for e in events), default=0))
-        if failure is None:
-            try:
-                stored = self.lamport.attach(self.lamport_file)
-                self.log.note(LL.LAMPORT_START.format(lamport=self.lamport.value,
-                                                      stored=stored)
-                              + f"reserved up to {self.lamport.ceiling} in "
-                              f"{self.lamport_file.path})")
-            except DiskError as exc:
-                failure = exc
+        failure = self.files.begin(self.state.seq_of(self.id), events, self.disk.check)
         self.open_sockets()
         self.gc.settle()
         self.log.note(LL.STARTED.format(events=loaded, folder=self.store.folder)
-                      + f"digest {self.state.digest()[:12]}; {DURABILITY[self.durability]}; "
+                      + f"digest {self.state.digest()[:12]}; {DURABILITY[self.row.durability]}; "
                       f"{'joining' if failure is None else 'halted'}")
         if failure is not None:
             self.halt(failure, time.monotonic(), at_start=True)
-
-    @property
-    def durability(self) -> str:
-        return "fsync" if self.config.fsync else "flush"
 
     def turn(self) -> None:
         """One turn of the loop: wait for messages or a deadline, handle what came,
@@ -425,9 +351,7 @@ class Server:
         """Idempotent periodic jobs, run at most every ``tick_every``; while halted,
         only the heartbeat to the broker and the probe of the folder."""
         self.membership.tick(now)
-        if now >= self.allowlist_at:             # admitted keys, refused ones: said here
-            self.allowlist_at = now + ALLOWLIST_EVERY
-            self.security.log_news(self.log)
+        self.registry.tick(now)                  # admitted keys, refused ones: said here
         if self.disk.halted:
             if self.membership.running:          # a SIGTERM stops it, not a restart
                 self.disk.tick(now)
@@ -442,21 +366,10 @@ class Server:
         for peer_id, after in self.catchup.due(now, eager=eager).items():
             self.links.fetch(peer_id, after)
         try:
-            self.store.maybe_checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
+            self.files.checkpoint(now - self.last_write, self.config.checkpoint_idle_s)
         except DiskError as exc:                 # no new log segment: nothing more is held
             self.halt(exc, now)
             return
-        for folded, seconds in self.store.finished():
-            self.log.note(f"checkpoint: {folded} events folded into TinyDB "
-                          f"({self.store.stored} stored) in {seconds * 1000:.0f} ms")
-        if self.store.fold_failed:
-            self.log.warn(f"checkpoint failed: {self.store.fold_failed}; db.json and the log "
-                          f"segments are as they were (nothing lost): trying again in "
-                          f"{self.store.retry_s:g} s")
-            self.store.fold_failed = None
-        if self.store.lost:
-            self.log.warn(self.store.lost)
-            self.store.lost = None
         self.gc.tick(now)
 
     def halt(self, failure: DiskError, now: float, at_start: bool = False) -> None:
@@ -504,14 +417,6 @@ class Server:
                       f"{event_brief(other)}; mine: {event_brief(mine)}")
         self.repair.on_conflict(mine, other, time.monotonic())
 
-    def save_members(self, members: list[int]) -> None:
-        """The membership changed: kept beside my folder (a warning if it cannot be:
-        the next start learns it again from the peers)."""
-        try:
-            self.members_file.write(members)
-        except DiskError as exc:
-            self.log.warn(f"cannot keep the member list: {exc}")
-
     def higher_heard(self) -> float | None:
         """When a server above me (not gone by BYE, not joining) was last heard: the
         bully's rightful coordinator, maybe only slow on a lossy link."""
@@ -521,70 +426,19 @@ class Server:
     def on_peer_gone(self, peer_id: int) -> None:
         self.links.drop(peer_id)
 
-    def on_repaired(self) -> None:
-        """A peer gave back what my damaged folder lost: the marker goes (if it cannot,
-        the next start only syncs again before serving)."""
-        try:
-            self.store.repaired()
-        except OSError as exc:
-            self.log.warn(f"cannot remove {self.store.marker} ({exc.strerror}): the next "
-                          f"start syncs from a peer again before serving")
-
     def request_leave(self, *_args) -> None:
         """The SIGTERM handler: only a flag, so no socket is used inside a signal handler."""
         self.membership.request_leave()
 
-    def status(self, now: float) -> P.ServerStatus:
-        vv, sums = self.repl.durable_vv()      # BEAT sends these: what I hold durably
-        return P.ServerStatus(
-            id=self.id, phase=self.membership.phase, events=self.state.count,
-            digest=self.state.digest(), lamport=self.lamport.value, vv=vv,
-            coordinator=self.election.coordinator, epoch=self.election.epoch,
-            clock_offset_ms=self.berkeley.offset_ms,
-            clock_skew_ms=round(self.clock.skew() * 1000, 3),
-            last_sync=self.berkeley.last_sync,
-            under_replicated=self.repl.under_replicated(now),
-            repl_lag_hist=self.lag.hist.counts,
-            peers=sorted(p.id for p in self.peers.live(now)),
-            waiting=self.membership.waiting, repairs=self.repair.repaired,
-            sums=sums, durability=self.durability, address=self.links.address,
-            members=sorted(self.quorum.members), reachable=self.quorum.reachable(now),
-            batched=self.batches.figures())
-
-    def answer_fetch(self, msg: P.Fetch) -> P.Events:
-        limit = min(msg.limit, self.config.fetch_batch)
-        events = self.state.events_after(msg.after, limit + 1)
-        # my vector as far as it is durable: the asker may be an origin counting copies
-        vv, sums = self.repl.durable_vv()
-        return P.Events(sender=self.id, events=events[:limit], vv=vv,
-                        more=len(events) > limit, sums=sums)
-
-    def on_ack(self, msg: P.Ack, now: float) -> None:
-        if not self.fault_drops():
-            self.repl.on_ACK(msg, now)
-
-    def on_events(self, peer_id: int, msg: P.Events, now: float) -> None:
-        """A pull's answer: apply it, and ask again while the peer has more."""
-        new = self.repl.on_EVENTS(msg, now)
-        self.log.recv(f"server-{peer_id}", LL.FETCHED.format(
-            events=len(msg.events), new=new, more=msg.more))
-        self.catchup.answered(peer_id, msg.more, now, new)
-        if msg.more:
-            mine = self.state.vv()
-            self.links.fetch(peer_id, {o: mine.get(o, 0) for o in {e.origin for e in msg.events}})
-
     def close(self) -> None:
-        self.store.close()
-        self.issued.close()
-        self.lamport.close()
+        self.files.close()
         if self.disk.halted:                     # memory may hold more than the folder
             self.log.note(f"stopped: halted, {self.store.folder} holds what the next start "
                           f"loads")
         else:
             self.log.note(f"stopped: {self.state.count} events, "
                           f"digest {self.state.digest()[:12]}")
-        self.security.stop()
-        self.ctx.destroy(0)
+        self.registry.close()
         self.log.close()
 
     def fault_drops(self) -> bool:

@@ -360,7 +360,7 @@ def test_any_delivery_order_ends_in_seq_order_with_the_in_order_digest(plan, bat
         for peer, after in due.items():
             assert set(after) == {peer}        # each origin holds only its own log
             more = True
-            while more:                        # node.on_events: ask again while it has more
+            while more:                        # Pulls.on_EVENTS: ask again while it has more
                 start = state.seq_of(peer)
                 events = logs[peer][start:start + batch]
                 more = len(logs[peer]) - start > batch
